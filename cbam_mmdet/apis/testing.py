@@ -1,0 +1,51 @@
+"""What tools/test.py does, as functions tests can call (mmdet's test tool)."""
+import os.path as osp
+
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from .dataset_check import check_dataset_paths
+
+
+def build_test_config(config, checkpoint, work_dir=None, out=None, show=False, show_dir=None,
+                wait_time=2, cfg_options=None, launcher='none'):
+    """Build the test Config the way mmdet's tools/test.py does."""
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+    cfg.load_from = checkpoint
+    if show or show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise ValueError('--show/--show-dir need default_hooks.visualization '
+                             '(DetVisualizationHook) in the config')
+        hook['draw'] = True
+        if show:
+            hook['show'] = True
+            hook['wait_time'] = wait_time
+        if show_dir:
+            hook['test_out_dir'] = show_dir
+    if out is not None:
+        if not out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl or .pickle file, got {out}')
+        evaluator = cfg.test_evaluator
+        evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+        evaluators.append(dict(type='DumpDetResults', out_file_path=out))
+        cfg.test_evaluator = evaluators
+    return cfg
+
+
+def run_test(cfg):
+    """Evaluate with mmengine's Runner; returns the metrics dict."""
+    check_dataset_paths(cfg, splits=('test',))
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    return runner.test()

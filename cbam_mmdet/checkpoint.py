@@ -1,0 +1,120 @@
+"""Safe checkpoint loading and atomic checkpoint writing for mmengine.
+
+torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 calls ``torch.load``
+without an allowlist and fails on its own checkpoints (HistoryBuffer, numpy arrays in the
+message hub). Importing :mod:`cbam_mmdet` replaces mmengine's local-file loader with
+:func:`load_checkpoint_file`: torch's weights-only unpickler with an explicit allowlist of
+the types mmengine checkpoints hold. A file whose unpickling would import anything else,
+and could therefore run code, is refused with :class:`UnsafeCheckpointError`; nothing in
+it runs. Trusting such a file anyway takes :func:`allow_unsafe_checkpoints` (the tools'
+``--unsafe-load-untrusted-checkpoints``) or ``CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS=1``.
+
+It also makes mmengine's local file backend write atomically (a temporary file in the
+same folder, flushed and fsynced, then renamed), so a checkpoint on disk is never
+half-written, even when the process is killed while saving.
+"""
+import contextlib
+import os
+import os.path as osp
+import pickle
+import tempfile
+
+import numpy as np
+import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+UNSAFE_ENV = 'CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS'
+_unsafe_allowed = False
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs types outside the allowlist to unpickle."""
+
+
+def _numpy_globals():
+    reconstruct = getattr(getattr(np, '_core', np.core).multiarray, '_reconstruct')
+    scalar = getattr(np, '_core', np.core).multiarray.scalar
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith('DType')]
+    return [reconstruct, scalar, np.ndarray, np.dtype] + dtypes
+
+
+def safe_globals():
+    """The types (besides torch's own) an mmengine checkpoint may hold."""
+    return [HistoryBuffer] + _numpy_globals()
+
+
+def allow_unsafe_checkpoints(allow: bool = True):
+    """Trust checkpoints whose unpickling may run code (UNSAFE: only for your own files)."""
+    global _unsafe_allowed
+    _unsafe_allowed = bool(allow)
+
+
+def unsafe_allowed() -> bool:
+    return _unsafe_allowed or os.environ.get(UNSAFE_ENV, '') not in ('', '0')
+
+
+def load_checkpoint_file(filename, map_location='cpu'):
+    """``torch.load`` with weights_only=True and the allowlist of :func:`safe_globals`."""
+    filename = osp.expanduser(str(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file {filename} does not exist')
+    if unsafe_allowed():
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f'refused to load checkpoint {filename}: unpickling it needs objects outside '
+            f'the allowlist of tensors, numpy arrays and mmengine types, so it could run '
+            f'code ({str(e).splitlines()[0][:300]}). Nothing in it was executed. If you '
+            f'trust this file, pass --unsafe-load-untrusted-checkpoints to the tool or '
+            f'set {UNSAFE_ENV}=1.') from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise RuntimeError(f'checkpoint file {filename} is not a readable PyTorch '
+                           f'checkpoint (truncated or corrupt?): {e}') from None
+
+
+@CheckpointLoader.register_scheme(prefixes='', force=True)
+def _load_from_local_safely(filename, map_location):
+    return load_checkpoint_file(filename, map_location)
+
+
+def write_atomically(data: bytes, filepath):
+    """Write ``data`` to ``filepath`` through a temporary file and a rename."""
+    filepath = str(filepath)
+    folder = osp.dirname(osp.abspath(filepath))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filepath) + '.', suffix='.tmp',
+                               dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, writing every file atomically."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        write_atomically(obj, filepath)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        write_atomically(obj.encode(encoding), filepath)
+
+
+register_backend('local', AtomicLocalBackend, force=True)
+# Backends created before this import keep their class: drop cached plain local ones.
+from mmengine.fileio import io as _io  # noqa: E402
+
+for _key, _backend in list(_io.backend_instances.items()):
+    if type(_backend) is LocalBackend:
+        del _io.backend_instances[_key]

@@ -1,0 +1,102 @@
+"""Refuse attention plugins frozen at their random initialisation.
+
+mmdet's ResNet freezes every parameter of the stages up to ``frozen_stages`` (mmdet's
+Faster R-CNN default is 1), plugins included. A CBAM or SE plugin there would stay at its
+random initialisation for the whole run. This project refuses that configuration
+(it does not silently unfreeze the plugin): a frozen plugin is allowed only when its
+weights come from a checkpoint (the backbone's ``init_cfg`` Pretrained file, ``load_from``
+or ``resume``), e.g. a converted official CBAM ImageNet checkpoint.
+"""
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmdet.registry import HOOKS
+
+from ..models import CBAM, SE
+
+
+def attention_modules(model):
+    """``{name: module}`` of the CBAM and SE modules of ``model``."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (CBAM, SE))}
+
+
+def frozen_attention_modules(model):
+    """Names of the attention modules none of whose parameters require a gradient."""
+    return [name for name, m in attention_modules(model).items()
+            if not any(p.requires_grad for p in m.parameters())]
+
+
+def _normalise(key):
+    for prefix in ('module.', 'backbone.'):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def checkpoint_keys(path):
+    """Parameter names stored in a local checkpoint ('module.' and 'backbone.' stripped),
+    or an empty set when the file cannot be read (a URL, a missing file)."""
+    from ..checkpoint import load_checkpoint_file
+    try:
+        ckpt = load_checkpoint_file(path)
+    except Exception:
+        return set()
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    return {_normalise(k) for k in state}
+
+
+def check_no_frozen_random_attention(model, weight_files=()):
+    """Raise ValueError when a frozen attention module gets no weights from a checkpoint.
+
+    Args:
+        model: the detector (or backbone).
+        weight_files: local checkpoints the run loads into the model (the backbone's
+            Pretrained init_cfg, ``load_from``, the resumed checkpoint).
+    """
+    if is_model_wrapper(model):
+        model = model.module
+    frozen = frozen_attention_modules(model)
+    if not frozen:
+        return
+    loaded = set()
+    for path in weight_files:
+        if path:
+            loaded |= checkpoint_keys(path)
+    missing = [name for name in frozen
+               if not any(k.startswith(_normalise(name) + '.') for k in loaded)]
+    if not missing:
+        return
+    shown = ', '.join(missing[:4]) + (f' and {len(missing) - 4} more' if len(missing) > 4 else '')
+    raise ValueError(
+        f'{len(missing)} attention plugin(s) sit in a frozen backbone stage '
+        f'(model.backbone.frozen_stages) with no pretrained weights, so they would stay '
+        f'at their random initialisation for the whole run: {shown}. Set '
+        f'model.backbone.frozen_stages=0, or restrict the plugins to unfrozen stages '
+        f'(plugins=[dict(cfg=..., stages=(False, True, True, True), position=...)]), '
+        f'or start the backbone from a checkpoint that holds their weights '
+        f'(init_cfg=dict(type="Pretrained", checkpoint=...), see '
+        f'tools/convert_official_cbam.py).')
+
+
+def _backbone_checkpoint(model):
+    backbone = getattr(model, 'backbone', None)
+    cfgs = getattr(backbone, 'init_cfg', None) or []
+    for cfg in cfgs if isinstance(cfgs, list) else [cfgs]:
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            return cfg.get('checkpoint')
+    return None
+
+
+@HOOKS.register_module()
+class FrozenAttentionCheckHook(Hook):
+    """Before training, refuse CBAM/SE plugins frozen at random initialisation
+    (see :func:`check_no_frozen_random_attention`)."""
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        files = [_backbone_checkpoint(model), runner._load_from]
+        if runner._resume and not runner._load_from:
+            from mmengine.runner import find_latest_checkpoint
+            files.append(find_latest_checkpoint(runner.work_dir))
+        check_no_frozen_random_attention(model, files)

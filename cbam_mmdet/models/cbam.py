@@ -1,0 +1,114 @@
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+
+from ._validate import check_choice, check_odd_kernel, check_positive_int
+from .channel_attention import CHANNEL_POOLS, ChannelAttention
+from .spatial_attention import SPATIAL_DESCRIPTORS, SpatialAttention
+
+ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel')
+
+
+@MODELS.register_module()
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018), Eq. (1).
+
+    .. math::
+        F' = M_c(F) \\otimes F, \\qquad F'' = M_s(F') \\otimes F'
+
+    with :class:`ChannelAttention` ``M_c`` and :class:`SpatialAttention` ``M_s``.
+    The defaults are the paper and the official code (Jongchan/attention-module):
+    shared MLP with bias on avg- and max-pooled descriptors, r = 16; 7x7 convolution
+    without bias on [max; mean] over channels, BatchNorm (eps 1e-5, momentum 0.01);
+    channel first, then spatial; the official initialisation (:meth:`init_weights`).
+
+    The options reproduce the rows of the paper's ablation tables on ResNet-50:
+
+    - Table 1, channel descriptor: ``spatial_attention=False`` with
+      ``channel_pool='avg'`` ("AvgPool", the SE row), ``'max'`` ("MaxPool") or
+      ``'avg+max'`` ("AvgPool & MaxPool").
+    - Table 2, spatial attention: ``spatial_attention=False`` ("Channel");
+      ``spatial_descriptor='conv1x1'`` with ``spatial_kernel=3`` or ``7``
+      ("Channel + 1x1 conv, k=3 / k=7"); ``spatial_descriptor='max+mean'`` with
+      ``spatial_kernel=3`` or ``7`` ("Channel + avg&max pool, k=3 / k=7", the latter
+      CBAM). Any odd kernel is accepted.
+    - Table 3, arrangement: ``arrangement='channel_first'`` ("Channel + spatial",
+      CBAM), ``'spatial_first'`` ("Spatial + channel"), ``'parallel'`` ("Channel &
+      spatial in parallel": both maps are computed from F and applied together,
+      :math:`F'' = M_c(F) \\otimes M_s(F) \\otimes F`; the paper does not write the
+      fusion out, this is the one implemented).
+
+    Args:
+        in_channels (int): C, passed by mmdet's Bottleneck for plugins.
+        ratio (int): channel reduction r. Default 16.
+        channel_attention (bool): use M_c. Default True.
+        spatial_attention (bool): use M_s. Default True.
+        channel_pool (str): ``'avg+max'`` (default), ``'avg'`` or ``'max'``.
+        spatial_kernel (int): odd k of the spatial convolution. Default 7.
+        spatial_descriptor (str): ``'max+mean'`` (default) or ``'conv1x1'``.
+        arrangement (str): ``'channel_first'`` (default), ``'spatial_first'`` or
+            ``'parallel'``.
+    """
+
+    _abbr_ = 'cbam'
+
+    def __init__(self,
+                 in_channels: int,
+                 ratio: int = 16,
+                 channel_attention: bool = True,
+                 spatial_attention: bool = True,
+                 channel_pool: str = 'avg+max',
+                 spatial_kernel: int = 7,
+                 spatial_descriptor: str = 'max+mean',
+                 arrangement: str = 'channel_first'):
+        super().__init__()
+        check_positive_int('in_channels', in_channels)
+        check_positive_int('ratio', ratio)
+        check_choice('arrangement', arrangement, ARRANGEMENTS)
+        check_choice('channel_pool', channel_pool, CHANNEL_POOLS)
+        check_odd_kernel('spatial_kernel', spatial_kernel)
+        check_choice('spatial_descriptor', spatial_descriptor, SPATIAL_DESCRIPTORS)
+        for name, value in (('channel_attention', channel_attention),
+                            ('spatial_attention', spatial_attention)):
+            check_choice(name, value, (True, False))
+        if not (channel_attention or spatial_attention):
+            raise ValueError('channel_attention and spatial_attention are both False: '
+                             'at least one of them must be True')
+        self.in_channels = in_channels
+        self.arrangement = arrangement
+        self.channel_attention = ChannelAttention(
+            in_channels, ratio=ratio, pool=channel_pool) if channel_attention else None
+        self.spatial_attention = SpatialAttention(
+            kernel_size=spatial_kernel, descriptor=spatial_descriptor,
+            in_channels=in_channels) if spatial_attention else None
+        self.init_weights()
+
+    def init_weights(self):
+        """The official initialisation: convolutions kaiming_normal (fan_out), all
+        biases 0, the spatial BatchNorm weight 0 (so M_s starts at 0.5 everywhere);
+        Linear weights keep PyTorch's default. mmdet's ResNet calls this after its own
+        init_cfg, so the plugin keeps the official initialisation inside a detector."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out')
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.zeros_(m.weight)
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def gates(self):
+        """The attention modules in the order they are applied."""
+        gates = [self.channel_attention, self.spatial_attention]
+        if self.arrangement == 'spatial_first':
+            gates.reverse()
+        return [g for g in gates if g is not None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arrangement == 'parallel':
+            maps = [gate(x) for gate in self.gates()]
+            for m in maps:
+                x = x * m.to(x.dtype)
+            return x
+        for gate in self.gates():
+            x = x * gate(x).to(x.dtype)
+        return x

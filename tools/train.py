@@ -1,0 +1,53 @@
+"""Train a detector: mmdet's tools/train.py command line, with cbam_mmdet registered.
+
+    python tools/train.py configs/faster_rcnn_r50_cbam_coco.py [--work-dir DIR]
+        [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr] [--cfg-options K=V ...]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
+from cbam_mmdet.apis import build_train_config, run_train  # noqa: E402
+from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='enable automatic mixed precision')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate to the real batch size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint, or, with no path, from the '
+                             'latest checkpoint of the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (xxx=yyy format)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
+                        help='UNSAFE: load checkpoints whose unpickling may run code')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
+    cfg = build_train_config(args.config, work_dir=args.work_dir, resume=args.resume,
+                             amp=args.amp, auto_scale_lr=args.auto_scale_lr,
+                             cfg_options=args.cfg_options, launcher=args.launcher)
+    run_train(cfg)
+
+
+if __name__ == '__main__':
+    main()
