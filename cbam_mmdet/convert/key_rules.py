@@ -1,0 +1,97 @@
+"""Key renaming rules written as two templates, one per naming, usable both ways.
+
+``KeyRule('layer{s}.{b}.bn{n}.{p}', 'layer{s}.{b}.norm{n}.{p}')`` renames a torchvision
+block BatchNorm key into mmdet's and back (the inverse names a missing key in the
+source's terms). Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or
+buffer name (``weight``, ``running_mean``, ...).
+"""
+import re
+
+_PLACEHOLDERS = {'s': r'\d+', 'b': r'\d+', 'n': r'\d+', 'i': r'\d+', 'p': r'[A-Za-z_]+'}
+
+
+def _compile(template):
+    pattern = re.escape(template)
+    for name, regex in _PLACEHOLDERS.items():
+        pattern = pattern.replace(re.escape('{' + name + '}'), f'(?P<{name}>{regex})')
+    return re.compile(pattern + r'\Z')
+
+
+class KeyRule:
+    """One renaming ``source`` template <-> ``target`` template.
+
+    Args:
+        source (str): the key template in the source checkpoint's naming.
+        target (str): the same key in mmdet's naming (None: the key is dropped).
+        transform (callable, optional): ``transform(source_key, tensor) -> tensor``
+            applied when converting (e.g. a 1x1 convolution weight to a Linear one).
+    """
+
+    def __init__(self, source, target=None, transform=None):
+        self.source, self.target, self.transform = source, target, transform
+        self._source_re = _compile(source)
+        self._target_re = _compile(target) if target is not None else None
+
+    def match_source(self, key):
+        return self._source_re.match(key)
+
+    def to_target(self, key):
+        """The mmdet key for source ``key``, or None when the rule does not apply."""
+        m = self._source_re.match(key)
+        return self.target.format(**m.groupdict()) if m and self.target is not None else None
+
+    def to_source(self, key):
+        """The source key for mmdet ``key``, or None when the rule does not apply."""
+        m = self._target_re.match(key) if self._target_re is not None else None
+        return self.source.format(**m.groupdict()) if m else None
+
+    def convert(self, key, tensor):
+        return self.transform(key, tensor) if self.transform else tensor
+
+
+# torchvision ResNet naming (the official CBAM code and timm use it) -> mmdet's ResNet.
+TORCHVISION_RESNET_RULES = (
+    KeyRule('conv1.weight', 'conv1.weight'),
+    KeyRule('bn1.{p}', 'norm1.{p}'),
+    KeyRule('layer{s}.{b}.conv{n}.weight', 'layer{s}.{b}.conv{n}.weight'),
+    KeyRule('layer{s}.{b}.bn{n}.{p}', 'layer{s}.{b}.norm{n}.{p}'),
+    KeyRule('layer{s}.{b}.downsample.{i}.{p}', 'layer{s}.{b}.downsample.{i}.{p}'),
+)
+# The ImageNet classifier: not part of a detection backbone.
+CLASSIFIER_RULES = (KeyRule('fc.{p}'),)
+
+
+def rename(state_dict, rules, drop_rules):
+    """Apply ``rules`` to every key of ``state_dict``.
+
+    Returns:
+        (renamed, dropped, unknown): ``{mmdet_key: tensor}`` with each rule's transform
+        applied, the source keys matched by ``drop_rules``, the source keys no rule
+        matches.
+    """
+    renamed, dropped, unknown, sources = {}, [], [], {}
+    for key, value in state_dict.items():
+        if any(rule.match_source(key) for rule in drop_rules):
+            dropped.append(key)
+            continue
+        for rule in rules:
+            target = rule.to_target(key)
+            if target is not None:
+                if target in renamed:
+                    raise ValueError(f'source keys {sources[target]!r} and {key!r} both '
+                                     f'map to {target!r}')
+                renamed[target] = rule.convert(key, value)
+                sources[target] = key
+                break
+        else:
+            unknown.append(key)
+    return renamed, dropped, unknown
+
+
+def source_name(key, rules):
+    """The source-checkpoint name of mmdet ``key`` (for error messages)."""
+    for rule in rules:
+        source = rule.to_source(key)
+        if source is not None:
+            return source
+    return None

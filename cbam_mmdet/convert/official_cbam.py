@@ -1,0 +1,82 @@
+"""The official CBAM ImageNet checkpoints (Jongchan/attention-module) -> mmdet ResNet + CBAM.
+
+The official ResNet is torchvision's (v1.5, 7x7 stem + max-pool) with a CBAM at the end
+of every block's residual branch, saved from ``nn.DataParallel`` as
+``{'state_dict', 'epoch', 'arch', 'best_prec1', 'optimizer'}``. Its CBAM keys, per block,
+become this project's:
+
+============================================  ===========================================
+official                                      mmdet (``CBAM`` plugin)
+============================================  ===========================================
+``cbam.ChannelGate.mlp.1.{weight,bias}``      ``cbam.channel_attention.fc1.*``
+``cbam.ChannelGate.mlp.3.{weight,bias}``      ``cbam.channel_attention.fc2.*``
+``cbam.SpatialGate.spatial.conv.weight``      ``cbam.spatial_attention.conv.weight``
+``cbam.SpatialGate.spatial.bn.*``             ``cbam.spatial_attention.bn.*``
+============================================  ===========================================
+
+and ``bn*`` -> ``norm*``, ``fc.*`` dropped. Both pool channels as [max; mean] in that
+order, so the spatial convolution's weights carry over unchanged (timm's CbamModule
+uses [mean; max]; its weights would need the two input channels swapped).
+"""
+from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
+from .resnet_conversion import CheckpointConversionError, convert_resnet
+
+CBAM_RULES = (
+    KeyRule('layer{s}.{b}.cbam.ChannelGate.mlp.1.{p}',
+            'layer{s}.{b}.cbam.channel_attention.fc1.{p}'),
+    KeyRule('layer{s}.{b}.cbam.ChannelGate.mlp.3.{p}',
+            'layer{s}.{b}.cbam.channel_attention.fc2.{p}'),
+    KeyRule('layer{s}.{b}.cbam.SpatialGate.spatial.conv.weight',
+            'layer{s}.{b}.cbam.spatial_attention.conv.weight'),
+    KeyRule('layer{s}.{b}.cbam.SpatialGate.spatial.bn.{p}',
+            'layer{s}.{b}.cbam.spatial_attention.bn.{p}'),
+)
+OFFICIAL_CBAM_RULES = TORCHVISION_RESNET_RULES + CBAM_RULES
+
+
+def check_not_other_format(keys, expected, other_marker, other_format, other_tool):
+    """A clear error when ``keys`` are another converter's format."""
+    if any(other_marker in k for k in keys):
+        example = next(k for k in keys if other_marker in k)
+        raise CheckpointConversionError(
+            f'this is a {other_format} checkpoint (keys like {example!r}), not '
+            f'{expected}: convert it with {other_tool}')
+    if any('.channel_attention.' in k or k.startswith('norm1.') for k in keys):
+        raise CheckpointConversionError(
+            'this checkpoint already has mmdet ResNet names (norm1, '
+            'cbam.channel_attention, ...): load it directly with init_cfg=dict('
+            "type='Pretrained', checkpoint=...)")
+
+
+def convert_official_cbam(state_dict, depth=None):
+    """Convert an official ResNet + CBAM state dict (``module.`` prefix removed, see
+    :func:`~cbam_mmdet.convert.checkpoint_io.read_state_dict`).
+
+    Args:
+        state_dict (dict): ``{key: tensor}`` in the official naming.
+        depth (int, optional): 18, 34, 50, 101 (or 152): refuse another layout.
+
+    Returns:
+        ConvertedBackbone: the backbone is ``ResNet`` (depth >= 50, CBAM
+        ``after_conv3``) or ``PluginResNet`` (18/34, CBAM ``after_conv2``), CBAM with the
+        ratio read from the MLP shapes (16 in the official code).
+
+    Raises:
+        CheckpointConversionError: a ValueError listing every key that does not map
+            (unknown, missing, unexpected, mis-shaped), a timm file, or a wrong depth.
+    """
+    check_not_other_format(state_dict, 'an official ResNet + CBAM checkpoint', '.se.fc1.',
+                           'timm SE-ResNet', 'tools/convert_timm_seresnet.py')
+    plugin_cfg = dict(type='CBAM')
+    kernels = {tuple(v.shape[-2:]) for k, v in state_dict.items()
+               if k.endswith('cbam.SpatialGate.spatial.conv.weight')}
+    if len(kernels) == 1 and next(iter(kernels)) != (7, 7):
+        k = next(iter(kernels))
+        if k[0] != k[1] or k[0] % 2 == 0:
+            raise CheckpointConversionError(
+                f'spatial gate kernel {k} is not square and odd: CBAM cannot hold it')
+        plugin_cfg['spatial_kernel'] = k[0]
+    return convert_resnet(
+        state_dict, rules=OFFICIAL_CBAM_RULES, source_format='official_cbam',
+        plugin_cfg=plugin_cfg, fc1_suffix='cbam.channel_attention.fc1.weight',
+        depth=depth, describe_source="'layer1.0.cbam.ChannelGate.mlp.1.weight'")
