@@ -46,7 +46,7 @@ def main(argv=None):
     cfg = build_train_config(args.config, work_dir=args.work_dir, resume=args.resume,
                              amp=args.amp, auto_scale_lr=args.auto_scale_lr,
                              cfg_options=args.cfg_options, launcher=args.launcher)
-    run_train(cfg)
+    return run_train(cfg)
 
 
 if __name__ == '__main__':
