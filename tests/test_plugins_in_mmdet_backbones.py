@@ -82,7 +82,8 @@ def test_every_plugin_position_works(position):
 def test_plugin_is_applied_in_the_block_forward():
     """The block output changes when the plugin's gate changes: it is really in the path."""
     m = resnet(depth=50, plugins=[dict(cfg=dict(type='CBAM'), position='after_conv3')],
-               zero_init_residual=False).eval()
+               zero_init_residual=False)
+    m.eval()  # mmdet's ResNet.train() returns None, so no chaining
     x = torch.randn(1, 3, 64, 64)
     before = m(x)[0].clone()
     with torch.no_grad():

@@ -41,14 +41,15 @@ class ChannelAttention(nn.Module):
         return self.fc2(self.act(self.fc1(descriptor)))
 
     def descriptors(self, x: torch.Tensor):
-        """The pooled ``(N, C)`` descriptors the shared MLP sees, in float32."""
+        """The pooled ``(N, C)`` descriptors the shared MLP sees, in float32 (or float64)."""
         n, c = x.shape[:2]
         out = []
         if self.pool in ('avg', 'avg+max'):
             out.append(F.adaptive_avg_pool2d(x, 1).view(n, c))
         if self.pool in ('max', 'avg+max'):
             out.append(F.adaptive_max_pool2d(x, 1).view(n, c))
-        return [d.float() for d in out]
+        dtype = torch.promote_types(self.fc1.weight.dtype, torch.float32)
+        return [d.to(dtype) for d in out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         descriptors = self.descriptors(x)

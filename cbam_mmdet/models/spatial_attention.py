@@ -43,10 +43,11 @@ class SpatialAttention(nn.Module):
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(N, 2, H, W)`` (or ``(N, 1, H, W)`` for conv1x1) descriptor, float32."""
+        dtype = torch.promote_types(self.conv.weight.dtype, torch.float32)
         if self.descriptor == 'conv1x1':
-            return self.reduce(x.float())
-        return torch.cat((x.amax(dim=1, keepdim=True).float(),
-                          x.mean(dim=1, keepdim=True, dtype=torch.float32)), dim=1)
+            return self.reduce(x.to(dtype))
+        return torch.cat((x.amax(dim=1, keepdim=True).to(dtype),
+                          x.mean(dim=1, keepdim=True, dtype=dtype)), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
