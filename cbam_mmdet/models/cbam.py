@@ -2,6 +2,7 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
+from ..ops import cbam_forward, check_implementation, select_backend
 from ._validate import check_choice, check_odd_kernel, check_positive_int
 from .channel_attention import CHANNEL_POOLS, ChannelAttention
 from .spatial_attention import SPATIAL_DESCRIPTORS, SpatialAttention
@@ -48,6 +49,13 @@ class CBAM(nn.Module):
         spatial_descriptor (str): ``'max+mean'`` (default) or ``'conv1x1'``.
         arrangement (str): ``'channel_first'`` (default), ``'spatial_first'`` or
             ``'parallel'``.
+        implementation (str): ``'auto'`` (default: a fast path with the same outputs
+            and gradients where one exists, fused Triton kernels on CUDA, fewer passes
+            in PyTorch on CPU; see :mod:`cbam_mmdet.ops`), ``'reference'`` (this
+            class's ``forward``, written as the equations) or ``'fast'`` (refuse
+            options without a fast path). The fast path covers the defaults of
+            ``arrangement``, ``channel_pool`` and ``spatial_descriptor`` with both
+            attentions, any ``ratio`` and ``spatial_kernel``.
     """
 
     _abbr_ = 'cbam'
@@ -60,8 +68,10 @@ class CBAM(nn.Module):
                  channel_pool: str = 'avg+max',
                  spatial_kernel: int = 7,
                  spatial_descriptor: str = 'max+mean',
-                 arrangement: str = 'channel_first'):
+                 arrangement: str = 'channel_first',
+                 implementation: str = 'auto'):
         super().__init__()
+        check_implementation(implementation)
         check_positive_int('in_channels', in_channels)
         check_positive_int('ratio', ratio)
         check_choice('arrangement', arrangement, ARRANGEMENTS)
@@ -81,6 +91,10 @@ class CBAM(nn.Module):
         self.spatial_attention = SpatialAttention(
             kernel_size=spatial_kernel, descriptor=spatial_descriptor,
             in_channels=in_channels) if spatial_attention else None
+        self.implementation = implementation
+        self.has_fast_path = (arrangement == 'channel_first' and channel_attention
+                              and spatial_attention and channel_pool == 'avg+max'
+                              and spatial_descriptor == 'max+mean')
         self.init_weights()
 
     def init_weights(self):
@@ -104,6 +118,13 @@ class CBAM(nn.Module):
         return [g for g in gates if g is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = select_backend(self.implementation, x, self.has_fast_path)
+        if backend != 'reference':
+            return cbam_forward(backend, x, self.channel_attention, self.spatial_attention)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (1) as written: the definition the fast paths are tested against."""
         if self.arrangement == 'parallel':
             maps = [gate(x) for gate in self.gates()]
             for m in maps:

@@ -1,6 +1,7 @@
 import torch
 from mmdet.registry import MODELS
 
+from ..ops import check_implementation, se_forward, select_backend
 from .channel_attention import ChannelAttention
 
 
@@ -19,12 +20,25 @@ class SE(ChannelAttention):
     Args:
         in_channels (int): C, passed by mmdet's Bottleneck for plugins.
         ratio (int): reduction r. Default 16.
+        implementation (str): ``'auto'`` (default: the fast path, fused Triton
+            kernels on CUDA, PyTorch on CPU, same outputs and gradients; see
+            :mod:`cbam_mmdet.ops`), ``'reference'`` (the equation as written) or
+            ``'fast'``.
     """
 
     _abbr_ = 'se'
 
-    def __init__(self, in_channels: int, ratio: int = 16):
+    def __init__(self, in_channels: int, ratio: int = 16, implementation: str = 'auto'):
         super().__init__(in_channels, ratio=ratio, pool='avg')
+        check_implementation(implementation)
+        self.implementation = implementation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = select_backend(self.implementation, x, has_fast_path=True)
+        if backend != 'reference':
+            return se_forward(backend, x, self)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The equation as written: the definition the fast paths are tested against."""
         return x * super().forward(x).to(x.dtype)

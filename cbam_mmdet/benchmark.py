@@ -1,0 +1,210 @@
+"""Speed of the attention plugins: baseline vs SE vs CBAM, in one process.
+
+Every variant is built from a config, runs on the same synthetic batch, and the variants
+take turns (interleaved) inside each round, after warm-up rounds, so that drifts of the
+machine (clocks, other processes) hit them alike. A variant's time is the median over the
+rounds of its mean step time in that round; its ratio is the median over the rounds of
+(its time / the baseline's time in the same round), with the spread of those ratios.
+
+Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``,
+i.e. the fast paths) and ``se-ref``, ``cbam-ref`` (``implementation='reference'``).
+"""
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_CONFIGS = {
+    'baseline': 'configs/faster_rcnn_r50_coco.py',
+    'se': 'configs/faster_rcnn_r50_se_coco.py',
+    'cbam': 'configs/faster_rcnn_r50_cbam_coco.py',
+}
+VARIANTS = ('baseline', 'se-ref', 'se', 'cbam-ref', 'cbam')
+MODES = ('train', 'infer')
+
+
+def variant_config(name, configs=None):
+    """The mmengine Config of a variant: ``<plugin>-ref`` is ``<plugin>`` with every
+    plugin's ``implementation='reference'``; ``init_cfg`` is dropped (no download)."""
+    from mmengine.config import Config
+    if name not in VARIANTS:
+        raise ValueError(f'variant must be one of {list(VARIANTS)}, got {name!r}')
+    configs = {**DEFAULT_CONFIGS, **(configs or {})}
+    base = name[:-len('-ref')] if name.endswith('-ref') else name
+    cfg = Config.fromfile(configs[base])
+    backbone = cfg.model.backbone
+    backbone.init_cfg = None
+    if base != 'baseline' and not backbone.get('plugins'):
+        raise ValueError(f'config {configs[base]} of variant {name!r} has no '
+                         'model.backbone.plugins')
+    for plugin in backbone.get('plugins') or []:
+        plugin.cfg.implementation = 'reference' if name.endswith('-ref') else 'auto'
+    return cfg
+
+
+def build_model(cfg, backbone_only):
+    import cbam_mmdet  # noqa: F401  (registers CBAM and SE)
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(copy.deepcopy(cfg.model.backbone if backbone_only else cfg.model))
+    return model
+
+
+def synthetic_batch(batch_size, shape, device, num_boxes=8, seed=0):
+    """Normalised images (B, 3, H, W) and DetDataSamples with random boxes and labels."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    h, w = shape
+    images = torch.randn((batch_size, 3, h, w), generator=g)
+    samples = []
+    for _ in range(batch_size):
+        xy = torch.rand((num_boxes, 2), generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = (torch.rand((num_boxes, 2), generator=g) * 0.25 + 0.05) * torch.tensor([w, h])
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+            batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat((xy, xy + wh), dim=1).to(device),
+            labels=torch.randint(0, 80, (num_boxes,), generator=g).to(device))
+        samples.append(sample)
+    return images.to(device), samples
+
+
+@dataclass
+class Runner:
+    """One variant's model, optimiser and step functions."""
+    name: str
+    model: torch.nn.Module
+    backbone_only: bool
+    amp: bool
+    device: torch.device
+    optimizer: torch.optim.Optimizer = None
+    scaler: object = None
+    times: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+
+    def _autocast(self):
+        dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def train_step(self, images, samples):
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            if self.backbone_only:
+                loss = sum(o.float().mean() for o in self.model(images))
+            else:
+                losses = self.model(images, samples, mode='loss')
+                loss, _ = self.model.parse_losses(losses)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def infer_step(self, images, samples):
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            if self.backbone_only:
+                self.model(images)
+            else:
+                self.model(images, samples, mode='predict')
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, iters, device):
+    """Mean seconds per call of ``step`` over ``iters`` calls."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def run_benchmark(variants=VARIANTS, modes=MODES, device='cpu', amp=False, batch_size=1,
+                  shape=(512, 512), channels_last=False, backbone_only=False, rounds=7,
+                  warmup=2, iters=3, configs=None, seed=0, log=print):
+    """Time every variant in every mode; return a list of result dicts (one per variant
+    and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
+    baseline) and ``ratio_min``/``ratio_max`` (their spread)."""
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f'variant must be one of {list(VARIANTS)}, got {v!r}')
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f'mode must be one of {list(MODES)}, got {m!r}')
+    if 'baseline' not in variants:
+        variants = ('baseline',) + tuple(variants)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    images, samples = synthetic_batch(batch_size, shape, device, seed=seed)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
+    runners = []
+    for name in variants:
+        torch.manual_seed(seed)
+        model = build_model(variant_config(name, configs), backbone_only)
+        model = model.to(device).to(memory_format=memory_format)
+        runners.append(Runner(name, model, backbone_only, amp, device))
+    results = []
+    for mode in modes:
+        steps = {r.name: (lambda r=r: getattr(r, f'{mode}_step')(images, samples))
+                 for r in runners}
+        for _ in range(warmup):
+            for r in runners:
+                time_steps(steps[r.name], 1, device)
+        per_round = {r.name: [] for r in runners}
+        for i in range(rounds):
+            order = runners if i % 2 == 0 else runners[::-1]
+            for r in order:
+                per_round[r.name].append(time_steps(steps[r.name], iters, device))
+        base = per_round['baseline']
+        for r in runners:
+            ratios = [t / b for t, b in zip(per_round[r.name], base)]
+            results.append(dict(
+                variant=r.name, mode=mode, ms=statistics.median(per_round[r.name]) * 1e3,
+                ratio=statistics.median(ratios), ratio_min=min(ratios),
+                ratio_max=max(ratios)))
+        log(format_table([x for x in results if x['mode'] == mode]))
+    return results
+
+
+def format_table(results):
+    lines = [f"{'mode':<6} {'variant':<9} {'ms':>9} {'x baseline':>11} "
+             f"{'(min..max over rounds)':>24}"]
+    for r in results:
+        lines.append(f"{r['mode']:<6} {r['variant']:<9} {r['ms']:9.2f} {r['ratio']:11.3f} "
+                     f"{'(' + format(r['ratio_min'], '.3f') + '..':>16}"
+                     f"{format(r['ratio_max'], '.3f') + ')':<8}")
+    return '\n'.join(lines)
+
+
+def describe_device(device):
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}, torch {torch.version.__version__}'
+    return (f'CPU, {torch.get_num_threads()} threads, torch {torch.version.__version__}')
+
+
+def parse_shape(text):
+    parts = [p for p in str(text).lower().replace('x', ',').split(',') if p]
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        h = w = -1
+    if h < 32 or w < 32:
+        raise ValueError(f'shape must be HxW (or one size) with H, W >= 32, got {text!r}')
+    return h, w

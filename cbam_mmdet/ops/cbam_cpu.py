@@ -1,0 +1,82 @@
+"""The PyTorch fast path of CBAM and SE: the same equations in fewer passes.
+
+Runs on any device (the default on CPU, and on CUDA without Triton) and under autograd.
+Differences from the reference ``forward`` (all exact up to float rounding):
+
+- global max pooling with ``amax`` over (H, W) instead of ``adaptive_max_pool2d``
+  (several times faster on CPU); both descriptors go through the shared MLP as one
+  batched ``(2, N, C)`` input;
+- the channel mean of ``F' = M_c F`` as one matrix product ``M_c^T F / C`` over the
+  NCHW tensor (no reduction along the strided channel axis);
+- ``F'' = M_s F'`` in place on ``F'`` when autograd does not record (inference), so a
+  CBAM call allocates one feature-sized tensor instead of two;
+- autocast is only switched off around the small maps when it is on.
+
+Attention maps are computed in float32 (float64 for float64 inputs) outside autocast, as
+in the reference, so fp16 activations as large as 1e4 give no inf or NaN.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(x):
+    """float32 for half inputs, float64 for float64: the dtype of the attention maps."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def no_autocast(x):
+    """A context that switches autocast off for x's device, only when it is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def mlp_logits(pooled, fc1, fc2):
+    """The shared MLP ``W2 relu(W1 d + b1) + b2`` on a stack of descriptors ``(K, N, C)``."""
+    dt = pooled.dtype
+    hidden = F.relu(F.linear(pooled, fc1.weight.to(dt), fc1.bias.to(dt)))
+    return F.linear(hidden, fc2.weight.to(dt), fc2.bias.to(dt))
+
+
+def spatial_logits(desc, spatial_attention):
+    """``BN(conv_k(desc))`` for the ``(N, 2, H, W)`` descriptor (module BN semantics)."""
+    sa = spatial_attention
+    dt = desc.dtype
+    conv = sa.conv
+    return sa.bn(F.conv2d(desc, conv.weight.to(dt), None, conv.stride, conv.padding))
+
+
+def se_forward(x, se):
+    """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`)."""
+    n, c = x.shape[:2]
+    cdt = compute_dtype(x)
+    pooled = x.mean((2, 3), dtype=cdt)
+    with no_autocast(x):
+        a = torch.sigmoid(mlp_logits(pooled, se.fc1, se.fc2))
+    return x * a.view(n, c, 1, 1).to(x.dtype)
+
+
+def cbam_forward(x, channel_attention, spatial_attention):
+    """CBAM, channel then spatial attention, avg+max channel pooling and the
+    [max; mean] spatial descriptor (:class:`~cbam_mmdet.CBAM`'s defaults)."""
+    n, c, h, w = x.shape
+    cdt = compute_dtype(x)
+    pooled = torch.stack((x.mean((2, 3), dtype=cdt), x.amax((2, 3)).to(cdt)))
+    with no_autocast(x):
+        logits = mlp_logits(pooled, channel_attention.fc1, channel_attention.fc2)
+        a = torch.sigmoid(logits[0] + logits[1])
+    y = x * a.view(n, c, 1, 1).to(x.dtype)
+    desc_max = y.amax(dim=1, keepdim=True).to(cdt)
+    if x.dtype == cdt and x.is_contiguous():
+        # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample.
+        desc_mean = torch.matmul(a.view(n, 1, c), x.view(n, c, h * w)).view(n, 1, h, w) / c
+    else:
+        desc_mean = y.mean(dim=1, keepdim=True, dtype=cdt)
+    with no_autocast(x):
+        s = torch.sigmoid(spatial_logits(torch.cat((desc_max, desc_mean), dim=1),
+                                         spatial_attention)).to(x.dtype)
+    if y.requires_grad:
+        return y * s
+    return y.mul_(s)

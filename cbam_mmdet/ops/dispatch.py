@@ -1,0 +1,91 @@
+"""Which implementation of the attention plugins runs: the reference or a fast path.
+
+``implementation`` (a constructor argument of :class:`~cbam_mmdet.CBAM` and
+:class:`~cbam_mmdet.SE`) is one of
+
+- ``'auto'`` (default): the fast path where it exists for the module's options and the
+  input, else the reference. On CUDA with Triton installed: fused Triton kernels
+  (:mod:`.cbam_triton`); otherwise (CPU, or CUDA without Triton): the PyTorch fast path
+  (:mod:`.cbam_cpu`).
+- ``'reference'``: the modules' own ``forward``, written as the equations (the
+  definition the fast paths are tested against).
+- ``'fast'``: like ``'auto'``, but refuse (ValueError) module options that have no
+  fast path instead of falling back silently.
+
+The environment variable ``CBAM_MMDET_ATTENTION`` (``auto``, ``reference``,
+``fast``, ``cpu`` or ``triton``), when set, overrides ``'auto'`` for every module
+(``cpu`` and ``triton`` force one fast path: ``triton`` needs CUDA and Triton).
+"""
+import functools
+import os
+
+import torch
+
+IMPLEMENTATIONS = ('auto', 'reference', 'fast')
+ENV_VAR = 'CBAM_MMDET_ATTENTION'
+ENV_CHOICES = ('auto', 'reference', 'fast', 'cpu', 'triton')
+
+# Input dtypes the Triton kernels take (float64 goes to the PyTorch fast path).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton imports and a CUDA device is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def check_implementation(value):
+    if value not in IMPLEMENTATIONS:
+        raise ValueError(f'implementation must be one of {list(IMPLEMENTATIONS)}, '
+                         f'got {value!r}')
+
+
+def env_override():
+    """The value of CBAM_MMDET_ATTENTION, validated; None when unset or empty."""
+    value = os.environ.get(ENV_VAR, '').strip().lower()
+    if not value:
+        return None
+    if value not in ENV_CHOICES:
+        raise ValueError(f'environment variable {ENV_VAR} must be one of '
+                         f'{list(ENV_CHOICES)}, got {value!r}')
+    return value
+
+
+def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) -> str:
+    """``'reference'``, ``'cpu'`` (PyTorch fast path) or ``'triton'`` for this call.
+
+    Args:
+        implementation: the module's ``implementation`` argument.
+        x: the input feature map.
+        has_fast_path: whether the module's options have a fast path.
+    """
+    choice = implementation
+    if implementation == 'auto':
+        choice = env_override() or 'auto'
+    if choice == 'reference':
+        return 'reference'
+    if not has_fast_path:
+        if choice == 'auto':
+            return 'reference'
+        raise ValueError(
+            f"implementation={choice!r}: these module options have no fast path (it "
+            "covers SE and CBAM with arrangement='channel_first', channel_pool="
+            "'avg+max', spatial_descriptor='max+mean', both attentions); use "
+            "implementation='auto' or 'reference'")
+    use_triton = x.is_cuda and x.dtype in TRITON_DTYPES and triton_available()
+    if choice == 'triton':
+        if not use_triton:
+            raise ValueError(f'{ENV_VAR}=triton needs a CUDA input of dtype '
+                             f'float16/bfloat16/float32 and Triton installed')
+        return 'triton'
+    if choice == 'cpu':
+        return 'cpu'
+    return 'triton' if use_triton else 'cpu'

@@ -1,0 +1,70 @@
+"""Time baseline, SE and CBAM (reference and fast) detectors or backbones, interleaved.
+
+    python tools/benchmark.py --device cuda --amp --batch-size 2 --shape 800x1216
+    python tools/benchmark.py --device cpu --backbone-only --shape 512 --modes infer
+
+Prints each variant's median step time in ms and its ratio to the baseline (median of
+per-round ratios, with their min..max). Variants: baseline, se-ref, se, cbam-ref, cbam
+(``-ref``: the plugins' reference implementation; without: the default fast path).
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from cbam_mmdet.benchmark import (MODES, VARIANTS, describe_device, parse_shape,  # noqa: E402
+                                  run_benchmark)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast (float16 on CUDA, bfloat16 on CPU)')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--shape', default='512x512', type=parse_shape, help='HxW')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='time the configs\' backbones (ResNet) instead of detectors')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
+    parser.add_argument('--rounds', type=int, default=7)
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--iters', type=int, default=3, help='steps per variant per round')
+    parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
+    parser.add_argument('--json', help='also write the results to this file')
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'rounds', 'iters'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
+          f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, '
+          f'channels_last={args.channels_last}, backbone_only={args.backbone_only}, '
+          f'{args.rounds} rounds x {args.iters} steps after {args.warmup} warm-up rounds')
+    results = run_benchmark(
+        variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
+        batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
+        backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
+        iters=args.iters)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args={k: v for k, v in vars(args).items()},
+                           device=describe_device(args.device), results=results), f,
+                      indent=1)
+
+
+if __name__ == '__main__':
+    main()
