@@ -5,6 +5,7 @@ import os.path as osp
 import torch
 
 from ..checkpoint import load_checkpoint_file, write_atomically
+from .errors import CheckpointConversionError
 
 # Where training scripts keep the weights inside a checkpoint dict, in the order tried.
 STATE_DICT_ENTRIES = ('state_dict', 'model')
@@ -22,7 +23,7 @@ def read_state_dict(path):
     """
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
-        raise ValueError(f'{path}: expected a dict of tensors or a dict with a '
+        raise CheckpointConversionError(f'{path}: expected a dict of tensors or a dict with a '
                          f"'state_dict' entry, got {type(ckpt).__name__}")
     state = ckpt
     for entry in STATE_DICT_ENTRIES:
@@ -31,7 +32,7 @@ def read_state_dict(path):
             break
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors or not state:
-        raise ValueError(
+        raise CheckpointConversionError(
             f'{path}: no state dict found: expected a dict of tensors or one under '
             f"{list(STATE_DICT_ENTRIES)}; top-level entries are {sorted(map(str, ckpt))[:20]}")
     return {(k[len('module.'):] if k.startswith('module.') else k): v

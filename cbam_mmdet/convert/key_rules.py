@@ -1,11 +1,13 @@
 """Key renaming rules written as two templates, one per naming, usable both ways.
 
-``KeyRule('layer{s}.{b}.bn{n}.{p}', 'layer{s}.{b}.norm{n}.{p}')`` renames a torchvision
-block BatchNorm key into mmdet's and back (the inverse names a missing key in the
-source's terms). Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or
+``KeyRule('layer{s}.{b}.cbam.ChannelGate.mlp.1.{p}',
+'layer{s}.{b}.cbam.channel_attention.fc1.{p}')`` renames an official CBAM key into
+mmdet's and back (the inverse names a missing key in the source's terms). Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or
 buffer name (``weight``, ``running_mean``, ...).
 """
 import re
+
+from .errors import CheckpointConversionError
 
 _PLACEHOLDERS = {'s': r'\d+', 'b': r'\d+', 'n': r'\d+', 'i': r'\d+', 'p': r'[A-Za-z_]+'}
 
@@ -50,11 +52,13 @@ class KeyRule:
 
 
 # torchvision ResNet naming (the official CBAM code and timm use it) -> mmdet's ResNet.
+# mmdet's ResNet stores its BatchNorms under the same names (build_norm_layer names a BN
+# 'bn' + postfix; ``norm1`` etc. are properties), so these keys keep their names.
 TORCHVISION_RESNET_RULES = (
     KeyRule('conv1.weight', 'conv1.weight'),
-    KeyRule('bn1.{p}', 'norm1.{p}'),
+    KeyRule('bn1.{p}', 'bn1.{p}'),
     KeyRule('layer{s}.{b}.conv{n}.weight', 'layer{s}.{b}.conv{n}.weight'),
-    KeyRule('layer{s}.{b}.bn{n}.{p}', 'layer{s}.{b}.norm{n}.{p}'),
+    KeyRule('layer{s}.{b}.bn{n}.{p}', 'layer{s}.{b}.bn{n}.{p}'),
     KeyRule('layer{s}.{b}.downsample.{i}.{p}', 'layer{s}.{b}.downsample.{i}.{p}'),
 )
 # The ImageNet classifier: not part of a detection backbone.
@@ -78,7 +82,7 @@ def rename(state_dict, rules, drop_rules):
             target = rule.to_target(key)
             if target is not None:
                 if target in renamed:
-                    raise ValueError(f'source keys {sources[target]!r} and {key!r} both '
+                    raise CheckpointConversionError(f'source keys {sources[target]!r} and {key!r} both '
                                      f'map to {target!r}')
                 renamed[target] = rule.convert(key, value)
                 sources[target] = key

@@ -14,7 +14,8 @@ official                                      mmdet (``CBAM`` plugin)
 ``cbam.SpatialGate.spatial.bn.*``             ``cbam.spatial_attention.bn.*``
 ============================================  ===========================================
 
-and ``bn*`` -> ``norm*``, ``fc.*`` dropped. Both pool channels as [max; mean] in that
+``fc.*`` (the classifier) is dropped; the ResNet keys (``conv1``, ``bn1``,
+``layerX.Y.conv*/bn*/downsample.0/1``) are mmdet's ResNet keys already. Both pool channels as [max; mean] in that
 order, so the spatial convolution's weights carry over unchanged (timm's CbamModule
 uses [mean; max]; its weights would need the two input channels swapped).
 """
@@ -41,11 +42,10 @@ def check_not_other_format(keys, expected, other_marker, other_format, other_too
         raise CheckpointConversionError(
             f'this is a {other_format} checkpoint (keys like {example!r}), not '
             f'{expected}: convert it with {other_tool}')
-    if any('.channel_attention.' in k or k.startswith('norm1.') for k in keys):
+    if any('.cbam.channel_attention.' in k for k in keys):
         raise CheckpointConversionError(
-            'this checkpoint already has mmdet ResNet names (norm1, '
-            'cbam.channel_attention, ...): load it directly with init_cfg=dict('
-            "type='Pretrained', checkpoint=...)")
+            'this checkpoint already has mmdet names (cbam.channel_attention, ...): load '
+            "it directly with init_cfg=dict(type='Pretrained', checkpoint=...)")
 
 
 def convert_official_cbam(state_dict, depth=None):

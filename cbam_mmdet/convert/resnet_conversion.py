@@ -7,14 +7,11 @@ import torch
 from mmengine.registry import DefaultScope
 from mmdet.registry import MODELS
 
+from .errors import CheckpointConversionError
 from .key_rules import CLASSIFIER_RULES, rename, source_name
 from .resnet_layout import plugin_configs, reduction_ratios, resnet_depth
 
 _SHOWN = 30
-
-
-class CheckpointConversionError(ValueError):
-    """The source checkpoint does not map completely onto the mmdet backbone."""
 
 
 @dataclass

@@ -4,6 +4,8 @@ import re
 
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 
+from .errors import CheckpointConversionError
+
 _BLOCK_KEY = re.compile(r'layer(\d+)\.(\d+)\.')
 
 
@@ -15,11 +17,11 @@ def stage_blocks(keys):
         if m:
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     if sorted(blocks) != [1, 2, 3, 4]:
-        raise ValueError(f'expected the four ResNet stages layer1..layer4, found stages '
+        raise CheckpointConversionError(f'expected the four ResNet stages layer1..layer4, found stages '
                          f'{sorted(blocks)}: not a ResNet state dict')
     for stage, indices in blocks.items():
         if sorted(indices) != list(range(len(indices))):
-            raise ValueError(f'layer{stage} has blocks {sorted(indices)}: block indices '
+            raise CheckpointConversionError(f'layer{stage} has blocks {sorted(indices)}: block indices '
                              f'must run 0..n-1')
     return {stage: len(indices) for stage, indices in sorted(blocks.items())}
 
@@ -38,10 +40,10 @@ def resnet_depth(keys, depth=None):
     if not found:
         known = {d: (('Bottleneck' if b is Bottleneck else 'BasicBlock'), n)
                  for d, (b, n) in ResNet.arch_settings.items()}
-        raise ValueError(f'{block_name} blocks {counts} per stage match no ResNet depth; '
+        raise CheckpointConversionError(f'{block_name} blocks {counts} per stage match no ResNet depth; '
                          f'known layouts: {known}')
     if depth is not None and depth != found[0]:
-        raise ValueError(f'depth={depth} was asked for, but the checkpoint holds a '
+        raise CheckpointConversionError(f'depth={depth} was asked for, but the checkpoint holds a '
                          f'ResNet-{found[0]} ({block_name} blocks {counts} per stage)')
     return found[0]
 
@@ -79,7 +81,7 @@ def reduction_ratios(hidden_sizes):
     for stage, pairs in sorted(by_stage.items()):
         allowed = ratios_for(pairs)
         if not allowed:
-            raise ValueError(
+            raise CheckpointConversionError(
                 f'no integer reduction ratio r gives the hidden sizes of layer{stage} '
                 f'({sorted(set(pairs))} as (channels, hidden)) with hidden = channels // '
                 f'r: the plugin cannot hold these weights')
