@@ -1,0 +1,1 @@
+"""Seeing what attention does: attention maps, Grad-CAM and training curves."""

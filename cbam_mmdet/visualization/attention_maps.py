@@ -1,0 +1,169 @@
+"""Capture the attention maps of every CBAM and SE module of a model during a forward.
+
+:class:`AttentionRecorder` puts a forward hook on each :class:`~cbam_mmdet.CBAM` and
+:class:`~cbam_mmdet.SE` module. The hook takes the module's input ``F`` and recomputes
+the maps with the module's own submodules, so it does not depend on how the module's
+``forward`` is implemented (a fast path may fuse the steps and never call them):
+
+- CBAM: ``M_c`` = ``cbam.channel_attention(.)`` ``(N, C, 1, 1)`` and
+  ``M_s`` = ``cbam.spatial_attention(.)`` ``(N, 1, H, W)``, each on the input it gets in
+  the module's arrangement (channel first: ``M_s`` on ``M_c * F``; spatial first: ``M_c``
+  on ``M_s * F``; parallel: both on ``F``);
+- SE: ``s = sigmoid(MLP(AvgPool(F)))`` ``(N, C, 1, 1)``, its channel attention.
+
+Both maps are sigmoids, so they lie in [0, 1]. The recomputation runs without autograd.
+The model must be in eval mode (a BatchNorm in training mode would update its running
+statistics a second time): :class:`AttentionRecorder` refuses a module in training mode.
+"""
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..models.cbam import CBAM
+from ..models.channel_attention import ChannelAttention
+from ..models.se import SE
+
+STAGE_REDUCTIONS = ('last', 'mean')
+
+
+@dataclass
+class AttentionMaps:
+    """The maps one attention module produced in its last call.
+
+    ``channel``: ``(N, C, 1, 1)`` or None; ``spatial``: ``(N, 1, H, W)`` or None; both
+    float32 on the CPU, in [0, 1]. ``kind``: ``'CBAM'`` or ``'SE'``.
+    """
+    name: str
+    kind: str
+    channel: Optional[torch.Tensor]
+    spatial: Optional[torch.Tensor]
+
+
+@torch.no_grad()
+def cbam_maps(cbam: CBAM, x: torch.Tensor):
+    """``(M_c, M_s)`` of a CBAM module for its input ``x`` (None for a disabled gate)."""
+    channel = spatial = None
+    parallel = cbam.arrangement == 'parallel'
+    y = x
+    for gate in cbam.gates():
+        m = gate(x if parallel else y)
+        if isinstance(gate, ChannelAttention):
+            channel = m
+        else:
+            spatial = m
+        if not parallel:
+            y = y * m.to(y.dtype)
+    return channel, spatial
+
+
+@torch.no_grad()
+def se_map(se: SE, x: torch.Tensor):
+    """SE's channel attention ``s`` ``(N, C, 1, 1)`` for its input ``x``."""
+    return ChannelAttention.forward(se, x)
+
+
+def attention_modules(model):
+    """``(name, module)`` of every CBAM and SE module of ``model``, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (CBAM, SE))]
+
+
+class AttentionRecorder:
+    """Context manager: records :class:`AttentionMaps` of every CBAM/SE module.
+
+    Example::
+
+        with AttentionRecorder(model) as rec:
+            model.predict(inputs, data_samples)
+        rec.maps['backbone.layer2.0.cbam'].spatial   # (N, 1, H, W)
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.modules = attention_modules(model)
+        self.maps = OrderedDict()
+        self._handles = []
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            x = args[0]
+            if isinstance(module, CBAM):
+                channel, spatial = cbam_maps(module, x)
+                kind = 'CBAM'
+            else:
+                channel, spatial, kind = se_map(module, x), None, 'SE'
+            self.maps[name] = AttentionMaps(
+                name, kind,
+                None if channel is None else channel.detach().float().cpu(),
+                None if spatial is None else spatial.detach().float().cpu())
+        return hook
+
+    def __enter__(self):
+        training = [n for n, m in self.modules if m.training]
+        if training:
+            raise RuntimeError(f'AttentionRecorder: modules in training mode ({training[0]}'
+                               f', ...): call model.eval() first')
+        self.maps.clear()
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return False
+
+
+def stage_of(name: str) -> str:
+    """The stage a module belongs to: ``backbone.layer2.3.cbam`` -> ``backbone.layer2``;
+    names without a ``layerN.<block>`` part (e.g. ``neck.attentions.0``) are their own."""
+    m = re.match(r'^(.*?\blayer\d+)\.\d+\.', name)
+    return m.group(1) if m else name
+
+
+def group_by_stage(maps):
+    """``OrderedDict(stage -> [AttentionMaps, ...])`` in model order."""
+    groups = OrderedDict()
+    for rec in maps.values():
+        groups.setdefault(stage_of(rec.name), []).append(rec)
+    return groups
+
+
+def stage_spatial_maps(maps, reduce='last', index=0):
+    """``OrderedDict(stage -> (H, W) tensor)``: each stage's spatial attention map for
+    sample ``index``, of its last block (``reduce='last'``) or the mean over its blocks
+    (``'mean'``; the blocks of a ResNet stage share one resolution). Stages without a
+    spatial gate (SE, channel-only CBAM) are left out."""
+    if reduce not in STAGE_REDUCTIONS:
+        raise ValueError(f'reduce must be one of {list(STAGE_REDUCTIONS)}, got {reduce!r}')
+    out = OrderedDict()
+    for stage, recs in group_by_stage(maps).items():
+        spatial = [r.spatial[index, 0] for r in recs if r.spatial is not None]
+        if not spatial:
+            continue
+        if reduce == 'last':
+            out[stage] = spatial[-1]
+        else:
+            shapes = {tuple(s.shape) for s in spatial}
+            if len(shapes) != 1:
+                raise ValueError(f"reduce='mean': the blocks of {stage} have spatial maps "
+                                 f'of different shapes {sorted(shapes)}')
+            out[stage] = torch.stack(spatial).mean(0)
+    return out
+
+
+def channel_statistics(maps, index=0):
+    """Per module with channel attention: dict(name, stage, kind, channels, mean, std,
+    min, max, values) of ``M_c`` (or SE's ``s``) for sample ``index``."""
+    stats = []
+    for rec in maps.values():
+        if rec.channel is None:
+            continue
+        v = rec.channel[index].flatten()
+        stats.append(dict(name=rec.name, stage=stage_of(rec.name), kind=rec.kind,
+                          channels=int(v.numel()), mean=float(v.mean()),
+                          std=float(v.std(unbiased=False)), min=float(v.min()),
+                          max=float(v.max()), values=v.numpy()))
+    return stats

@@ -1,0 +1,244 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) for one detection of an mmdet detector.
+
+.. math::
+    \\alpha_k = \\frac{1}{hw} \\sum_{i,j} \\frac{\\partial y}{\\partial A^k_{ij}}, \\qquad
+    L_{\\text{Grad-CAM}} = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big)
+
+``A`` is the output of a chosen layer (a backbone stage such as ``backbone.layer4``, or
+one output level of the neck), ``y`` the score of a chosen detection: for Faster R-CNN the
+softmax probability of the box's class from the RoI head, as the CBAM paper's Figure 4
+uses the softmax score of the target class. The score is differentiable because the
+model's own predict path runs with autograd on: RoIAlign, the box head's softmax and the
+score gathering after NMS keep the graph (:func:`grad_cam` checks that they did).
+
+A small hook-based implementation: the ``grad-cam`` package needs torchvision, which is
+not part of this project's stack. A forward hook replaces the layer's output by a leaf
+tensor that requires grad (the same values), so only the part of the model after the
+layer is differentiated, no parameter gradient is computed, and frozen stages
+(``frozen_stages``) work. The map is brought back to the original image
+(:func:`~.inference.to_image_size`) and normalised to [0, 1] by its maximum.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .drawing import (class_names_of, draw_detections, new_figure, normalize01,
+                      save_figure, show_image, show_overlay)
+from .inference import predict, prepare_image, to_image_size
+
+MATCHES = ('iou', 'rank')
+
+
+@dataclass
+class GradCamResult:
+    """``cam``: (h, w) raw map at the layer; ``heatmap``: (H, W) in [0, 1] over the
+    original image; the chosen detection (``index`` among the predictions, ``bbox``
+    x1 y1 x2 y2 pixels, ``label``, ``score``); ``result``: the DetDataSample;
+    ``image``: the BGR image."""
+    cam: np.ndarray
+    heatmap: np.ndarray
+    index: int
+    bbox: np.ndarray
+    label: int
+    score: float
+    result: object
+    image: np.ndarray
+
+
+def find_module(model, layer):
+    """The submodule named ``layer`` (a ``named_modules`` name); ValueError otherwise."""
+    modules = dict(model.named_modules())
+    if layer not in modules or not layer:
+        candidates = [n for n in modules if n.count('.') <= 1 and n][:12]
+        raise ValueError(f'layer: {layer!r} is not a module of the model; e.g. one of '
+                         f'{candidates}')
+    return modules[layer]
+
+
+class FeatureCapture:
+    """Forward hook: the layer's output (or ``level`` of a tuple/list output) becomes a
+    detached leaf that requires grad; it is kept in :attr:`activation`."""
+
+    def __init__(self, module, layer, level=None):
+        self.module, self.layer, self.level = module, layer, level
+        self.activation = None
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        if isinstance(output, torch.Tensor):
+            if self.level is not None:
+                raise ValueError(f'level: layer {self.layer!r} outputs one tensor; leave '
+                                 f'level unset (got {self.level!r})')
+            self.activation = output.detach().requires_grad_(True)
+            return self.activation
+        if isinstance(output, (tuple, list)):
+            n = len(output)
+            if self.level is None or not 0 <= self.level < n:
+                raise ValueError(f'level: layer {self.layer!r} outputs {n} levels; give '
+                                 f'level in 0..{n - 1}, got {self.level!r}')
+            out = list(output)
+            out[self.level] = self.activation = output[self.level].detach().requires_grad_(True)
+            return type(output)(out)
+        raise TypeError(f'layer {self.layer!r} outputs {type(output).__name__}, not a '
+                        f'tensor or a tuple of tensors')
+
+    def __enter__(self):
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
+
+
+@contextlib.contextmanager
+def no_parameter_grad(model):
+    """Parameters do not require grad inside; their flags are restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def score_threshold(model, score_thr):
+    """The test ``score_thr`` of the box head (two-stage: ``roi_head.test_cfg``; single
+    stage: ``bbox_head.test_cfg``) set to ``score_thr`` inside (None: unchanged)."""
+    if score_thr is None:
+        yield
+        return
+    head = getattr(model, 'roi_head', None) or getattr(model, 'bbox_head', None)
+    cfg = getattr(head, 'test_cfg', None)
+    if cfg is None or 'score_thr' not in cfg:
+        raise ValueError('score_thr: the model has no roi_head/bbox_head test_cfg with '
+                         'a score_thr to override')
+    old = cfg.score_thr
+    cfg.score_thr = score_thr
+    try:
+        yield
+    finally:
+        cfg.score_thr = old
+
+
+def box_iou(box, boxes):
+    """IoU of one x1 y1 x2 y2 box with each row of ``boxes``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    box = np.asarray(box, dtype=np.float64)
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_label=None):
+    """Index of the chosen detection: the ``rank``-th highest score (0: the top one), or,
+    given ``target_box``, the one overlapping it most (same label first when given)."""
+    scores = np.asarray(scores)
+    if len(scores) == 0:
+        raise ValueError('the model made no detection on this image; lower score_thr '
+                         '(e.g. score_thr=0) to use a weaker one')
+    if target_box is None:
+        if not isinstance(rank, int) or not 0 <= rank < len(scores):
+            raise ValueError(f'detection: rank {rank!r} out of range, the model made '
+                             f'{len(scores)} detections (0..{len(scores) - 1})')
+        return int(np.argsort(-scores, kind='stable')[rank])
+    iou = box_iou(target_box, bboxes)
+    if target_label is not None and (np.asarray(labels) == target_label).any():
+        iou = np.where(np.asarray(labels) == target_label, iou, -1.0)
+    return int(np.argmax(iou))
+
+
+def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_box=None,
+             target_label=None, score_thr=None):
+    """Grad-CAM of one detection on one image; returns a :class:`GradCamResult`.
+
+    Args:
+        model: an mmdet detector in eval mode (:func:`~.inference.load_detector`).
+        image: path or BGR array.
+        layer: name of the module whose output is ``A`` (``model.named_modules()``),
+            e.g. ``'backbone.layer3'``, ``'backbone.layer4'``, ``'neck'``.
+        level: for a layer with several outputs (an FPN neck), which one.
+        rank: the detection, by score rank (0: the top-scoring one).
+        target_box, target_label: choose instead the detection that overlaps
+            ``target_box`` most (of ``target_label`` when it has one), e.g. to compare
+            the same object across models.
+        score_thr: override the head's test score threshold (to reach weak detections).
+    """
+    inputs, data_samples, img = prepare_image(model, image)
+    module = find_module(model, layer)
+    with no_parameter_grad(model), score_threshold(model, score_thr), \
+            FeatureCapture(module, layer, level) as capture:
+        result = predict(model, inputs, data_samples, grad=True)[0]
+    pred = result.pred_instances
+    if capture.activation is None:
+        raise RuntimeError(f'layer {layer!r} did not run in the forward pass')
+    idx = choose_detection(pred.scores.detach().cpu().numpy(),
+                           pred.bboxes.detach().cpu().numpy(),
+                           pred.labels.cpu().numpy(), rank, target_box, target_label)
+    score = pred.scores[idx]
+    if score.grad_fn is None:
+        raise RuntimeError('the detection score is not differentiable: the predict path '
+                           'of this model does not keep the autograd graph')
+    (grad,) = torch.autograd.grad(score, capture.activation, allow_unused=True)
+    if grad is None:
+        raise RuntimeError(f'the detection score does not depend on layer {layer!r}'
+                           + ('' if level is None else f' level {level}'))
+    act = capture.activation.detach()
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act).sum(dim=1))[0]
+    heatmap = normalize01(to_image_size(cam, data_samples[0]))
+    return GradCamResult(cam=cam.numpy(), heatmap=heatmap, index=idx,
+                         bbox=pred.bboxes[idx].detach().cpu().numpy(),
+                         label=int(pred.labels[idx]), score=float(score.detach()),
+                         result=result, image=img)
+
+
+def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=None,
+                     rank=0, match='iou', score_thr=None, alpha=0.5):
+    """The CBAM paper's Figure 4 for detectors: one row per image, the input image, then
+    the Grad-CAM of each model side by side.
+
+    ``models``: list of ``(label, model)``. The first model's detection is chosen by
+    ``rank``; with ``match='iou'`` every other model explains its detection that overlaps
+    the first one's box most (same class first), so all columns explain the same object;
+    with ``match='rank'`` each model explains its own ``rank``-th detection. Panel titles
+    give the class, the score and (for matched ones) the IoU with the first box.
+    Returns ``(out_path, [[GradCamResult per model] per image])``.
+    """
+    if match not in MATCHES:
+        raise ValueError(f'match must be one of {list(MATCHES)}, got {match!r}')
+    if not models:
+        raise ValueError('models: give at least one (label, model)')
+    fig, axes = new_figure(len(images), 1 + len(models))
+    all_results = []
+    for row, image in enumerate(images):
+        results = []
+        for col, (name, model) in enumerate(models):
+            first = results[0] if results else None
+            kwargs = {}
+            if first is not None and match == 'iou':
+                kwargs = dict(target_box=first.bbox, target_label=first.label)
+            res = grad_cam(model, image, layer=layer, level=level, rank=rank,
+                           score_thr=score_thr, **kwargs)
+            results.append(res)
+            names = class_names_of(model)
+            cls = names[res.label] if names and res.label < len(names) else str(res.label)
+            title = f'{name}\n{cls} {res.score:.3f}'
+            if first is not None and match == 'iou':
+                title += f', IoU {float(box_iou(first.bbox, res.bbox[None])[0]):.2f}'
+            ax = axes[row, col + 1]
+            show_overlay(ax, res.image, res.heatmap, title=title, alpha=alpha)
+            draw_detections(ax, [res.bbox], [res.label], [res.score], names, highlight=0)
+        show_image(axes[row, 0], results[0].image, f'input ({layer}'
+                   + ('' if level is None else f' level {level}') + ')')
+        all_results.append(results)
+    return save_figure(fig, out_path), all_results

@@ -1,0 +1,70 @@
+"""Grad-CAM of a detection, for one or several detectors side by side.
+
+    python tools/grad_cam.py IMAGE [IMAGE ...] --model CONFIG CHECKPOINT [LABEL]
+        [--model CONFIG CHECKPOINT [LABEL] ...] --out FILE.png
+        [--layer backbone.layer4] [--level N] [--rank 0] [--match iou|rank]
+        [--score-thr THR]
+
+One row per image: the image, then each model's Grad-CAM of its chosen detection (the
+top-scoring one by default; with --match iou, the later models explain the detection
+overlapping the first model's most). Baseline vs CBAM, as the CBAM paper's Figure 4:
+    --model configs/demo/faster_rcnn_r50_shapes.py A.pth R-50
+    --model configs/demo/faster_rcnn_r50_shapes_cbam.py B.pth "R-50 + CBAM"
+See cbam_mmdet/visualization/grad_cam.py.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
+from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.visualization.grad_cam import MATCHES, compare_grad_cam  # noqa: E402
+from cbam_mmdet.visualization.inference import load_detector  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Grad-CAM of detections, side by side')
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--model', nargs='+', action='append', required=True,
+                        metavar='CONFIG CHECKPOINT [LABEL]',
+                        help='a detector; repeat for side-by-side columns')
+    parser.add_argument('--out', required=True, help='output PNG')
+    parser.add_argument('--layer', default='backbone.layer4',
+                        help='module whose output is explained (a named_modules name)')
+    parser.add_argument('--level', type=int, default=None,
+                        help='output level, for a layer with several (e.g. neck)')
+    parser.add_argument('--rank', type=int, default=0,
+                        help='the detection by score rank (0: the top-scoring one)')
+    parser.add_argument('--match', choices=MATCHES, default='iou',
+                        help='how later models choose their detection')
+    parser.add_argument('--score-thr', type=float, default=None,
+                        help="override the head's test score threshold")
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
+                        help='UNSAFE: load checkpoints whose unpickling may run code')
+    args = parser.parse_args(argv)
+    for spec in args.model:
+        if len(spec) not in (2, 3):
+            parser.error(f'--model takes CONFIG CHECKPOINT [LABEL], got {spec}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
+    models = []
+    for spec in args.model:
+        config, checkpoint = spec[:2]
+        label = spec[2] if len(spec) == 3 else osp.splitext(osp.basename(config))[0]
+        models.append((label, load_detector(config, checkpoint, device=args.device)))
+    path, results = compare_grad_cam(models, args.images, args.out, layer=args.layer,
+                                     level=args.level, rank=args.rank, match=args.match,
+                                     score_thr=args.score_thr)
+    print(path)
+    return path, results
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,64 @@
+"""Draw what the attention modules of a detector do on some images.
+
+    python tools/vis_attention.py CONFIG CHECKPOINT IMAGE [IMAGE ...] --out-dir DIR
+        [--score-thr 0.3] [--reduce last|mean] [--scale relative|absolute]
+
+For each image: DIR/<name>_attention.png (detections, and each stage's CBAM spatial
+attention map over the image), DIR/<name>_channel_attention.png and .json (channel
+attention statistics per stage; SE models have these only). See
+cbam_mmdet/visualization/attention_figures.py.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
+from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.visualization.attention_figures import (SCALES,  # noqa: E402
+                                                        visualize_attention)
+from cbam_mmdet.visualization.attention_maps import STAGE_REDUCTIONS  # noqa: E402
+from cbam_mmdet.visualization.inference import load_detector  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Attention maps of a CBAM/SE detector')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--out-dir', required=True, help='folder for the PNGs')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='draw detections with at least this score')
+    parser.add_argument('--reduce', choices=STAGE_REDUCTIONS, default='last',
+                        help="a stage's spatial map: its last block's or the blocks' mean")
+    parser.add_argument('--scale', choices=SCALES, default='relative',
+                        help='colour scale of the spatial maps: stretched to each map\'s '
+                             'range (relative) or fixed to [0, 1] (absolute)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
+                        help='UNSAFE: load checkpoints whose unpickling may run code')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
+    model = load_detector(args.config, args.checkpoint, device=args.device,
+                          cfg_options=args.cfg_options)
+    written = []
+    for image in args.images:
+        out = visualize_attention(model, image, args.out_dir, score_thr=args.score_thr,
+                                  reduce=args.reduce, scale=args.scale)
+        written += [p for p in (out['attention'], out['channel'], out['stats']) if p]
+    for p in written:
+        print(p)
+    return written
+
+
+if __name__ == '__main__':
+    main()
