@@ -17,6 +17,7 @@ import contextlib
 import os
 import os.path as osp
 import pickle
+import re
 import tempfile
 
 import numpy as np
@@ -33,6 +34,14 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs types outside the allowlist to unpickle."""
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is not a readable PyTorch checkpoint (truncated, corrupt)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model (:mod:`cbam_mmdet.engine`)."""
+
+
 def _numpy_globals():
     reconstruct = getattr(getattr(np, '_core', np.core).multiarray, '_reconstruct')
     scalar = getattr(np, '_core', np.core).multiarray.scalar
@@ -40,9 +49,21 @@ def _numpy_globals():
     return [reconstruct, scalar, np.ndarray, np.dtype] + dtypes
 
 
+def _history_buffer_getattr(obj, name):
+    """Stands in for ``getattr`` while unpickling: mmengine pickles HistoryBuffer's
+    statistics methods as ``getattr(HistoryBuffer, 'min')``. Only those lookups pass; a
+    general ``getattr`` would let a pickle reach any attribute (and from there code)."""
+    if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'getattr({getattr(obj, "__name__", type(obj).__name__)}, {name!r}) is not allowed')
+
+
 def safe_globals():
     """The types (besides torch's own) an mmengine checkpoint may hold."""
-    return [HistoryBuffer] + _numpy_globals()
+    getattr_standins = [(_history_buffer_getattr, 'builtins.getattr'),
+                        (_history_buffer_getattr, '__builtin__.getattr')]
+    return [HistoryBuffer] + _numpy_globals() + getattr_standins
 
 
 def allow_unsafe_checkpoints(allow: bool = True):
@@ -66,20 +87,67 @@ def load_checkpoint_file(filename, map_location='cpu'):
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _is_weights_only_refusal(e):
+            raise CorruptCheckpointError(
+                f'checkpoint file {filename} is not a readable PyTorch checkpoint '
+                f'(truncated or corrupt?): {_first_line(e)}') from None
         raise UnsafeCheckpointError(
-            f'refused to load checkpoint {filename}: unpickling it needs objects outside '
-            f'the allowlist of tensors, numpy arrays and mmengine types, so it could run '
-            f'code ({str(e).splitlines()[0][:300]}). Nothing in it was executed. If you '
+            f'refused to load checkpoint {filename}: unpickling it needs '
+            f'{_refused_global(e)}, outside the allowlist of tensors, numpy arrays and '
+            f'mmengine types, so it could run code. Nothing in it was executed. If you '
             f'trust this file, pass --unsafe-load-untrusted-checkpoints to the tool or '
             f'set {UNSAFE_ENV}=1.') from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise RuntimeError(f'checkpoint file {filename} is not a readable PyTorch '
-                           f'checkpoint (truncated or corrupt?): {e}') from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise CorruptCheckpointError(
+            f'checkpoint file {filename} is not a readable PyTorch checkpoint '
+            f'(truncated or corrupt?): {_first_line(e)}') from None
+
+
+def _first_line(error) -> str:
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _is_weights_only_refusal(error) -> bool:
+    return 'Weights only load failed' in str(error)
+
+
+def _refused_global(error) -> str:
+    """The object the weights-only unpickler refused, from torch's message."""
+    text = str(error)
+    for pattern in (r'GLOBAL ([\w.]+)',
+                    r'Unsupported operand (\d+)',
+                    r'Trying to call reduce for unrecognized function (.+?) which'):
+        match = re.search(pattern, text)
+        if match:
+            return f"'{match.group(1)}'"
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    return f'an object it refused ({lines[0][:200]})' if lines else 'objects it refused'
 
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def _load_from_local_safely(filename, map_location):
     return load_checkpoint_file(filename, map_location)
+
+
+def latest_checkpoint(work_dir):
+    """The checkpoint ``--resume`` (no path) continues from: the one the work dir's
+    ``last_checkpoint`` names, if that file exists; else the newest ``iter_*.pth`` or
+    ``epoch_*.pth`` (mmengine writes ``last_checkpoint`` in place, so a run killed while
+    writing it can leave it empty); None when there is none."""
+    pointer = osp.join(str(work_dir), 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named and osp.isfile(named):
+            return named
+    found = []
+    for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:
+        match = re.fullmatch(r'(iter|epoch)_(\d+)\.pth', name)
+        if match:
+            path = osp.join(str(work_dir), name)
+            found.append((osp.getmtime(path), int(match.group(2)), path))
+    return max(found)[2] if found else None
 
 
 def write_atomically(data: bytes, filepath):
