@@ -6,6 +6,7 @@ registers the plugins ``CBAM`` and ``SE`` in ``mmdet.registry.MODELS`` and the h
 atomically (:mod:`cbam_mmdet.checkpoint`).
 """
 from . import checkpoint  # noqa: F401  (safe loading, atomic writing)
+from . import datasets  # noqa: F401  (SyntheticShapesDataset, the embedded dataset)
 from .engine import FrozenAttentionCheckHook
 from .models import CBAM, SE, ChannelAttention, SpatialAttention
 
