@@ -1,0 +1,5 @@
+# + CBAM after conv3 (before the residual addition) in every block of every stage,
+# as the paper and the official code.
+_base_ = './faster_rcnn_r50_voc0712.py'
+model = dict(backbone=dict(
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))
