@@ -95,6 +95,11 @@ class CBAM(nn.Module):
         self.has_fast_path = (arrangement == 'channel_first' and channel_attention
                               and spatial_attention and channel_pool == 'avg+max'
                               and spatial_descriptor == 'max+mean')
+        if implementation == 'fast' and not self.has_fast_path:
+            raise ValueError(
+                "implementation='fast' needs arrangement='channel_first', "
+                "channel_pool='avg+max', spatial_descriptor='max+mean' and both "
+                "attentions; use implementation='auto' or 'reference' for other options")
         self.init_weights()
 
     def init_weights(self):

@@ -1,0 +1,260 @@
+"""The fast CBAM/SE paths against the reference forward, their dispatch, and the benchmark."""
+import copy
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from cbam_mmdet import CBAM, SE
+from cbam_mmdet.ops import ENV_VAR, cbam_cpu, select_backend, triton_available
+
+CUDA = torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
+                                  reason='needs CUDA and Triton')
+SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3)]
+
+
+def randomize_(module, seed=0):
+    """Random weights and BatchNorm statistics (the official init has BN weight 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for name, b in module.named_buffers():
+            if name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=g))
+            elif name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return module
+
+
+def pair(cls, channels, device='cpu', **kwargs):
+    """A reference module and a fast one with the same weights and buffers."""
+    ref = randomize_(cls(channels, implementation='reference', **kwargs)).to(device)
+    fast = cls(channels, implementation='fast', **kwargs).to(device)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def run(module, x, grad, training, autocast_dtype=None):
+    module.train(training)
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float16,
+                        enabled=autocast_dtype is not None):
+        out = module(x)
+    out.backward(grad)
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    return out.detach(), x.grad, grads, {n: b.clone() for n, b in module.named_buffers()}
+
+
+def assert_same(fast, ref, rtol, atol):
+    out, dx, grads, buffers = fast
+    out_r, dx_r, grads_r, buffers_r = ref
+    torch.testing.assert_close(out, out_r, rtol=rtol, atol=atol)
+    assert out.stride() == out_r.stride()
+    torch.testing.assert_close(dx, dx_r, rtol=rtol, atol=atol)
+    assert grads.keys() == grads_r.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_r[name], rtol=rtol, atol=atol,
+                                   msg=lambda m: f'{name}: {m}')
+    for name in buffers:
+        torch.testing.assert_close(buffers[name], buffers_r[name], msg=name)
+
+
+def make_input(shape, channels_last, device='cpu', dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    grad = torch.randn(shape, generator=g).to(device, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    return x, grad
+
+
+# ---- CPU: the PyTorch fast path --------------------------------------------------------
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_cbam_cpu_fast_path_matches_reference(shape, channels_last, training):
+    ref, fast = pair(CBAM, shape[1], ratio=8)
+    x, grad = make_input(shape, channels_last)
+    assert_same(run(fast, x, grad, training), run(ref, x, grad, training),
+                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_se_cpu_fast_path_matches_reference(shape, channels_last):
+    ref, fast = pair(SE, shape[1], ratio=8)
+    x, grad = make_input(shape, channels_last)
+    assert_same(run(fast, x, grad, True), run(ref, x, grad, True), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel', [3, 7])
+def test_cbam_fast_path_float64_and_kernel_sizes(kernel):
+    ref, fast = pair(CBAM, 32, ratio=4, spatial_kernel=kernel)
+    ref, fast = ref.double(), fast.double()
+    x, grad = make_input((2, 32, 6, 7), False, dtype=torch.float64)
+    assert_same(run(fast, x, grad, True), run(ref, x, grad, True), rtol=1e-10, atol=1e-12)
+
+
+def test_cbam_fast_inference_does_not_modify_its_input_and_keeps_dtype():
+    ref, fast = pair(CBAM, 32)
+    x = torch.randn(2, 32, 8, 8)
+    x_copy = x.clone()
+    with torch.no_grad():
+        out = fast.eval()(x)
+    torch.testing.assert_close(x, x_copy, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref.eval()(x))
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        out_bf16 = fast(x.bfloat16())
+        ref_bf16 = ref(x.bfloat16())
+    assert out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf16.float(), ref_bf16.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_cpu_fast_path_is_the_default_on_cpu(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    x = torch.randn(1, 32, 4, 4)
+    assert select_backend('auto', x, has_fast_path=True) == 'cpu'
+    assert CBAM(32).implementation == 'auto' and SE(32).implementation == 'auto'
+    calls = []
+    real = cbam_cpu.cbam_forward
+    monkeypatch.setattr(cbam_cpu, 'cbam_forward', lambda *a: calls.append(1) or real(*a))
+    CBAM(32)(x)
+    assert calls == [1]
+    CBAM(32, implementation='reference')(x)
+    CBAM(32, arrangement='parallel')(x)  # no fast path for this option: reference
+    assert calls == [1]
+
+
+def test_environment_variable_forces_the_reference(monkeypatch):
+    x = torch.randn(1, 32, 4, 4)
+    monkeypatch.setenv(ENV_VAR, 'reference')
+    assert select_backend('auto', x, has_fast_path=True) == 'reference'
+    assert select_backend('fast', x, has_fast_path=True) == 'cpu'  # explicit argument wins
+    monkeypatch.setenv(ENV_VAR, 'fast')
+    with pytest.raises(ValueError, match='no fast path'):
+        select_backend('auto', x, has_fast_path=False)
+    monkeypatch.setenv(ENV_VAR, 'bogus')
+    with pytest.raises(ValueError, match=ENV_VAR):
+        select_backend('auto', x, has_fast_path=True)
+    if not (CUDA and triton_available()):
+        monkeypatch.setenv(ENV_VAR, 'triton')
+        with pytest.raises(ValueError, match='Triton'):
+            select_backend('auto', x, has_fast_path=True)
+
+
+def test_invalid_implementation_is_refused():
+    with pytest.raises(ValueError, match='implementation must be one of'):
+        CBAM(32, implementation='triton')
+    with pytest.raises(ValueError, match='implementation must be one of'):
+        SE(32, implementation=None)
+    with pytest.raises(ValueError, match="implementation='fast' needs"):
+        CBAM(32, arrangement='spatial_first', implementation='fast')
+
+
+def test_state_dict_and_parameters_do_not_depend_on_the_implementation():
+    for cls in (CBAM, SE):
+        a, b = cls(64, implementation='reference'), cls(64)
+        assert list(a.state_dict()) == list(b.state_dict())
+        assert sum(p.numel() for p in a.parameters()) == \
+            sum(p.numel() for p in b.parameters())
+
+
+# ---- CUDA: the Triton kernels (skipped without CUDA and Triton) ------------------------
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('shape', SHAPES + [(2, 256, 50, 76)], ids=str)
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training):
+    ref, fast = pair(cls, shape[1], device='cuda', ratio=8)
+    x, grad = make_input(shape, channels_last, device='cuda')
+    assert select_backend(fast.implementation, x, True) == 'triton'
+    assert_same(run(fast, x, grad, training), run(ref, x, grad, training),
+                rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('shape', [(2, 64, 16, 16), (2, 256, 50, 76)], ids=str)
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_triton_fast_path_matches_reference_fp16_autocast(cls, shape, channels_last):
+    ref, fast = pair(cls, shape[1], device='cuda', ratio=8)
+    x, grad = make_input(shape, channels_last, device='cuda', dtype=torch.float16)
+    got = run(fast, x, grad, True, autocast_dtype=torch.float16)
+    want = run(ref, x, grad, True, autocast_dtype=torch.float16)
+    assert got[0].dtype == torch.float16
+    assert_same(got, want, rtol=2e-2, atol=2e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('magnitude', [1e4, 1e-4])
+def test_triton_fast_path_fp16_extreme_activations_stay_finite(cls, magnitude):
+    m = cls(64).cuda().train()
+    x = (torch.randn(2, 64, 12, 12, device='cuda') * magnitude).half().requires_grad_()
+    with torch.autocast('cuda', dtype=torch.float16):
+        out = m(x)
+    out.float().mean().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    for p in m.parameters():
+        assert torch.isfinite(p.grad).all()
+
+
+# ---- the benchmark ---------------------------------------------------------------------
+
+def test_benchmark_backbones_interleaved_with_ratios():
+    from cbam_mmdet.benchmark import run_benchmark
+    logs = []
+    results = run_benchmark(variants=('baseline', 'cbam-ref', 'cbam'),
+                            modes=('train', 'infer'), device='cpu', shape=(64, 64),
+                            backbone_only=True, rounds=2, warmup=0, iters=1,
+                            log=logs.append)
+    assert [(r['mode'], r['variant']) for r in results] == [
+        (m, v) for m in ('train', 'infer') for v in ('baseline', 'cbam-ref', 'cbam')]
+    for r in results:
+        assert r['ms'] > 0 and r['ratio_min'] <= r['ratio'] <= r['ratio_max']
+        if r['variant'] == 'baseline':
+            assert r['ratio'] == 1.0
+    assert len(logs) == 2 and 'cbam-ref' in logs[0]
+
+
+def test_benchmark_variants_differ_only_by_implementation():
+    from cbam_mmdet.benchmark import build_model, variant_config
+    ref = build_model(variant_config('cbam-ref'), backbone_only=True)
+    fast = build_model(variant_config('cbam'), backbone_only=True)
+    base = build_model(variant_config('baseline'), backbone_only=True)
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    assert ref.layer1[0].cbam.implementation == 'reference'
+    assert fast.layer1[0].cbam.implementation == 'auto'
+    assert not any('cbam' in k for k in base.state_dict())
+    with pytest.raises(ValueError, match='variant must be one of'):
+        variant_config('cbam-fast')
+
+
+def test_benchmark_detector_steps_run():
+    from cbam_mmdet.benchmark import run_benchmark
+    results = run_benchmark(variants=('baseline', 'se'), modes=('train', 'infer'),
+                            device='cpu', shape=(96, 128), rounds=1, warmup=0, iters=1,
+                            log=lambda s: None)
+    assert len(results) == 4 and all(r['ms'] > 0 for r in results)
+
+
+def test_benchmark_command_line_arguments():
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
+    from benchmark import parse_args
+    args = parse_args(['--device', 'cuda', '--amp', '--batch-size', '2', '--shape',
+                       '800x1216', '--channels-last', '--backbone-only'])
+    assert args.shape == (800, 1216) and args.amp and args.channels_last
+    assert parse_args(['--shape', '512']).shape == (512, 512)
+    with pytest.raises(SystemExit):
+        parse_args(['--shape', '10x10'])
+    with pytest.raises(SystemExit):
+        parse_args(['--variants', 'nope'])
+    with pytest.raises(SystemExit):
+        parse_args(['--rounds', '0'])
