@@ -2,6 +2,9 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
         [--show-dir DIR] [--cfg-options K=V ...]
+
+The checkpoint must fit the config's model exactly. Known input errors (dataset files,
+num_classes, checkpoints) print one message and exit with status 2.
 """
 import argparse
 import os
@@ -13,7 +16,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.apis import build_test_config, run_test  # noqa: E402
+from cbam_mmdet.apis import build_test_config, exit_on_known_errors, run_test  # noqa: E402
 from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
 
 
@@ -50,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    exit_on_known_errors(main)

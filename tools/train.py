@@ -1,7 +1,11 @@
 """Train a detector: mmdet's tools/train.py command line, with cbam_mmdet registered.
 
     python tools/train.py configs/faster_rcnn_r50_cbam_coco.py [--work-dir DIR]
-        [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr] [--cfg-options K=V ...]
+        [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr] [--load-from-partial]
+        [--cfg-options K=V ...]
+
+Known input errors (dataset files, num_classes, checkpoints) print one message and exit
+with status 2.
 """
 import argparse
 import os
@@ -13,7 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.apis import build_train_config, run_train  # noqa: E402
+from cbam_mmdet.apis import build_train_config, exit_on_known_errors, run_train  # noqa: E402
 from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
 
 
@@ -31,6 +35,13 @@ def parse_args(argv=None):
                         help='override config settings, key=value (xxx=yyy format)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument('--load-from-partial', action='store_true',
+                        help='let load_from load only the weights that fit the model '
+                             '(fine-tuning to another number of classes); by default a '
+                             'checkpoint that does not fit is an error')
+    parser.add_argument('--no-exact-resume', action='store_true',
+                        help="keep mmengine's train loop: do not save and restore the "
+                             'random generators in checkpoints')
     parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
                         help='UNSAFE: load checkpoints whose unpickling may run code')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -45,9 +56,11 @@ def main(argv=None):
     allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
     cfg = build_train_config(args.config, work_dir=args.work_dir, resume=args.resume,
                              amp=args.amp, auto_scale_lr=args.auto_scale_lr,
-                             cfg_options=args.cfg_options, launcher=args.launcher)
+                             cfg_options=args.cfg_options, launcher=args.launcher,
+                             exact_resume=not args.no_exact_resume,
+                             load_from_partial=args.load_from_partial)
     return run_train(cfg)
 
 
 if __name__ == '__main__':
-    main()
+    exit_on_known_errors(main)

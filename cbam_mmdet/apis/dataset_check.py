@@ -1,6 +1,8 @@
 """Check a config's dataset paths before training or testing, with one clear error."""
 import os.path as osp
 
+from .errors import DatasetFileError
+
 HOW_TO_GET = {
     'CocoDataset': (
         'COCO 2017 comes from https://cocodataset.org/#download (train2017.zip, '
@@ -51,8 +53,8 @@ def dataset_paths(dataset_cfg):
 
 
 def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
-    """Raise FileNotFoundError naming the first missing path, its config field and how to
-    get the dataset. Datasets that read no files (the embedded one) pass."""
+    """Raise DatasetFileError (a FileNotFoundError) naming the first missing path, its
+    config field and how to get the dataset. Datasets that read no files (the embedded one) pass."""
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if not loader:
@@ -62,7 +64,7 @@ def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
                 ok = osp.isfile(path) if is_file else osp.isdir(path)
                 if not ok:
                     hint = HOW_TO_GET.get(ds.get('type', ''), '')
-                    raise FileNotFoundError(
+                    raise DatasetFileError(
                         f'{split} dataset: {"file" if is_file else "folder"} {path} '
                         f'({where}.{field}) does not exist. {hint} To use data elsewhere, '
                         f'set data_root with --cfg-options '

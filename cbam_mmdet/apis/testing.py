@@ -1,15 +1,22 @@
-"""What tools/test.py does, as functions tests can call (mmdet's test tool)."""
+"""What tools/test.py does, as functions tests can call (mmdet's test tool), plus the
+project's checks: dataset files and annotations, num_classes, and a checkpoint that
+fits the model exactly."""
 import os.path as osp
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from .cpu_distributed import prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
+from .errors import MissingCheckpointError
+from .input_validation import check_num_classes, image_read_error, validate_datasets
+
+CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
 
 
-def build_test_config(config, checkpoint, work_dir=None, out=None, show=False, show_dir=None,
-                wait_time=2, cfg_options=None, launcher='none'):
+def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
+                      show_dir=None, wait_time=2, cfg_options=None, launcher='none'):
     """Build the test Config the way mmdet's tools/test.py does."""
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     cfg.launcher = launcher
@@ -21,8 +28,11 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False, s
         name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
         cfg.work_dir = osp.join('./work_dirs', name)
     if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+        raise MissingCheckpointError(f'checkpoint {checkpoint} does not exist')
     cfg.load_from = checkpoint
+    hooks = [h for h in (cfg.get('custom_hooks', None) or [])
+             if h.get('type') != CHECKPOINT_MATCH['type']]
+    cfg.custom_hooks = hooks + [dict(CHECKPOINT_MATCH)]
     if show or show_dir:
         hook = cfg.default_hooks.get('visualization')
         if hook is None:
@@ -47,5 +57,14 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False, s
 def run_test(cfg):
     """Evaluate with mmengine's Runner; returns the metrics dict."""
     check_dataset_paths(cfg, splits=('test',))
+    validate_datasets(cfg, splits=('test',))
+    check_num_classes(cfg, splits=('test',))
+    prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    return runner.test()
+    try:
+        return runner.test()
+    except AssertionError as e:
+        error = image_read_error(e)
+        if error is None:
+            raise
+        raise error from None

@@ -1,22 +1,59 @@
 """What tools/train.py does, as functions tests can call: mmdet's train tool, plus the
-project's checks (dataset paths, frozen attention plugins)."""
+project's checks (dataset files, num_classes, checkpoints that fit the model, frozen
+attention plugins) and exact resume (every random generator saved in checkpoints)."""
 import os.path as osp
 
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction for the tools)
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..checkpoint import latest_checkpoint
+from .cpu_distributed import prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
+from .input_validation import check_num_classes, image_read_error, validate_datasets
 
 FROZEN_CHECK = dict(type='FrozenAttentionCheckHook')
+RNG_STATE = dict(type='RNGStateHook')
+EXACT_RESUME_LOOPS = {'IterBasedTrainLoop': 'ExactResumeIterBasedTrainLoop',
+                      'EpochBasedTrainLoop': 'ExactResumeEpochBasedTrainLoop'}
+
+
+def _add_hook(cfg, hook):
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(h.get('type') == hook['type'] for h in hooks):
+        hooks.append(dict(hook))
+    cfg.custom_hooks = hooks
+
+
+def use_exact_resume(cfg):
+    """Save every random generator in checkpoints and restore them on resume
+    (:mod:`cbam_mmdet.engine.exact_resume_loops`): swaps mmengine's train loop for its
+    exact-resume subclass and adds ``RNGStateHook``. A config naming another loop type
+    keeps it (and gets no exact resume)."""
+    train_cfg = cfg.get('train_cfg')
+    if not train_cfg:
+        return
+    loop = train_cfg.get('type')
+    if loop is None and 'by_epoch' in train_cfg:
+        loop = 'EpochBasedTrainLoop' if train_cfg.pop('by_epoch') else 'IterBasedTrainLoop'
+    if loop in EXACT_RESUME_LOOPS:
+        train_cfg['type'] = EXACT_RESUME_LOOPS[loop]
+    elif loop is not None:
+        train_cfg['type'] = loop
+    _add_hook(cfg, RNG_STATE)
 
 
 def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale_lr=False,
-                 cfg_options=None, launcher='none'):
+                       cfg_options=None, launcher='none', exact_resume=True,
+                       load_from_partial=False):
     """Build the training Config the way mmdet's tools/train.py does.
 
-    ``resume``: None (no resume), ``'auto'`` (the latest checkpoint of the work dir) or a
-    checkpoint path.
+    ``resume``: None (no resume), ``'auto'`` (the latest complete checkpoint of the work
+    dir, :func:`cbam_mmdet.checkpoint.latest_checkpoint`) or a checkpoint path.
+    ``exact_resume``: save and restore every random generator (:func:`use_exact_resume`).
+    ``load_from_partial``: let ``load_from`` load only the weights that fit the model
+    (fine-tuning to another number of classes); by default a checkpoint that does not
+    fit is an error (:class:`cbam_mmdet.engine.CheckpointMatchHook`).
     """
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     cfg.launcher = launcher
@@ -44,19 +81,29 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
         cfg.auto_scale_lr.enable = True
     if resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = latest_checkpoint(cfg.work_dir)
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(h.get('type') == FROZEN_CHECK['type'] for h in hooks):
-        hooks.append(dict(FROZEN_CHECK))
-    cfg.custom_hooks = hooks
+    _add_hook(cfg, FROZEN_CHECK)
+    _add_hook(cfg, dict(type='CheckpointMatchHook', allow_partial=bool(load_from_partial)))
+    if exact_resume:
+        use_exact_resume(cfg)
     return cfg
 
 
+def validate_train_config(cfg):
+    """The pre-flight checks: dataset files and annotations, num_classes
+    (:mod:`cbam_mmdet.apis.input_validation`). Raise the project's errors."""
+    splits = ('train', 'val') if cfg.get('val_cfg') else ('train',)
+    check_dataset_paths(cfg, splits=splits)
+    validate_datasets(cfg, splits=splits)
+    check_num_classes(cfg, splits=splits)
+
+
 def build_runner(cfg):
-    check_dataset_paths(cfg, splits=('train', 'val') if cfg.get('val_cfg') else ('train',))
+    validate_train_config(cfg)
+    prepare_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)
@@ -65,5 +112,11 @@ def build_runner(cfg):
 def run_train(cfg):
     """Train with mmengine's Runner; returns the runner."""
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except AssertionError as e:
+        error = image_read_error(e)
+        if error is None:
+            raise
+        raise error from None
     return runner

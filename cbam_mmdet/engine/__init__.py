@@ -1,3 +1,4 @@
+from . import checkpoint_match, exact_resume_loops, rng_state  # noqa: F401 (hooks, loops)
 from .frozen_attention_check import (FrozenAttentionCheckHook,
                                      check_no_frozen_random_attention,
                                      frozen_attention_modules)

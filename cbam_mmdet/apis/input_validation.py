@@ -1,0 +1,354 @@
+"""Pre-flight checks of a config's datasets and heads, before a run starts.
+
+What is checked, and what happens (the tools run this before building the runner):
+
+- annotation files: a COCO json that does not parse, or lacks ``images``,
+  ``annotations``, ``categories`` or a field mmdet reads, raises
+  :class:`AnnotationFileError` naming the file, the config field and the entry; a VOC
+  XML file that does not parse, the same.
+- images listed but absent, empty, or not an image (unknown header that OpenCV cannot
+  decode either): :class:`ImageFileError` with the count and the first few files. An
+  image that passes here but cannot be decoded when read (a damaged body) is reported
+  by the tools the same way, naming the file (:func:`image_read_error`).
+- boxes: a box entirely outside its image, or smaller than 1 pixel, is skipped by
+  mmdet's ``CocoDataset``; a box partly outside is clipped to the image by ``Resize``
+  (``clip_object_border=True``); boxes of a category the dataset's classes do not name
+  are skipped. Each gives one :class:`DatasetWarning` with the count and an example.
+- images without boxes: skipped in training when ``filter_cfg.filter_empty_gt=True``
+  (mmdet's default in its configs), else trained as background; a warning gives the
+  count. If no training image is left, :class:`AnnotationFileError`.
+- ``num_classes`` of the box head (``model.roi_head.bbox_head.num_classes`` or
+  ``model.bbox_head.num_classes``) different from the number of classes of the dataset:
+  :class:`NumClassesMismatchError` naming both.
+"""
+import json
+import logging
+import os.path as osp
+import re
+import warnings
+import xml.etree.ElementTree as ET
+
+from .dataset_check import _join, _leaf_datasets
+from .errors import (AnnotationFileError, DatasetWarning, ImageFileError,
+                     NumClassesMismatchError)
+
+SHOWN = 5
+IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'GIF87a', b'GIF89a',
+                    b'II*\x00', b'MM\x00*')
+
+
+def _dataset_class(type_name):
+    from mmdet.registry import DATASETS
+    if not isinstance(type_name, str):
+        return type_name if isinstance(type_name, type) else None
+    return DATASETS.get(type_name)
+
+
+def _is_subclass(type_name, base_name):
+    cls = _dataset_class(type_name)
+    if cls is None:
+        return False
+    return any(c.__name__ == base_name for c in cls.__mro__)
+
+
+def dataset_classes(dataset_cfg):
+    """The class names a dataset config trains on: ``metainfo.classes`` if the config
+    sets it, else the dataset type's own; None when unknown."""
+    meta = dataset_cfg.get('metainfo') or {}
+    if meta.get('classes'):
+        return tuple(meta['classes'])
+    cls = _dataset_class(dataset_cfg.get('type'))
+    classes = getattr(cls, 'METAINFO', {}).get('classes') if cls is not None else None
+    return tuple(classes) if classes else None
+
+
+def _listing(items):
+    more = f', ... ({len(items)} in all)' if len(items) > SHOWN else ''
+    return ', '.join(map(str, items[:SHOWN])) + more
+
+
+def _warn(message):
+    warnings.warn(message, DatasetWarning, stacklevel=3)
+    try:
+        from mmengine.logging import print_log
+        print_log(message, logger='current', level=logging.WARNING)
+    except Exception:  # logging must never hide the check itself
+        pass
+
+
+def image_file_problem(path):
+    """None if ``path`` looks like a readable image, else what is wrong with it."""
+    try:
+        size = osp.getsize(path)
+    except OSError:
+        return 'missing'
+    if size == 0:
+        return 'empty'
+    with open(path, 'rb') as f:
+        head = f.read(16)
+    if head.startswith(IMAGE_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'):
+        return None
+    import cv2
+    import numpy as np
+    with open(path, 'rb') as f:
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    return None if cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None else 'not an image'
+
+
+def check_image_files(paths, where):
+    """Raise :class:`ImageFileError` listing the missing and unreadable images."""
+    problems = {}
+    for path in paths:
+        problem = image_file_problem(path)
+        if problem:
+            problems.setdefault(problem, []).append(path)
+    if problems:
+        parts = [f'{len(v)} {k}: {_listing(v)}' for k, v in sorted(problems.items())]
+        raise ImageFileError(f'{where}: {sum(map(len, problems.values()))} of {len(paths)} '
+                             f'images listed by the annotations are not usable: '
+                             + '; '.join(parts))
+
+
+def load_coco_json(path, field):
+    try:
+        with open(path, 'rb') as f:
+            data = json.loads(f.read().decode('utf-8'))
+    except json.JSONDecodeError as e:
+        raise AnnotationFileError(f'annotation file {path} ({field}) is not valid JSON: '
+                                  f'{e.msg} at line {e.lineno}, column {e.colno}') from None
+    except UnicodeDecodeError:
+        raise AnnotationFileError(f'annotation file {path} ({field}) is not a UTF-8 JSON '
+                                  'text file') from None
+    if not isinstance(data, dict):
+        raise AnnotationFileError(f'annotation file {path} ({field}): expected a COCO '
+                                  f'JSON object, got a {type(data).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(data.get(key), list):
+            raise AnnotationFileError(f'annotation file {path} ({field}): no {key!r} list '
+                                      f'(a COCO file has images, annotations, categories)')
+    return data
+
+
+def _require(entries, fields, path, what):
+    for i, entry in enumerate(entries):
+        absent = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+        if absent:
+            ident = entry.get('id', '?') if isinstance(entry, dict) else '?'
+            raise AnnotationFileError(f'annotation file {path}: {what}[{i}] (id {ident}) '
+                                      f'lacks {absent}')
+
+
+def check_coco_dataset(ds, where, check_images=True):
+    """Check a CocoDataset config; returns a dict of counts (images, boxes, skipped...)."""
+    root = ds.get('data_root', '') or ''
+    path = _join(root, ds['ann_file'])
+    field = f'{where}.ann_file'
+    data = load_coco_json(path, field)
+    _require(data['images'], ('id', 'file_name', 'width', 'height'), path, 'images')
+    _require(data['annotations'], ('image_id', 'bbox', 'category_id', 'area'), path,
+             'annotations')
+    _require(data['categories'], ('id', 'name'), path, 'categories')
+    for i, ann in enumerate(data['annotations']):
+        bbox = ann['bbox']
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) for v in bbox)):
+            raise AnnotationFileError(f'annotation file {path}: annotations[{i}] (id '
+                                      f'{ann.get("id", "?")}) has bbox {bbox!r}, expected '
+                                      f'[x, y, width, height]')
+
+    classes = dataset_classes(ds)
+    names = {c['id']: c['name'] for c in data['categories']}
+    if classes is not None:
+        found = [c for c in classes if c in names.values()]
+        if not found:
+            raise AnnotationFileError(
+                f'annotation file {path}: none of the dataset\'s {len(classes)} classes '
+                f'({_listing(list(classes))}) is among its categories '
+                f'({_listing(sorted(names.values()))}); set {where}.metainfo.classes')
+        absent = [c for c in classes if c not in names.values()]
+        if absent:
+            _warn(f'{path}: {len(absent)} classes of the dataset are not among its '
+                  f'categories: {_listing(absent)}')
+        used_ids = {i for i, n in names.items() if n in classes}
+    else:
+        used_ids = set(names)
+
+    images = {img['id']: img for img in data['images']}
+    prefix = (ds.get('data_prefix') or {}).get('img', '') or ''
+    img_dir = _join(root, prefix)
+    if check_images:
+        check_image_files([osp.join(img_dir, img['file_name']) for img in data['images']],
+                          f'{where} ({path})')
+
+    outside, degenerate, clipped, other_class, unknown_image = [], [], [], [], []
+    with_boxes = set()
+    for ann in data['annotations']:
+        if ann.get('ignore', False):
+            continue
+        img = images.get(ann['image_id'])
+        if img is None:
+            unknown_image.append(ann.get('id', '?'))
+            continue
+        x, y, w, h = ann['bbox']
+        example = f'{img["file_name"]} annotation {ann.get("id", "?")} bbox {ann["bbox"]}'
+        inter_w = max(0, min(x + w, img['width']) - max(x, 0))
+        inter_h = max(0, min(y + h, img['height']) - max(y, 0))
+        if inter_w * inter_h == 0:
+            outside.append(example)
+            continue
+        if ann['area'] <= 0 or w < 1 or h < 1:
+            degenerate.append(example)
+            continue
+        if ann['category_id'] not in used_ids:
+            other_class.append(example)
+            continue
+        if x < 0 or y < 0 or x + w > img['width'] or y + h > img['height']:
+            clipped.append(example)
+        with_boxes.add(img['id'])
+
+    if unknown_image:
+        _warn(f'{path}: {len(unknown_image)} annotations refer to no listed image and are '
+              f'skipped (annotation ids {_listing(unknown_image)})')
+    if outside:
+        _warn(f'{path}: {len(outside)} boxes lie entirely outside their image and are '
+              f'skipped: {_listing(outside)}')
+    if degenerate:
+        _warn(f'{path}: {len(degenerate)} boxes are smaller than 1 pixel (or area <= 0) '
+              f'and are skipped: {_listing(degenerate)}')
+    if other_class:
+        _warn(f'{path}: {len(other_class)} boxes belong to categories outside the '
+              f'dataset\'s classes and are skipped: {_listing(other_class)}')
+    if clipped:
+        _warn(f'{path}: {len(clipped)} boxes extend beyond their image; they are clipped '
+              f'to it when resized (Resize clip_object_border=True): {_listing(clipped)}')
+
+    empty = [img['file_name'] for i, img in images.items() if i not in with_boxes]
+    filter_empty = bool((ds.get('filter_cfg') or {}).get('filter_empty_gt', False))
+    training = not ds.get('test_mode', False)
+    if empty and training:
+        if filter_empty:
+            if len(empty) == len(images):
+                raise AnnotationFileError(
+                    f'annotation file {path} ({field}): none of its {len(images)} images '
+                    f'has a usable box, and {where}.filter_cfg.filter_empty_gt=True skips '
+                    f'images without boxes: nothing left to train on')
+            _warn(f'{path}: {len(empty)} of {len(images)} images have no usable box and '
+                  f'are skipped in training ({where}.filter_cfg.filter_empty_gt=True): '
+                  f'{_listing(empty)}')
+        else:
+            _warn(f'{path}: {len(empty)} of {len(images)} images have no usable box; they '
+                  f'are trained as background ({where}.filter_cfg.filter_empty_gt is not '
+                  f'set): {_listing(empty)}')
+    return dict(images=len(images), boxes=len(data['annotations']), outside=len(outside),
+                degenerate=len(degenerate), clipped=len(clipped),
+                other_class=len(other_class), empty_images=len(empty))
+
+
+def check_voc_dataset(ds, where, check_images=True):
+    """Check an XMLDataset (VOC) config: the image list, every listed XML file parses,
+    every listed image exists and is an image."""
+    root = ds.get('data_root', '') or ''
+    list_file = _join(root, ds['ann_file'])
+    sub_root = _join(root, (ds.get('data_prefix') or {}).get('sub_data_root', '') or '')
+    img_subdir = ds.get('img_subdir', 'JPEGImages')
+    ann_subdir = ds.get('ann_subdir', 'Annotations')
+    with open(list_file) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise AnnotationFileError(f'image list {list_file} ({where}.ann_file) is empty')
+    missing_xml, bad_xml = [], []
+    for img_id in ids:
+        xml_path = osp.join(sub_root, ann_subdir, f'{img_id}.xml')
+        if not osp.isfile(xml_path):
+            missing_xml.append(xml_path)
+            continue
+        try:
+            ET.parse(xml_path)
+        except ET.ParseError as e:
+            bad_xml.append(f'{xml_path} ({e})')
+    if missing_xml or bad_xml:
+        parts = []
+        if missing_xml:
+            parts.append(f'{len(missing_xml)} missing: {_listing(missing_xml)}')
+        if bad_xml:
+            parts.append(f'{len(bad_xml)} not valid XML: {_listing(bad_xml)}')
+        raise AnnotationFileError(f'{where}: of the {len(ids)} annotation files listed by '
+                                  f'{list_file}, ' + '; '.join(parts))
+    if check_images:
+        check_image_files([osp.join(sub_root, img_subdir, f'{i}.jpg') for i in ids],
+                          f'{where} ({list_file})')
+    return dict(images=len(ids))
+
+
+def validate_datasets(cfg, splits=('train', 'val', 'test'), check_images=True):
+    """Run the checks of this module on every COCO and VOC dataset of ``splits``.
+    Datasets of other types (generated ones) pass unchecked. Returns
+    ``{config path: counts}``."""
+    report = {}
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for where, ds in _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
+            if not ds.get('ann_file'):
+                continue
+            if _is_subclass(ds.get('type'), 'CocoDataset'):
+                report[where] = check_coco_dataset(ds, where, check_images)
+            elif _is_subclass(ds.get('type'), 'XMLDataset'):
+                report[where] = check_voc_dataset(ds, where, check_images)
+    return report
+
+
+def head_num_classes(model_cfg):
+    """``[(config field, num_classes)]`` of the model's box heads."""
+    out = []
+    roi = model_cfg.get('roi_head') or {}
+    heads = roi.get('bbox_head')
+    if isinstance(heads, dict):
+        heads = [heads]
+    for i, head in enumerate(heads or []):
+        field = 'model.roi_head.bbox_head' + (f'[{i}]' if len(heads) > 1 else '')
+        if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
+            out.append((f'{field}.num_classes', head['num_classes']))
+    head = model_cfg.get('bbox_head')
+    if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
+        out.append(('model.bbox_head.num_classes', head['num_classes']))
+    return out
+
+
+def check_num_classes(cfg, splits=('train', 'val', 'test')):
+    """Raise :class:`NumClassesMismatchError` when a box head's num_classes differs
+    from the number of classes of a dataset of ``splits``."""
+    heads = head_num_classes(cfg.get('model') or {})
+    if not heads:
+        return
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for where, ds in _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
+            classes = dataset_classes(ds)
+            if classes is None:
+                continue
+            for field, n in heads:
+                if n != len(classes):
+                    raise NumClassesMismatchError(
+                        f'{field} is {n}, but the {split} dataset ({where}, '
+                        f'{ds.get("type")}) has {len(classes)} classes '
+                        f'({_listing(list(classes))}): set --cfg-options {field}='
+                        f'{len(classes)}, or {where}.metainfo.classes to the classes '
+                        f'the model was built for')
+
+
+FAILED_IMAGE = re.compile(r'failed to load image: (.+)$')
+
+
+def image_read_error(error):
+    """An :class:`ImageFileError` for mmcv's "failed to load image: PATH" assertion
+    (an image that could not be decoded when read), else None."""
+    match = FAILED_IMAGE.search(str(error))
+    if isinstance(error, AssertionError) and match:
+        path = match.group(1).strip()
+        return ImageFileError(f'image file {path} cannot be decoded (corrupt or not an '
+                              f'image); remove it from the annotations or replace it')
+    return None

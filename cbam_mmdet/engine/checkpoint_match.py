@@ -1,0 +1,91 @@
+"""Refuse a checkpoint that does not fit the model (another architecture, another
+number of classes) instead of mmengine's warning and a partly loaded model.
+
+mmengine loads ``load_from`` and ``--resume`` checkpoints with ``strict=False``: missing,
+unexpected and mismatched-shape keys are logged and the run goes on with whatever
+matched, e.g. a plain ResNet-50 detector checkpoint evaluated by a CBAM config runs
+with randomly initialised attention. :class:`CheckpointMatchHook` compares the
+checkpoint's ``state_dict`` with the model before it is loaded and raises
+:class:`CheckpointMismatchError` listing what differs.
+
+Fine-tuning from a detector trained on another dataset (other ``num_classes``) is a
+partial load on purpose: ``allow_partial=True`` (``tools/train.py --load-from-partial``)
+keeps mmengine's behaviour for ``load_from`` (resume is always strict).
+"""
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmdet.registry import HOOKS
+
+from ..checkpoint import CheckpointMismatchError
+
+SHOWN = 8
+
+
+def _strip(key, prefixes=('module.',)):
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def state_dict_differences(model_state: dict, checkpoint_state: dict):
+    """``(missing, unexpected, mismatched)``: keys of the model absent from the
+    checkpoint, keys of the checkpoint absent from the model, and
+    ``(key, checkpoint shape, model shape)`` of keys whose shapes differ."""
+    ckpt = {_strip(k): v for k, v in checkpoint_state.items()}
+    missing = sorted(k for k in model_state if k not in ckpt)
+    unexpected = sorted(k for k in ckpt if k not in model_state)
+    mismatched = sorted(
+        (k, tuple(ckpt[k].shape), tuple(v.shape)) for k, v in model_state.items()
+        if k in ckpt and hasattr(ckpt[k], 'shape') and tuple(ckpt[k].shape) != tuple(v.shape))
+    return missing, unexpected, mismatched
+
+
+def _listing(title, items):
+    if not items:
+        return ''
+    more = f' (and {len(items) - SHOWN} more)' if len(items) > SHOWN else ''
+    return f'\n  {len(items)} {title}: {", ".join(map(str, items[:SHOWN]))}{more}'
+
+
+def check_checkpoint_matches(model, checkpoint, source='the checkpoint'):
+    """Raise :class:`CheckpointMismatchError` unless ``checkpoint`` (a dict with
+    ``state_dict``, or a state dict) has exactly the model's keys and shapes."""
+    if is_model_wrapper(model):
+        model = model.module
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f'{source} holds no state dict')
+    missing, unexpected, mismatched = state_dict_differences(model.state_dict(), state)
+    if missing or unexpected or mismatched:
+        shapes = [f'{k} (checkpoint {list(c)}, model {list(m)})' for k, c, m in mismatched]
+        raise CheckpointMismatchError(
+            f'{source} does not fit the model {type(model).__name__} of this config '
+            f'(another architecture or number of classes?):'
+            + _listing('keys of the model missing from the checkpoint', missing)
+            + _listing('unexpected keys in the checkpoint', unexpected)
+            + _listing('keys with another shape', shapes)
+            + '\nUse the config the checkpoint was trained with. To fine-tune from it on '
+              'purpose (load what matches), pass --load-from-partial to tools/train.py.')
+
+
+@HOOKS.register_module()
+class CheckpointMatchHook(Hook):
+    """Check ``load_from``/resume checkpoints against the model before they load.
+
+    Args:
+        allow_partial (bool): let ``load_from`` (not resume) load only what matches,
+            with mmengine's warning. Default False.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, allow_partial: bool = False):
+        self.allow_partial = allow_partial
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        resuming = bool(getattr(runner, '_resume', False))
+        if self.allow_partial and not resuming:
+            return
+        source = getattr(runner, '_load_from', None) or 'the checkpoint'
+        check_checkpoint_matches(runner.model, checkpoint, source=f'checkpoint {source}')
