@@ -1,0 +1,205 @@
+"""Parameters and GFLOPs of a config's backbone (as an ImageNet classifier, like the CBAM
+paper's tables) and of its whole detector, with mmengine's FlopAnalyzer.
+
+GFLOPs here are multiply-adds (one fused multiply-add = one FLOP), mmengine's (fvcore's)
+convention, which is also the paper's. What mmengine counts: convolutions, Linear layers,
+BatchNorm (2 per element in eval mode), adaptive average pooling (1 per input element),
+upsampling; it does not count ReLU, sigmoid, max pooling, element-wise products and sums.
+CBAM and SE are counted on their reference implementation (the paper's operations).
+Plain ResNet-50 counts 4.1 GFLOPs this way, where the paper prints 3.858: the paper's
+values are printed beside ours, never substituted for them.
+"""
+import copy
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from .offline_model import load_config, without_pretrained
+
+IMAGENET_SHAPE = (3, 224, 224)
+DETECTOR_SHAPE = (3, 800, 1333)
+
+#: The paper's Table 4 (ImageNet-1K): (depth, attention) -> (params M, GFLOPs).
+PAPER_IMAGENET = {
+    (50, None): (25.56, 3.858), (50, 'SE'): (28.09, 3.860), (50, 'CBAM'): (28.09, 3.864),
+    (101, None): (44.55, 7.570), (101, 'SE'): (49.33, 7.575), (101, 'CBAM'): (49.33, 7.581),
+}
+
+
+class ImageNetClassifier(nn.Module):
+    """A ResNet backbone with the ImageNet head of the paper's tables:
+    global average pooling and ``Linear(feat_dim, 1000)``."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int = 1000):
+        super().__init__()
+        self.backbone = backbone
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(feat_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(x)[-1]
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class NotComparable(Exception):
+    """The backbone has no ImageNet-classifier form to compare with the paper."""
+
+
+def imagenet_classifier(backbone_cfg) -> ImageNetClassifier:
+    """The config's backbone (no pretrained weights) with an ImageNet head; raises
+    :class:`NotComparable` for a backbone that is not an mmdet ResNet."""
+    from mmdet.models.backbones import ResNet
+    from mmdet.registry import MODELS
+
+    cfg = without_pretrained(backbone_cfg)
+    backbone = MODELS.build(cfg)
+    if not isinstance(backbone, ResNet):
+        raise NotComparable(f'{type(backbone).__name__} is not a ResNet (no ImageNet '
+                            f'head of the paper\'s table)')
+    backbone.out_indices = (backbone.num_stages - 1, )
+    backbone.init_weights()
+    return ImageNetClassifier(backbone, backbone.feat_dim)
+
+
+def attention_of(backbone_cfg):
+    """``None``, ``'SE'`` or ``'CBAM'`` when the backbone matches a row of the paper's
+    table (mmdet ResNet, no plugin or one SE/CBAM plugin with r=16 after conv3 in every
+    block); ``False`` otherwise."""
+    if backbone_cfg.get('type') != 'ResNet':
+        return False
+    plugins = backbone_cfg.get('plugins') or []
+    if not plugins:
+        return None
+    if len(plugins) != 1:
+        return False
+    plugin = plugins[0]
+    cfg = dict(plugin['cfg'])
+    kind = cfg.pop('type')
+    every_stage = plugin.get('stages') is None or all(plugin['stages'])
+    if (plugin.get('position') != 'after_conv3' or not every_stage
+            or kind not in ('SE', 'CBAM') or cfg not in ({}, {'ratio': 16})):
+        return False
+    return kind
+
+
+def paper_imagenet(backbone_cfg):
+    """(params M, GFLOPs) of the paper's row for this backbone, or None."""
+    kind = attention_of(backbone_cfg)
+    if kind is False:
+        return None
+    return PAPER_IMAGENET.get((backbone_cfg.get('depth'), kind))
+
+
+def use_reference_attention(model: nn.Module) -> nn.Module:
+    """Run every CBAM/SE module of ``model`` on its reference implementation (the
+    paper's operations, module by module), so the FLOPs counted are those of the
+    definition and not of a fused fast path."""
+    from .models import CBAM, SE
+
+    for m in model.modules():
+        if isinstance(m, (CBAM, SE)):
+            m.implementation = 'reference'
+    return model
+
+
+def count(model: nn.Module, inputs) -> dict:
+    """{'params': int, 'flops': int} with mmengine's get_model_complexity_info, the
+    attention modules on their reference implementation."""
+    from mmengine.analysis import get_model_complexity_info
+
+    use_reference_attention(model)
+    model.eval()
+    with torch.no_grad():
+        info = get_model_complexity_info(model, inputs=inputs, show_table=False,
+                                         show_arch=False)
+    return dict(params=info['params'], flops=info['flops'])
+
+
+def backbone_complexity(config, shape=IMAGENET_SHAPE) -> dict:
+    """Params and FLOPs of the config's backbone as an ImageNet classifier on a
+    1 x ``shape`` input; raises :class:`NotComparable` for a non-ResNet backbone."""
+    cfg = load_config(config)
+    model = imagenet_classifier(cfg.model.backbone)
+    torch.manual_seed(0)
+    out = count(model, (torch.randn(1, *shape), ))
+    out['shape'] = (1, *shape)
+    return out
+
+
+def detector_inputs(model, shape, seed=0):
+    """A random uint8 image of ``shape`` (C, H, W) through the detector's own data
+    preprocessor (normalisation, padding), as the test pipeline would feed it."""
+    from mmdet.structures import DetDataSample
+
+    c, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (c, h, w), generator=gen, dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         scale_factor=(1.0, 1.0)))
+    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    return data['inputs'], data['data_samples']
+
+
+def detector_complexity(config, shape=DETECTOR_SHAPE) -> dict:
+    """Params and FLOPs of the whole detector on one ``shape`` (C, H, W) image, run as
+    ``mode='tensor'`` (backbone, neck, heads; a two-stage detector's RoI head sees the
+    proposals the RPN keeps, so its share depends on the input; seeded here)."""
+    from mmdet.registry import MODELS
+
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    model = MODELS.build(without_pretrained(cfg.model))
+    model.init_weights()
+    model.eval()
+    inputs, samples = detector_inputs(model, shape)
+    forward = model.forward
+    model.forward = partial(forward, data_samples=samples, mode='tensor')
+    try:
+        out = count(model, (inputs, ))
+    finally:
+        model.forward = forward
+    out['shape'] = tuple(inputs.shape)
+    return out
+
+
+def _m(n):
+    return f'{n / 1e6:.2f}M'
+
+
+def _g(n):
+    return f'{n / 1e9:.3f}'
+
+
+def complexity_row(config, detector_shape=DETECTOR_SHAPE, backbone=True, detector=True):
+    """One markdown table row (list of cells) for ``config``."""
+    import os.path as osp
+
+    cfg = load_config(config)
+    name = osp.basename(config) if isinstance(config, str) else (cfg.filename or 'config')
+    cells = [name]
+    if backbone:
+        try:
+            b = backbone_complexity(cfg)
+            cells += [_m(b['params']), _g(b['flops'])]
+        except NotComparable as err:
+            cells += [f'n/a: {err}', 'n/a']
+        paper = paper_imagenet(cfg.model.backbone)
+        cells += [f'{paper[0]:.2f}M' if paper else '-', f'{paper[1]:.3f}' if paper else '-']
+    if detector:
+        d = detector_complexity(cfg, detector_shape)
+        cells += ['x'.join(map(str, d['shape'])), _m(d['params']), _g(d['flops'])]
+    return cells
+
+
+def complexity_table(configs, detector_shape=DETECTOR_SHAPE, backbone=True, detector=True):
+    """A markdown table of :func:`complexity_row` for each config."""
+    header = ['config']
+    if backbone:
+        header += ['backbone+IN head params', 'GFLOPs (1x3x224x224)',
+                   'paper params', 'paper GFLOPs']
+    if detector:
+        header += ['detector input', 'detector params', 'detector GFLOPs']
+    rows = [header, ['---'] * len(header)]
+    rows += [complexity_row(c, detector_shape, backbone, detector) for c in configs]
+    return '\n'.join('| ' + ' | '.join(r) + ' |' for r in rows)
