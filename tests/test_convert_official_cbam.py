@@ -307,6 +307,14 @@ def test_read_state_dict_strips_the_dataparallel_prefix(official_r18_file):
     assert not any(k.startswith('module.') for k in state)
 
 
+def test_file_without_a_state_dict_is_refused(tmp_path):
+    path = tmp_path / 'not_weights.pth'
+    torch.save({'epoch': 90, 'arch': 'resnet50'}, path)
+    with pytest.raises(CheckpointConversionError,
+                       match=r"no state dict found.*top-level entries are \['arch', 'epoch'\]"):
+        read_state_dict(path)
+
+
 def test_unknown_key_is_an_error_listing_it_and_nothing_is_written(official_r18_file, tmp_path):
     state = read_state_dict(official_r18_file)
     state['layer1.0.cbam.extra.weight'] = torch.zeros(3)
@@ -322,6 +330,9 @@ def test_unknown_key_is_an_error_listing_it_and_nothing_is_written(official_r18_
     torch.save({'state_dict': state}, src)
     with pytest.raises(CheckpointConversionError):
         convert_checkpoint_file(src, dst, 'official_cbam')
+    assert not dst.exists()
+    with pytest.raises(SystemExit, match=r'error: keys that map to no mmdet ResNet key'):
+        load_tool('convert_official_cbam').main([str(src), str(dst)])
     assert not dst.exists()
 
 
@@ -343,14 +354,16 @@ def test_block_missing_cbam_entirely_is_an_error(official_r18_file):
     state = read_state_dict(official_r18_file)
     for key in [k for k in state if k.startswith('layer4.1.cbam.')]:
         del state[key]
-    with pytest.raises(CheckpointConversionError, match='layer4.1.cbam.channel_attention.fc1.weight'):
+    with pytest.raises(CheckpointConversionError,
+                       match='layer4.1.cbam.channel_attention.fc1.weight'):
         convert_official_cbam(state)
 
 
 def test_wrong_shape_is_an_error(official_r18_file):
     state = read_state_dict(official_r18_file)
     state['conv1.weight'] = torch.zeros(64, 3, 3, 3)  # the official CIFAR stem
-    with pytest.raises(CheckpointConversionError, match=r'conv1.weight: checkpoint \(64, 3, 3, 3\)'):
+    with pytest.raises(CheckpointConversionError,
+                       match=r'conv1.weight: checkpoint \(64, 3, 3, 3\)'):
         convert_official_cbam(state)
 
 

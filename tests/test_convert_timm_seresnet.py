@@ -195,7 +195,8 @@ def test_hidden_size_no_integer_ratio_gives_is_an_error():
 def test_unknown_and_missing_keys_are_errors(tmp_path):
     state = TimmSEResNet(50).state_dict()
     state['layer1.0.se.bn.weight'] = torch.ones(16)  # an SE with a norm layer
-    with pytest.raises(CheckpointConversionError, match=r'unknown keys \(1\):\n  layer1.0.se.bn.weight'):
+    with pytest.raises(CheckpointConversionError,
+                       match=r'unknown keys \(1\):\n  layer1.0.se.bn.weight'):
         convert_timm_seresnet(state)
     del state['layer1.0.se.bn.weight']
     del state['layer3.5.se.fc2.bias']

@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cbam_mmdet.convert import conversion_summary, convert_checkpoint_file  # noqa: E402
+from cbam_mmdet.convert import (CheckpointConversionError, conversion_summary,  # noqa: E402
+                                convert_checkpoint_file)
 
 
 def parse_args(argv=None):
@@ -27,7 +28,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    converted = convert_checkpoint_file(args.src, args.dst, 'official_cbam', args.depth)
+    try:
+        converted = convert_checkpoint_file(args.src, args.dst, 'official_cbam', args.depth)
+    except CheckpointConversionError as e:
+        sys.exit(f'error: {e}')
     print('\n'.join(conversion_summary(converted, args.dst)))
 
 

@@ -23,8 +23,9 @@ def read_state_dict(path):
     """
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
-        raise CheckpointConversionError(f'{path}: expected a dict of tensors or a dict with a '
-                         f"'state_dict' entry, got {type(ckpt).__name__}")
+        raise CheckpointConversionError(
+            f"{path}: expected a dict of tensors or a dict with a 'state_dict' entry, got "
+            f'{type(ckpt).__name__}')
     state = ckpt
     for entry in STATE_DICT_ENTRIES:
         if isinstance(ckpt.get(entry), dict):

@@ -2,8 +2,9 @@
 
 ``KeyRule('layer{s}.{b}.cbam.ChannelGate.mlp.1.{p}',
 'layer{s}.{b}.cbam.channel_attention.fc1.{p}')`` renames an official CBAM key into
-mmdet's and back (the inverse names a missing key in the source's terms). Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or
-buffer name (``weight``, ``running_mean``, ...).
+mmdet's and back (the inverse names a missing key in the source's terms).
+Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or buffer name
+(``weight``, ``running_mean``, ...).
 """
 import re
 
@@ -82,8 +83,9 @@ def rename(state_dict, rules, drop_rules):
             target = rule.to_target(key)
             if target is not None:
                 if target in renamed:
-                    raise CheckpointConversionError(f'source keys {sources[target]!r} and {key!r} both '
-                                     f'map to {target!r}')
+                    raise CheckpointConversionError(
+                        f'source keys {sources[target]!r} and {key!r} both map to '
+                        f'{target!r}')
                 renamed[target] = rule.convert(key, value)
                 sources[target] = key
                 break

@@ -15,9 +15,10 @@ official                                      mmdet (``CBAM`` plugin)
 ============================================  ===========================================
 
 ``fc.*`` (the classifier) is dropped; the ResNet keys (``conv1``, ``bn1``,
-``layerX.Y.conv*/bn*/downsample.0/1``) are mmdet's ResNet keys already. Both pool channels as [max; mean] in that
-order, so the spatial convolution's weights carry over unchanged (timm's CbamModule
-uses [mean; max]; its weights would need the two input channels swapped).
+``layerX.Y.conv*/bn*/downsample.0/1``) are mmdet's ResNet keys already. The official
+SpatialGate and this project's spatial attention both pool channels as [max; mean], in
+that order, so the spatial convolution's weights carry over unchanged (timm's
+CbamModule pools [mean; max]: its weights would need the two input channels swapped).
 """
 from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
 from .resnet_conversion import CheckpointConversionError, convert_resnet

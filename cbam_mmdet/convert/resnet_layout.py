@@ -17,12 +17,13 @@ def stage_blocks(keys):
         if m:
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     if sorted(blocks) != [1, 2, 3, 4]:
-        raise CheckpointConversionError(f'expected the four ResNet stages layer1..layer4, found stages '
-                         f'{sorted(blocks)}: not a ResNet state dict')
+        raise CheckpointConversionError(
+            f'expected the four ResNet stages layer1..layer4, found stages '
+            f'{sorted(blocks)}: not a ResNet state dict')
     for stage, indices in blocks.items():
         if sorted(indices) != list(range(len(indices))):
-            raise CheckpointConversionError(f'layer{stage} has blocks {sorted(indices)}: block indices '
-                             f'must run 0..n-1')
+            raise CheckpointConversionError(
+                f'layer{stage} has blocks {sorted(indices)}: block indices must run 0..n-1')
     return {stage: len(indices) for stage, indices in sorted(blocks.items())}
 
 
@@ -40,11 +41,13 @@ def resnet_depth(keys, depth=None):
     if not found:
         known = {d: (('Bottleneck' if b is Bottleneck else 'BasicBlock'), n)
                  for d, (b, n) in ResNet.arch_settings.items()}
-        raise CheckpointConversionError(f'{block_name} blocks {counts} per stage match no ResNet depth; '
-                         f'known layouts: {known}')
+        raise CheckpointConversionError(
+            f'{block_name} blocks {counts} per stage match no ResNet depth; known layouts: '
+            f'{known}')
     if depth is not None and depth != found[0]:
-        raise CheckpointConversionError(f'depth={depth} was asked for, but the checkpoint holds a '
-                         f'ResNet-{found[0]} ({block_name} blocks {counts} per stage)')
+        raise CheckpointConversionError(
+            f'depth={depth} was asked for, but the checkpoint holds a ResNet-{found[0]} '
+            f'({block_name} blocks {counts} per stage)')
     return found[0]
 
 
