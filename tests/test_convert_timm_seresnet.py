@@ -238,3 +238,12 @@ def test_se_config_loads_the_converted_checkpoint_with_frozen_stage(tmp_path):
     model.train()
     runner = SimpleNamespace(model=model, _load_from=None, _resume=False)
     FrozenAttentionCheckHook().before_train(runner)  # frozen layer1 SE is pretrained: ok
+
+
+@pytest.mark.parametrize('name,depth', [('faster_rcnn_r101_se_coco_timm_se.py', 101)])
+def test_se_configs_build_the_backbone_the_converter_targets(name, depth):
+    converted = convert_timm_seresnet(TimmSEResNet(depth).state_dict())
+    cfg = pretrained_config(name, 'unused.pth')
+    assert cfg.model.backbone.frozen_stages == 1
+    for key in ('type', 'depth', 'plugins'):
+        assert cfg.model.backbone[key] == converted.backbone[key], key
