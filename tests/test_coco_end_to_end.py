@@ -34,7 +34,7 @@ def coco128_options(n_images=4, epochs=1):
         'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
         'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
         'default_hooks.logger.interval=1',
-        'optim_wrapper.optimizer.lr=0.005',
+        'optim_wrapper.optimizer.lr=0.005', 'model.test_cfg.rcnn.score_thr=0.0',
         'env_cfg.cudnn_benchmark=False', 'randomness.seed=0',
         'train_dataloader.dataset.pipeline.2.scale=(160,128)',
         'test_dataloader.dataset.pipeline.1.scale=(160,128)',
