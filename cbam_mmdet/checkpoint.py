@@ -179,7 +179,7 @@ class AtomicLocalBackend(LocalBackend):
         write_atomically(obj.encode(encoding), filepath)
 
 
-register_backend('local', AtomicLocalBackend, force=True)
+register_backend('local', AtomicLocalBackend, force=True, prefixes='')
 # Backends created before this import keep their class: drop cached plain local ones.
 from mmengine.fileio import io as _io  # noqa: E402
 
