@@ -8,7 +8,7 @@ from .dispatch import (ENV_VAR, IMPLEMENTATIONS, check_implementation, select_ba
 
 
 def cbam_forward(backend, x, channel_attention, spatial_attention):
-    """CBAM (default options) on ``backend`` ``'cpu'`` or ``'triton'``."""
+    """CBAM (default options) on ``backend`` ``'torch'`` or ``'triton'``."""
     if backend == 'triton':
         from . import cbam_triton
         return cbam_triton.cbam_forward(x, channel_attention, spatial_attention)
@@ -17,7 +17,7 @@ def cbam_forward(backend, x, channel_attention, spatial_attention):
 
 
 def se_forward(backend, x, se):
-    """SE on ``backend`` ``'cpu'`` or ``'triton'``."""
+    """SE on ``backend`` ``'torch'`` or ``'triton'``."""
     if backend == 'triton':
         from . import cbam_triton
         return cbam_triton.se_forward(x, se)

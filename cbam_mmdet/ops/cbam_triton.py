@@ -210,6 +210,100 @@ def _bwd_dx(g_ptr, x_ptr, a_ptr, s_ptr, desc_ptr, ddesc_ptr, gavg_ptr, gmax_ptr,
     tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
 
 
+@triton.jit
+def _channel_pool_partial(x_ptr, part_ptr, N, C, HW, sxn, sxc, sxhw, hw_per_prog,
+                          BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """part[split, 0, n, c] = sum, part[split, 1, n, c] = max over one span of hw
+    (no atomics, so no initialised buffer: one launch)."""
+    pid_nc = tl.program_id(0)
+    pid_hw = tl.program_id(1)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // num_cb
+    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    base = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
+    acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
+    acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
+    hw_begin = pid_hw * hw_per_prog
+    for start in range(hw_begin, hw_begin + hw_per_prog, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
+                    other=0.0).to(tl.float32)
+        acc_sum += v
+        acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
+    out = part_ptr + pid_hw * 2 * N * C + n * C + offs_c
+    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
+    tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
+
+
+@triton.jit
+def _channel_mlp(part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, a_ptr, N, C, HID, HW, SPLIT,
+                 PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """a[n] = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 max + b1)) + 2 b2) (PAIR, CBAM)
+    or sigmoid(W2 relu(W1 avg + b1) + b2) (SE), avg and max reduced from the partials."""
+    n = tl.program_id(0)
+    offs_j = tl.arange(0, HID_P)
+    mask_j = offs_j < HID
+    h_avg = tl.zeros((HID_P,), dtype=tl.float32)
+    h_max = tl.zeros((HID_P,), dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        d_sum = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        d_max = tl.full((BLOCK_C,), float('-inf'), dtype=tl.float32)
+        for k in range(0, SPLIT):
+            p = part_ptr + k * 2 * N * C + n * C + offs_c
+            d_sum += tl.load(p, mask=mask_c, other=0.0)
+            if PAIR:
+                d_max = tl.maximum(d_max, tl.load(p + N * C, mask=mask_c, other=0.0))
+        w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
+                     mask=mask_j[:, None] & mask_c[None, :], other=0.0)
+        h_avg += tl.sum(w1 * (d_sum / HW)[None, :], axis=1)
+        if PAIR:
+            h_max += tl.sum(w1 * tl.where(mask_c, d_max, 0.0)[None, :], axis=1)
+    b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
+    h = tl.maximum(h_avg + b1, 0.0)
+    if PAIR:
+        h += tl.maximum(h_max + b1, 0.0)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
+                     mask=mask_c[:, None] & mask_j[None, :], other=0.0)
+        b2 = tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0)
+        logit = tl.sum(w2 * h[None, :], axis=1) + (2.0 * b2 if PAIR else b2)
+        tl.store(a_ptr + n * C + offs_c, tl.sigmoid(logit), mask=mask_c)
+
+
+@triton.jit
+def _spatial_gate(desc_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr, s_ptr, H, W, eps,
+                  K: tl.constexpr, BLOCK: tl.constexpr):
+    """s[n, hw] = sigmoid(BN_eval(conv_KxK(desc[n]))), BN from running statistics."""
+    n = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    HW = H * W
+    mask = offs < HW
+    y = offs // W
+    x = offs % W
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for ch in tl.static_range(2):
+        base = desc_ptr + (n * 2 + ch) * HW
+        for ky in tl.static_range(K):
+            yy = y + (ky - K // 2)
+            row_ok = mask & (yy >= 0) & (yy < H)
+            for kx in tl.static_range(K):
+                xx = x + (kx - K // 2)
+                ok = row_ok & (xx >= 0) & (xx < W)
+                wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
+                acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
+    rm = tl.load(rm_ptr).to(tl.float32)
+    rv = tl.load(rv_ptr).to(tl.float32)
+    scale = tl.load(bw_ptr).to(tl.float32) / tl.sqrt(rv + eps)
+    shift = tl.load(bb_ptr).to(tl.float32) - rm * scale
+    tl.store(s_ptr + n * HW + offs, tl.sigmoid(acc * scale + shift), mask=mask)
+
+
 # ---- launch helpers --------------------------------------------------------------------
 
 def _strides(t):
@@ -428,20 +522,80 @@ class _SEFunction(torch.autograd.Function):
         return (dx, *ch_grads)
 
 
-# ---- entry points ----------------------------------------------------------------------
+# ---- entry points ---------------------------------------------------------------------
 
 def _params(module):
     return [p.float() for p in (module.fc1.weight, module.fc1.bias, module.fc2.weight,
                                 module.fc2.bias)]
 
 
+def _records_grad(x, module):
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+def _channel_attention_map(x, st, fc1, fc2, pair):
+    """(N, C) float32 M_c from two launches: partial pooling, then the fused MLP."""
+    n, c, h, w = x.shape
+    hw = h * w
+    bc, bhw = (64, 32) if st[1] == 1 else (4, 256)
+    ncb = n * triton.cdiv(c, bc)
+    hw_per_prog, split = _spread(ncb, hw, bhw, target=512)
+    part = torch.empty((split, 2, n, c), device=x.device, dtype=torch.float32)
+    _channel_pool_partial[(ncb, split)](x, part, n, c, hw, *st, hw_per_prog,
+                                        BLOCK_C=bc, BLOCK_HW=bhw)
+    a = torch.empty((n, c), device=x.device, dtype=torch.float32)
+    hid = fc1.weight.shape[0]
+    hid_p = triton.next_power_of_2(hid)
+    _channel_mlp[(n,)](part, fc1.weight, fc1.bias, fc2.weight, fc2.bias, a, n, c, hid, hw,
+                       split, PAIR=pair, HID_P=hid_p, BLOCK_C=max(16, 4096 // hid_p))
+    return a
+
+
+def _inference_ready(x, modules):
+    """The launch-lean inference path reads the weights as contiguous float32."""
+    for m in modules:
+        for p in m.parameters():
+            if p.dtype != torch.float32 or not p.is_contiguous():
+                return False
+    return True
+
+
+def cbam_inference(x, channel_attention, spatial_attention):
+    """CBAM without autograd in five launches: pooling, MLP, spatial pooling, gate, scale."""
+    x, st = _prepare(x)
+    n, c, h, w = x.shape
+    a = _channel_attention_map(x, st, channel_attention.fc1, channel_attention.fc2, True)
+    desc = spatial_pool(x, st, a)
+    sa = spatial_attention
+    bn = sa.bn
+    s = torch.empty((n, h * w), device=x.device, dtype=torch.float32)
+    block = 256
+    _spatial_gate[(n, triton.cdiv(h * w, block))](
+        desc, sa.conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias, s, h, w,
+        bn.eps, K=sa.conv.weight.shape[-1], BLOCK=block)
+    return scale(x, st, a, s)
+
+
+def se_inference(x, se):
+    """SE without autograd in three launches: pooling, MLP, scale."""
+    x, st = _prepare(x)
+    a = _channel_attention_map(x, st, se.fc1, se.fc2, False)
+    return scale(x, st, a)
+
+
 def cbam_forward(x, channel_attention, spatial_attention):
     """CBAM with the default options (see :func:`cbam_mmdet.ops.cbam_cpu.cbam_forward`)."""
     sa = spatial_attention
+    if (not _records_grad(x, channel_attention) and not _records_grad(x, sa)
+            and not _bn_training(sa.bn) and _inference_ready(x, (channel_attention, sa))):
+        return cbam_inference(x, channel_attention, sa)
     return _CBAMFunction.apply(x, *_params(channel_attention), sa.conv.weight.float(),
                                sa.bn.weight.float(), sa.bn.bias.float(), sa.bn)
 
 
 def se_forward(x, se):
     """SE (see :func:`cbam_mmdet.ops.cbam_cpu.se_forward`)."""
+    if not _records_grad(x, se) and _inference_ready(x, (se,)):
+        return se_inference(x, se)
     return _SEFunction.apply(x, *_params(se))

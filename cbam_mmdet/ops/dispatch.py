@@ -4,17 +4,21 @@
 :class:`~cbam_mmdet.SE`) is one of
 
 - ``'auto'`` (default): the fast path where it exists for the module's options and the
-  input, else the reference. On CUDA with Triton installed: fused Triton kernels
-  (:mod:`.cbam_triton`); otherwise (CPU, or CUDA without Triton): the PyTorch fast path
-  (:mod:`.cbam_cpu`).
+  input, else the reference. On CUDA with Triton installed and autograd off
+  (inference): fused Triton kernels (:mod:`.cbam_triton`); otherwise (CPU, CUDA
+  training, CUDA without Triton): the PyTorch fast path (:mod:`.cbam_cpu`). CUDA
+  training uses the PyTorch path because each Triton launch costs about three times
+  the host time of a PyTorch op, and a detector's training step on a fast GPU is bound
+  by host time (docs/speed.md has the measurements).
 - ``'reference'``: the modules' own ``forward``, written as the equations (the
   definition the fast paths are tested against).
 - ``'fast'``: like ``'auto'``, but refuse (ValueError) module options that have no
   fast path instead of falling back silently.
 
 The environment variable ``CBAM_MMDET_ATTENTION`` (``auto``, ``reference``,
-``fast``, ``cpu`` or ``triton``), when set, overrides ``'auto'`` for every module
-(``cpu`` and ``triton`` force one fast path: ``triton`` needs CUDA and Triton).
+``fast``, ``torch`` or ``triton``), when set, overrides ``'auto'`` for every module
+(``torch`` and ``triton`` force one fast path, for training too: ``triton`` needs CUDA
+and Triton).
 """
 import functools
 import os
@@ -23,7 +27,7 @@ import torch
 
 IMPLEMENTATIONS = ('auto', 'reference', 'fast')
 ENV_VAR = 'CBAM_MMDET_ATTENTION'
-ENV_CHOICES = ('auto', 'reference', 'fast', 'cpu', 'triton')
+ENV_CHOICES = ('auto', 'reference', 'fast', 'torch', 'triton')
 
 # Input dtypes the Triton kernels take (float64 goes to the PyTorch fast path).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -60,7 +64,7 @@ def env_override():
 
 
 def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) -> str:
-    """``'reference'``, ``'cpu'`` (PyTorch fast path) or ``'triton'`` for this call.
+    """``'reference'``, ``'torch'`` (PyTorch fast path) or ``'triton'`` for this call.
 
     Args:
         implementation: the module's ``implementation`` argument.
@@ -86,6 +90,6 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
             raise ValueError(f'{ENV_VAR}=triton needs a CUDA input of dtype '
                              f'float16/bfloat16/float32 and Triton installed')
         return 'triton'
-    if choice == 'cpu':
-        return 'cpu'
-    return 'triton' if use_triton else 'cpu'
+    if choice == 'torch':
+        return 'torch'
+    return 'triton' if use_triton and not torch.is_grad_enabled() else 'torch'
