@@ -2,8 +2,8 @@
 
     python tools/grad_cam.py IMAGE [IMAGE ...] --model CONFIG CHECKPOINT [LABEL]
         [--model CONFIG CHECKPOINT [LABEL] ...] --out FILE.png
-        [--layer backbone.layer4] [--level N] [--rank 0] [--match iou|rank]
-        [--score-thr THR]
+        [--layer backbone.layer4] [--level N|auto] [--rank 0] [--match iou|rank]
+        [--target score|logit] [--score-thr THR]
 
 One row per image: the image, then each model's Grad-CAM of its chosen detection (the
 top-scoring one by default; with --match iou, the later models explain the detection
@@ -20,8 +20,18 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
 from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
-from cbam_mmdet.visualization.grad_cam import MATCHES, compare_grad_cam  # noqa: E402
+from cbam_mmdet.visualization.grad_cam import (MATCHES, TARGETS,  # noqa: E402
+                                               compare_grad_cam)
 from cbam_mmdet.visualization.inference import load_detector  # noqa: E402
+
+
+def level_arg(value):
+    if value == 'auto':
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an int or 'auto', got {value!r}") from None
 
 
 def parse_args(argv=None):
@@ -33,8 +43,12 @@ def parse_args(argv=None):
     parser.add_argument('--out', required=True, help='output PNG')
     parser.add_argument('--layer', default='backbone.layer4',
                         help='module whose output is explained (a named_modules name)')
-    parser.add_argument('--level', type=int, default=None,
-                        help='output level, for a layer with several (e.g. neck)')
+    parser.add_argument('--level', type=level_arg, default=None,
+                        help="output level, for a layer with several (e.g. neck): an "
+                             "index, or 'auto' (the level the box was pooled from)")
+    parser.add_argument('--target', choices=TARGETS, default='score',
+                        help="differentiate the detection's score or (two-stage) its "
+                             "class logit before the softmax")
     parser.add_argument('--rank', type=int, default=0,
                         help='the detection by score rank (0: the top-scoring one)')
     parser.add_argument('--match', choices=MATCHES, default='iou',
@@ -61,7 +75,7 @@ def main(argv=None):
         models.append((label, load_detector(config, checkpoint, device=args.device)))
     path, results = compare_grad_cam(models, args.images, args.out, layer=args.layer,
                                      level=args.level, rank=args.rank, match=args.match,
-                                     score_thr=args.score_thr)
+                                     score_thr=args.score_thr, target=args.target)
     print(path)
     return path, results
 

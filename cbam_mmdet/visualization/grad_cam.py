@@ -7,9 +7,18 @@
 ``A`` is the output of a chosen layer (a backbone stage such as ``backbone.layer4``, or
 one output level of the neck), ``y`` the score of a chosen detection: for Faster R-CNN the
 softmax probability of the box's class from the RoI head, as the CBAM paper's Figure 4
-uses the softmax score of the target class. The score is differentiable because the
-model's own predict path runs with autograd on: RoIAlign, the box head's softmax and the
-score gathering after NMS keep the graph (:func:`grad_cam` checks that they did).
+labels its maps with the softmax score of the target class (``target='score'``, the
+default). Grad-CAM itself takes the class score before the softmax: ``target='logit'``
+uses the class logit of the RoI behind the detection (two-stage detectors). The score is
+differentiable because the model's own predict path runs with autograd on: RoIAlign, the
+box head's softmax and the score gathering after NMS keep the graph (:func:`grad_cam`
+checks that they did).
+
+The ReLU keeps only positive evidence: for a weak model every position can have a
+negative weighted sum, and the map is then all zero (as in any Grad-CAM implementation);
+the figure says so. Backbone stage outputs are non-negative (after a ReLU); FPN outputs
+are not, and with ``layer='neck', level='auto'`` the map is taken at the level the RoI
+head pooled the box from.
 
 A small hook-based implementation: the ``grad-cam`` package needs torchvision, which is
 not part of this project's stack. A forward hook replaces the layer's output by a leaf
@@ -30,6 +39,7 @@ from .drawing import (class_names_of, draw_detections, new_figure, normalize01,
 from .inference import predict, prepare_image, to_image_size
 
 MATCHES = ('iou', 'rank')
+TARGETS = ('score', 'logit')
 
 
 @dataclass
@@ -37,7 +47,9 @@ class GradCamResult:
     """``cam``: (h, w) raw map at the layer; ``heatmap``: (H, W) in [0, 1] over the
     original image; the chosen detection (``index`` among the predictions, ``bbox``
     x1 y1 x2 y2 pixels, ``label``, ``score``); ``result``: the DetDataSample;
-    ``image``: the BGR image."""
+    ``image``: the BGR image; ``level``: the output level used (multi-level layers);
+    ``gradient_norm``: the norm of the gradient at the layer (0 when the score does not
+    depend on it)."""
     cam: np.ndarray
     heatmap: np.ndarray
     index: int
@@ -46,6 +58,8 @@ class GradCamResult:
     score: float
     result: object
     image: np.ndarray
+    level: Optional[int] = None
+    gradient_norm: float = 0.0
 
 
 def find_module(model, layer):
@@ -59,12 +73,17 @@ def find_module(model, layer):
 
 
 class FeatureCapture:
-    """Forward hook: the layer's output (or ``level`` of a tuple/list output) becomes a
-    detached leaf that requires grad; it is kept in :attr:`activation`."""
+    """Forward hook: the layer's output becomes a detached leaf that requires grad.
+
+    For a tuple/list output (an FPN neck), ``level`` picks one level, or ``'auto'`` makes
+    every level a leaf (:attr:`activations`) so the caller can pick the one the score
+    depends on. :attr:`activation` is the chosen leaf (None for ``'auto'``)."""
 
     def __init__(self, module, layer, level=None):
         self.module, self.layer, self.level = module, layer, level
         self.activation = None
+        self.activations = []
+        self.index = None  # of the chosen leaf in activations
         self._handle = None
 
     def _hook(self, module, args, output):
@@ -73,14 +92,18 @@ class FeatureCapture:
                 raise ValueError(f'level: layer {self.layer!r} outputs one tensor; leave '
                                  f'level unset (got {self.level!r})')
             self.activation = output.detach().requires_grad_(True)
+            self.activations, self.index = [self.activation], 0
             return self.activation
         if isinstance(output, (tuple, list)):
             n = len(output)
-            if self.level is None or not 0 <= self.level < n:
-                raise ValueError(f'level: layer {self.layer!r} outputs {n} levels; give '
-                                 f'level in 0..{n - 1}, got {self.level!r}')
-            out = list(output)
-            out[self.level] = self.activation = output[self.level].detach().requires_grad_(True)
+            if self.level != 'auto' and (not isinstance(self.level, int)
+                                         or not 0 <= self.level < n):
+                raise ValueError(f"level: layer {self.layer!r} outputs {n} levels; give "
+                                 f"level in 0..{n - 1} or 'auto', got {self.level!r}")
+            out = [o.detach().requires_grad_(True) for o in output]
+            self.activations = out
+            if self.level != 'auto':
+                self.activation, self.index = out[self.level], self.level
             return type(output)(out)
         raise TypeError(f'layer {self.layer!r} outputs {type(output).__name__}, not a '
                         f'tensor or a tuple of tensors')
@@ -92,6 +115,41 @@ class FeatureCapture:
     def __exit__(self, *exc):
         self._handle.remove()
         return False
+
+
+class ClassLogitCapture:
+    """Forward hook on a two-stage detector's ``roi_head.bbox_head``: keeps its class
+    logits ``(num_rois, num_classes + 1)`` (:attr:`logits`)."""
+
+    def __init__(self, model):
+        head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
+        if head is None:
+            raise ValueError("target: 'logit' needs a two-stage detector (roi_head."
+                             "bbox_head); use target='score' for this model")
+        self.head = head
+        self.logits = None
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        self.logits = output[0]
+
+    def __enter__(self):
+        self._handle = self.head.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
+
+    def logit_of(self, score, label):
+        """The class logit behind a detection score: the RoI whose row the score's
+        gradient reaches (the softmax couples one row only), column ``label``."""
+        (g,) = torch.autograd.grad(score, self.logits, retain_graph=True, allow_unused=True)
+        if g is None or not g.abs().sum() > 0:
+            raise RuntimeError('the detection score does not depend on the RoI head '
+                               'logits')
+        row = int(g.abs().sum(dim=1).argmax())
+        return self.logits[row, label]
 
 
 @contextlib.contextmanager
@@ -158,7 +216,7 @@ def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_lab
 
 
 def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_box=None,
-             target_label=None, score_thr=None):
+             target_label=None, score_thr=None, target='score'):
     """Grad-CAM of one detection on one image; returns a :class:`GradCamResult`.
 
     Args:
@@ -166,20 +224,28 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
         image: path or BGR array.
         layer: name of the module whose output is ``A`` (``model.named_modules()``),
             e.g. ``'backbone.layer3'``, ``'backbone.layer4'``, ``'neck'``.
-        level: for a layer with several outputs (an FPN neck), which one.
+        level: for a layer with several outputs (an FPN neck): which one, or ``'auto'``
+            for the level the score depends on most (the one the RoI head pooled the
+            box from: the others get zero gradient).
         rank: the detection, by score rank (0: the top-scoring one).
         target_box, target_label: choose instead the detection that overlaps
             ``target_box`` most (of ``target_label`` when it has one), e.g. to compare
             the same object across models.
         score_thr: override the head's test score threshold (to reach weak detections).
+        target: ``'score'`` (default): the detection's score (Faster R-CNN: softmax
+            probability of its class); ``'logit'``: the class logit before the softmax,
+            Grad-CAM's own choice of ``y^c``, for two-stage detectors.
     """
+    if target not in TARGETS:
+        raise ValueError(f'target must be one of {list(TARGETS)}, got {target!r}')
     inputs, data_samples, img = prepare_image(model, image)
     module = find_module(model, layer)
+    logits = ClassLogitCapture(model) if target == 'logit' else contextlib.nullcontext()
     with no_parameter_grad(model), score_threshold(model, score_thr), \
-            FeatureCapture(module, layer, level) as capture:
+            FeatureCapture(module, layer, level) as capture, logits:
         result = predict(model, inputs, data_samples, grad=True)[0]
     pred = result.pred_instances
-    if capture.activation is None:
+    if not capture.activations:
         raise RuntimeError(f'layer {layer!r} did not run in the forward pass')
     idx = choose_detection(pred.scores.detach().cpu().numpy(),
                            pred.bboxes.detach().cpu().numpy(),
@@ -188,22 +254,30 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
     if score.grad_fn is None:
         raise RuntimeError('the detection score is not differentiable: the predict path '
                            'of this model does not keep the autograd graph')
-    (grad,) = torch.autograd.grad(score, capture.activation, allow_unused=True)
+    y = score if target == 'score' else logits.logit_of(score, int(pred.labels[idx]))
+    grads = torch.autograd.grad(y, capture.activations, allow_unused=True)
+    if level == 'auto':
+        norms = [0.0 if g is None else float(g.norm()) for g in grads]
+        level = int(np.argmax(norms))
+        act, grad = capture.activations[level], grads[level]
+    else:
+        act, grad = capture.activation, grads[capture.index]
     if grad is None:
         raise RuntimeError(f'the detection score does not depend on layer {layer!r}'
                            + ('' if level is None else f' level {level}'))
-    act = capture.activation.detach()
+    act = act.detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * act).sum(dim=1))[0]
     heatmap = normalize01(to_image_size(cam, data_samples[0]))
     return GradCamResult(cam=cam.numpy(), heatmap=heatmap, index=idx,
                          bbox=pred.bboxes[idx].detach().cpu().numpy(),
                          label=int(pred.labels[idx]), score=float(score.detach()),
-                         result=result, image=img)
+                         result=result, image=img, level=level,
+                         gradient_norm=float(grad.norm()))
 
 
 def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=None,
-                     rank=0, match='iou', score_thr=None, alpha=0.5):
+                     rank=0, match='iou', score_thr=None, alpha=0.5, target='score'):
     """The CBAM paper's Figure 4 for detectors: one row per image, the input image, then
     the Grad-CAM of each model side by side.
 
@@ -228,13 +302,17 @@ def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=No
             if first is not None and match == 'iou':
                 kwargs = dict(target_box=first.bbox, target_label=first.label)
             res = grad_cam(model, image, layer=layer, level=level, rank=rank,
-                           score_thr=score_thr, **kwargs)
+                           score_thr=score_thr, target=target, **kwargs)
             results.append(res)
             names = class_names_of(model)
             cls = names[res.label] if names and res.label < len(names) else str(res.label)
             title = f'{name}\n{cls} {res.score:.3f}'
             if first is not None and match == 'iou':
                 title += f', IoU {float(box_iou(first.bbox, res.bbox[None])[0]):.2f}'
+            if res.level is not None and level == 'auto':
+                title += f', level {res.level}'
+            if not res.cam.max() > 0:
+                title += '\n(map all zero: no positive evidence)'
             ax = axes[row, col + 1]
             show_overlay(ax, res.image, res.heatmap, title=title, alpha=alpha)
             draw_detections(ax, [res.bbox], [res.label], [res.score], names, highlight=0)
