@@ -46,6 +46,13 @@ def test_resnet50_gflops_under_mmengine_convention(r50):
     assert PAPER_IMAGENET[(50, None)] == (25.56, 3.858)
 
 
+def test_paper_gflops_are_conv_and_fc_multiply_adds_of_resnet_v1():
+    from cbam_mmdet.complexity import backbone_paper_convention
+    got = [round(backbone_paper_convention(config(f'faster_rcnn_r50{s}_coco.py')) / 1e9, 3)
+           for s in ('', '_se', '_cbam')]
+    assert got == [PAPER_IMAGENET[(50, k)][1] for k in (None, 'SE', 'CBAM')]
+
+
 @pytest.mark.parametrize('kind,per_module', [('SE', se_flops), ('CBAM', cbam_flops)])
 def test_attention_adds_exactly_its_own_flops(r50, kind, per_module):
     added = sum(n * per_module(c, s) for c, s, n in R50_STAGES)
@@ -89,7 +96,7 @@ def test_tool_prints_one_markdown_table(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith('| ') for line in lines)
     assert '| faster_rcnn_r50_cbam_coco.py | 28.09M | 4.' in lines[2]
-    assert '| 28.09M | 3.864 | 1x3x320x320 |' in lines[2]  # padded to 32
+    assert '| 3.864 | 28.09M | 3.864 | 1x3x320x320 |' in lines[2]  # padded to 32
     assert 'n/a: SSDVGG is not a ResNet' in lines[3] and '1x3x300x300' in lines[3]
 
 
