@@ -29,10 +29,10 @@ def randomize_(module, seed=0):
     return module
 
 
-def pair(cls, channels, device='cpu', **kwargs):
+def pair(cls, channels, device='cpu', implementation='fast', **kwargs):
     """A reference module and a fast one with the same weights and buffers."""
     ref = randomize_(cls(channels, implementation='reference', **kwargs)).to(device)
-    fast = cls(channels, implementation='fast', **kwargs).to(device)
+    fast = cls(channels, implementation=implementation, **kwargs).to(device)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -174,7 +174,7 @@ def test_state_dict_and_parameters_do_not_depend_on_the_implementation():
 def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training,
                                                  monkeypatch):
     monkeypatch.setenv(ENV_VAR, 'triton')  # auto takes the PyTorch path for training
-    ref, fast = pair(cls, shape[1], device='cuda', ratio=8)
+    ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     x, grad = make_input(shape, channels_last, device='cuda')
     assert select_backend(fast.implementation, x, True) == 'triton'
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_triton_fast_path_matches_reference_fp16_autocast(cls, shape, channels_l
     rounds M_c F to fp16 before its channel max, which moves the argmax (and so the max's
     gradient) at a few positions where two channels are within fp16 rounding."""
     monkeypatch.setenv(ENV_VAR, 'triton')
-    ref, fast = pair(cls, shape[1], device='cuda', ratio=8)
+    ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     x, grad = make_input(shape, channels_last, device='cuda', dtype=torch.float16)
     got = run(fast, x, grad, True, autocast_dtype=torch.float16)
     want16 = run(copy.deepcopy(ref), x, grad, True, autocast_dtype=torch.float16)
