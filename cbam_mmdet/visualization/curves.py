@@ -43,14 +43,19 @@ def scalar_files(run):
     return files
 
 
-def run_label(run):
-    """The work dir's name for a work dir, a timestamp dir or a scalars.json file."""
+def work_dir_of(run):
+    """The work dir of a run given as a work dir, a timestamp dir or a scalars.json."""
     path = osp.abspath(str(run)).rstrip('/')
     if osp.isfile(path):  # <work_dir>/<timestamp>/vis_data/scalars.json
-        path = osp.dirname(osp.dirname(osp.dirname(path)))
-    elif osp.isfile(osp.join(path, 'vis_data', 'scalars.json')):
-        path = osp.dirname(path)
-    return osp.basename(path)
+        return osp.dirname(osp.dirname(osp.dirname(path)))
+    if osp.isfile(osp.join(path, 'vis_data', 'scalars.json')):
+        return osp.dirname(path)
+    return path
+
+
+def run_label(run):
+    """The work dir's name."""
+    return osp.basename(work_dir_of(run))
 
 
 def read_scalars(path):
@@ -112,11 +117,9 @@ def unique_labels(runs, labels=None):
             raise ValueError(f'labels: {len(labels)} labels for {len(runs)} runs')
         return list(labels)
     names = [run_label(r) for r in runs]
-    for i, name in enumerate(names):
-        if names.count(name) > 1:  # same work dir name: add the parent folder
-            parent = osp.basename(osp.dirname(osp.abspath(str(runs[i])).rstrip('/')))
-            names[i] = f'{parent}/{name}'
-    return names
+    # runs with the same work dir name: the parent folder tells them apart
+    return [f'{osp.basename(osp.dirname(work_dir_of(r)))}/{n}' if names.count(n) > 1
+            else n for r, n in zip(runs, names)]
 
 
 def plot_curves(runs, out_path, keys=('loss', 'mAP'), labels=None, smooth=1):
