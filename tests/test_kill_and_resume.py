@@ -233,3 +233,40 @@ def test_latest_checkpoint_survives_an_empty_last_checkpoint_file(tmp_path):
     assert latest_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_1.pth'))
     assert latest_checkpoint(tmp_path) == str(tmp_path / 'iter_1.pth')
+
+
+@pytest.fixture
+def in_process_runs():
+    """Runs in this process: one thread (as the subprocesses), and mmengine's
+    deterministic switch undone afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def test_epoch_based_resume_at_an_epoch_boundary_is_exact(tiny, in_process_runs):
+    from cbam_mmdet.apis import build_train_config, run_train
+    root, config = tiny
+    with open(root / 'tiny_epochs.py', 'w') as f:
+        f.write(f"_base_ = {config!r}\n"
+                "train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=2, "
+                "val_interval=1)\n"
+                "default_hooks = dict(checkpoint=dict(interval=1, by_epoch=True))\n"
+                "log_processor = dict(by_epoch=True)\n")
+
+    def train(work_dir, max_epochs, resume=None):
+        cfg = build_train_config(str(root / 'tiny_epochs.py'), work_dir=str(work_dir),
+                                 resume=resume,
+                                 cfg_options={'train_cfg.max_epochs': max_epochs})
+        assert cfg.train_cfg.type == 'ExactResumeEpochBasedTrainLoop'
+        return run_train(cfg)
+
+    train(root / 'epochs_full', 2)
+    train(root / 'epochs_part', 1)
+    train(root / 'epochs_part', 2, resume='auto')
+    from cbam_mmdet.checkpoint import load_checkpoint_file
+    reference = load_checkpoint_file(root / 'epochs_full' / 'epoch_2.pth')['state_dict']
+    resumed = load_checkpoint_file(root / 'epochs_part' / 'epoch_2.pth')['state_dict']
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]
+# On machines without CUDA, GPUS is the number of CPU processes; add
+# --cfg-options env_cfg.dist_cfg.backend=gloo (see cbam_mmdet/apis/cpu_distributed.py).
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

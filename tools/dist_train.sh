@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # bash tools/dist_train.sh CONFIG GPUS [train.py options]
+# On machines without CUDA, GPUS is the number of CPU processes; add
+# --cfg-options env_cfg.dist_cfg.backend=gloo (see cbam_mmdet/apis/cpu_distributed.py).
+# PYTHON (default: python) is the interpreter; PORT, MASTER_ADDR, NNODES, NODE_RANK as torchrun.
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}
