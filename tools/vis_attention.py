@@ -35,8 +35,8 @@ def parse_args(argv=None):
     parser.add_argument('--reduce', choices=STAGE_REDUCTIONS, default='last',
                         help="a stage's spatial map: its last block's or the blocks' mean")
     parser.add_argument('--scale', choices=SCALES, default='relative',
-                        help='colour scale of the spatial maps: stretched to each map\'s '
-                             'range (relative) or fixed to [0, 1] (absolute)')
+                        help='colour scale of the maps: stretched to their '
+                             'range of values (relative) or fixed to [0, 1] (absolute)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')

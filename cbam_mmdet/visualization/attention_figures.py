@@ -9,8 +9,9 @@ For one image, :func:`visualize_attention` writes
   range of values. SE models and channel-only CBAM have no spatial map: the figure then
   holds the detections only.
 - ``<name>_channel_attention.png``: per stage, the channel attention ``M_c`` (SE: ``s``)
-  of each block as a blocks x channels heat map in [0, 1], and the distribution of its
-  values per block (box plots).
+  of each block as a blocks x channels heat map, and the distribution of its values per
+  block (box plots); colours and axes span the stage's range of values
+  (``scale='relative'``, the default) or [0, 1] (``'absolute'``).
 - ``<name>_channel_attention.json``: mean, std, min, max of ``M_c`` per module.
 """
 import json
@@ -52,13 +53,16 @@ def plot_spatial_attention(img, result, stage_maps, data_sample, class_names, pa
             heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
         show_overlay(ax, img, heat, alpha=alpha,
                      title=f'{stage} M_s {m.shape[0]}x{m.shape[1]}\n'
-                           f'range [{lo:.3f}, {hi:.3f}]'
+                           f'range [{lo:.4f}, {hi:.4f}]'
                            + (' (stretched)' if scale == 'relative' else ''))
     return save_figure(fig, path)
 
 
-def plot_channel_statistics(stats, path):
-    """Per stage: blocks x channels heat map of M_c and box plots per block."""
+def plot_channel_statistics(stats, path, scale='relative'):
+    """Per stage: blocks x channels heat map of M_c and box plots per block; colours and
+    y axis over the stage's range of values (``'relative'``) or [0, 1] (``'absolute'``)."""
+    if scale not in SCALES:
+        raise ValueError(f'scale must be one of {list(SCALES)}, got {scale!r}')
     stages = list(dict.fromkeys(s['stage'] for s in stats))
     fig, axes = new_figure(2, len(stages), panel_size=3.2)
     for col, stage in enumerate(stages):
@@ -68,7 +72,9 @@ def plot_channel_statistics(stats, path):
         for i, s in enumerate(rows):
             grid[i, :s['channels']] = s['values']
         ax = axes[0, col]
-        im = ax.imshow(grid, aspect='auto', cmap='viridis', vmin=0, vmax=1,
+        lo, hi = (0.0, 1.0) if scale == 'absolute' else \
+            (float(np.nanmin(grid)), float(np.nanmax(grid)))
+        im = ax.imshow(grid, aspect='auto', cmap='viridis', vmin=lo, vmax=max(hi, lo + 1e-6),
                        interpolation='nearest')
         ax.set_title(f'{stage} ({rows[0]["kind"]})\nM_c per block', fontsize=8)
         ax.set_xlabel('channel', fontsize=7)
@@ -78,10 +84,12 @@ def plot_channel_statistics(stats, path):
         fig.colorbar(im, ax=ax, fraction=0.046)
         ax = axes[1, col]
         ax.boxplot([s['values'] for s in rows], positions=range(len(rows)), showfliers=False)
-        ax.set_ylim(0, 1)
+        if scale == 'absolute':
+            ax.set_ylim(0, 1)
         ax.set_xlabel('block', fontsize=7)
         ax.set_ylabel('M_c', fontsize=7)
-        ax.set_title('mean ' + ', '.join(f'{s["mean"]:.2f}' for s in rows), fontsize=7)
+        ax.set_title('mean ' + ', '.join(f'{s["mean"]:.3f}' for s in rows)
+                     + f'\nrange [{lo:.4f}, {hi:.4f}]', fontsize=7)
         ax.tick_params(labelsize=6)
     return save_figure(fig, path)
 
@@ -106,7 +114,7 @@ def visualize_attention(model, image, out_dir, name=None, score_thr=0.3,
     stats = channel_statistics(maps)
     if stats:
         out['channel'] = plot_channel_statistics(
-            stats, osp.join(out_dir, f'{name}_channel_attention.png'))
+            stats, osp.join(out_dir, f'{name}_channel_attention.png'), scale=scale)
         out['stats'] = osp.join(out_dir, f'{name}_channel_attention.json')
         with open(out['stats'], 'w') as f:
             json.dump([{k: v for k, v in s.items() if k != 'values'} for s in stats], f,
