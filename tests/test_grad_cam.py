@@ -60,9 +60,9 @@ def test_grad_cam_of_a_briefly_trained_model_is_non_zero(trained, scene):
     # the FPN level the RoI head pooled the top detection from
     res = grad_cam(model, scene, layer='neck', level='auto', score_thr=0.0)
     assert res.level in range(4)
-    side = 160 // 4 // 2 ** res.level
-    assert res.cam.shape == (side, side)
-    assert res.heatmap.shape == (160, 160)
+    h, w = res.result.metainfo['batch_input_shape']
+    assert res.cam.shape == (h // 4 // 2 ** res.level, w // 4 // 2 ** res.level)
+    assert res.heatmap.shape == (160, 160)  # the original image
     assert res.gradient_norm > 0
     assert res.cam.max() > 0 and np.isfinite(res.cam).all()
     assert res.heatmap.min() >= 0 and res.heatmap.max() == pytest.approx(1.0)
@@ -122,8 +122,11 @@ def test_detection_score_is_differentiable_through_the_predict_path(trained, sce
 def test_grad_cam_layers_and_levels(trained, scene):
     model, _ = trained
     res = grad_cam(model, scene, layer='backbone.layer4', score_thr=0.0)
-    assert res.cam.shape == (5, 5) and res.gradient_norm > 0 and res.level is None
-    assert grad_cam(model, scene, layer='neck', level=0, score_thr=0.0).cam.shape == (40, 40)
+    h, w = res.result.metainfo['batch_input_shape']
+    assert res.cam.shape == (h // 32, w // 32)
+    assert res.gradient_norm > 0 and res.level is None
+    res = grad_cam(model, scene, layer='neck', level=0, score_thr=0.0)
+    assert res.cam.shape == (h // 4, w // 4) and res.level == 0
     with pytest.raises(ValueError, match='level: layer .neck. outputs 5 levels'):
         grad_cam(model, scene, layer='neck')
     with pytest.raises(ValueError, match='level: layer .backbone.layer4. outputs one'):

@@ -162,12 +162,14 @@ def test_cbam_detector_maps_have_the_stage_shapes(scene):
     model = randomize_spatial_bn(load_detector(CBAM_CONFIG))
     result, maps, img, sample = record_attention(model, scene)
     assert img.shape == (120, 160, 3)
-    # ResNet-50 stages of 3, 4, 6, 3 blocks, base_channels 16: C = 64..512; the
-    # 160x120 scene is resized to 160x120 (keep ratio) and padded to 160x128 (/32)
+    # ResNet-50 stages of 3, 4, 6, 3 blocks, base_channels 16: C = 64..512, strides
+    # 4..32 over the padded input the data preprocessor made
+    h, w = sample.metainfo['batch_input_shape']
     assert len(maps) == 16
     stages = group_by_stage(maps)
-    expected = {'backbone.layer1': (3, 64, 32, 40), 'backbone.layer2': (4, 128, 16, 20),
-                'backbone.layer3': (6, 256, 8, 10), 'backbone.layer4': (3, 512, 4, 5)}
+    expected = {f'backbone.layer{i + 1}': (blocks, 64 * 2 ** i, h // 2 ** (i + 2),
+                                           w // 2 ** (i + 2))
+                for i, blocks in enumerate((3, 4, 6, 3))}
     assert list(stages) == list(expected)
     for stage, (blocks, c, h, w) in expected.items():
         assert len(stages[stage]) == blocks
@@ -182,10 +184,13 @@ def test_cbam_detector_maps_have_the_stage_shapes(scene):
 def test_neck_attention_maps_are_recorded_per_level(scene):
     from cbam_mmdet.visualization.attention_figures import record_attention
     from cbam_mmdet.visualization.inference import load_detector
-    _, maps, _, _ = record_attention(load_detector(NECK_CONFIG), scene)
+    _, maps, _, sample = record_attention(load_detector(NECK_CONFIG), scene)
+    h, w = sample.metainfo['batch_input_shape']
     assert list(maps) == [f'neck.attentions.{i}' for i in range(5)]
-    assert [tuple(m.spatial.shape[2:]) for m in maps.values()] == \
-        [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]
+    sizes = [(h // 4, w // 4)]
+    for _ in range(4):  # FPN levels, strides 4..64 (P6 by max pooling, stride 2)
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    assert [tuple(m.spatial.shape[2:]) for m in maps.values()] == sizes
     assert all(m.channel.shape == (1, 64, 1, 1) for m in maps.values())
 
 
