@@ -44,7 +44,8 @@ def test_a_valid_dataset_passes_without_warnings(tiny, recwarn):
 def test_missing_annotation_file_names_file_and_field(tiny):
     tmp_path, config, _ = tiny
     os.remove(tmp_path / 'data' / 'train.json')
-    with pytest.raises(DatasetFileError, match=r'train\.json \(train_dataloader\.dataset\.ann_file\) does not exist'):
+    with pytest.raises(DatasetFileError,
+                       match=r'train\.json \(train_dataloader\.dataset\.ann_file\) does not exist'):
         validate_train_config(train_cfg(config, tmp_path))
 
 

@@ -55,7 +55,8 @@ def load_tool(name):
     return module
 
 
-REFUSED = r"refused to load checkpoint .*hostile.*needs '(builtins\.)?exec'.*Nothing in it was executed"
+REFUSED = (r"refused to load checkpoint .*hostile.*needs '(builtins\.)?exec'.*"
+           r"Nothing in it was executed")
 
 
 def test_tools_test_refuses_it(setup, tmp_path):
