@@ -121,7 +121,9 @@ def _refused_global(error) -> str:
         match = re.search(pattern, text)
         if match:
             return f"'{match.group(1)}'"
-    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    lines = [ln.split('WeightsUnpickler error:')[-1].strip() for ln in text.splitlines()[1:]]
+    lines = [ln for ln in lines if ln and not ln.startswith(('Please file an issue',
+                                                             'Check the documentation'))]
     return f'an object it refused ({lines[0][:200]})' if lines else 'objects it refused'
 
 

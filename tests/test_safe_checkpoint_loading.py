@@ -147,3 +147,20 @@ def test_mmengine_checkpoints_load_weights_only(tmp_path):
     ckpt = load_checkpoint_file(path)
     assert isinstance(ckpt['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
     assert ckpt['meta']['np_scalar'] == 2.0
+
+
+class AttributePayload:
+    """getattr on an allowlisted class, the route mmengine's own checkpoints use for
+    HistoryBuffer's statistics; any other attribute must be refused."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
+    path = tmp_path / 'getattr.pth'
+    torch.save(dict(payload=AttributePayload()), path)
+    with pytest.raises(UnsafeCheckpointError,
+                       match=r"getattr\(HistoryBuffer, '__init__'\) is not allowed"):
+        load_checkpoint_file(path)
