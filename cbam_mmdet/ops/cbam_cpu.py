@@ -69,12 +69,14 @@ def cbam_forward(x, channel_attention, spatial_attention):
         a = torch.sigmoid(logits[0] + logits[1])
     y = x * a.view(n, c, 1, 1).to(x.dtype)
     desc_max = y.amax(dim=1, keepdim=True).to(cdt)
-    if x.dtype == cdt and x.is_contiguous():
-        # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample.
-        desc_mean = torch.matmul(a.view(n, 1, c), x.view(n, c, h * w)).view(n, 1, h, w) / c
-    else:
-        desc_mean = y.mean(dim=1, keepdim=True, dtype=cdt)
     with no_autocast(x):
+        if x.dtype == cdt and x.is_contiguous():
+            # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample, in the
+            # compute dtype (under autocast a matmul would run in fp16 and overflow).
+            desc_mean = torch.matmul(a.view(n, 1, c),
+                                     x.view(n, c, h * w)).view(n, 1, h, w) / c
+        else:
+            desc_mean = y.mean(dim=1, keepdim=True, dtype=cdt)
         s = torch.sigmoid(spatial_logits(torch.cat((desc_max, desc_mean), dim=1),
                                          spatial_attention)).to(x.dtype)
     if y.requires_grad:
