@@ -55,6 +55,7 @@ def parse_args(argv=None):
                         help='how later models choose their detection')
     parser.add_argument('--score-thr', type=float, default=None,
                         help="override the head's test score threshold")
+    parser.add_argument('--dpi', type=int, default=100, help='resolution of the PNG')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
                         help='UNSAFE: load checkpoints whose unpickling may run code')
@@ -75,7 +76,8 @@ def main(argv=None):
         models.append((label, load_detector(config, checkpoint, device=args.device)))
     path, results = compare_grad_cam(models, args.images, args.out, layer=args.layer,
                                      level=args.level, rank=args.rank, match=args.match,
-                                     score_thr=args.score_thr, target=args.target)
+                                     score_thr=args.score_thr, target=args.target,
+                                     dpi=args.dpi)
     print(path)
     return path, results
 

@@ -1,7 +1,7 @@
 """Draw what the attention modules of a detector do on some images.
 
     python tools/vis_attention.py CONFIG CHECKPOINT IMAGE [IMAGE ...] --out-dir DIR
-        [--score-thr 0.3] [--reduce last|mean] [--scale relative|absolute]
+        [--score-thr 0.3] [--reduce last|mean] [--scale relative|absolute] [--dpi 100]
 
 For each image: DIR/<name>_attention.png (detections, and each stage's CBAM spatial
 attention map over the image), DIR/<name>_channel_attention.png and .json (channel
@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument('--scale', choices=SCALES, default='relative',
                         help='colour scale of the maps: stretched to their '
                              'range of values (relative) or fixed to [0, 1] (absolute)')
+    parser.add_argument('--dpi', type=int, default=100, help='resolution of the PNGs')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
@@ -53,7 +54,7 @@ def main(argv=None):
     written = []
     for image in args.images:
         out = visualize_attention(model, image, args.out_dir, score_thr=args.score_thr,
-                                  reduce=args.reduce, scale=args.scale)
+                                  reduce=args.reduce, scale=args.scale, dpi=args.dpi)
         written += [p for p in (out['attention'], out['channel'], out['stats']) if p]
     for p in written:
         print(p)

@@ -38,7 +38,7 @@ def record_attention(model, image):
 
 
 def plot_spatial_attention(img, result, stage_maps, data_sample, class_names, path,
-                           score_thr=0.3, scale='relative', alpha=0.5):
+                           score_thr=0.3, scale='relative', alpha=0.5, dpi=100):
     """The detections panel and one overlay panel per stage; writes ``path``."""
     if scale not in SCALES:
         raise ValueError(f'scale must be one of {list(SCALES)}, got {scale!r}')
@@ -55,10 +55,10 @@ def plot_spatial_attention(img, result, stage_maps, data_sample, class_names, pa
                      title=f'{stage} M_s {m.shape[0]}x{m.shape[1]}\n'
                            f'range [{lo:.4f}, {hi:.4f}]'
                            + (' (stretched)' if scale == 'relative' else ''))
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)
 
 
-def plot_channel_statistics(stats, path, scale='relative'):
+def plot_channel_statistics(stats, path, scale='relative', dpi=100):
     """Per stage: blocks x channels heat map of M_c and box plots per block; colours and
     y axis over the stage's range of values (``'relative'``) or [0, 1] (``'absolute'``)."""
     if scale not in SCALES:
@@ -91,11 +91,11 @@ def plot_channel_statistics(stats, path, scale='relative'):
         ax.set_title('mean ' + ', '.join(f'{s["mean"]:.3f}' for s in rows)
                      + f'\nrange [{lo:.4f}, {hi:.4f}]', fontsize=7)
         ax.tick_params(labelsize=6)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def visualize_attention(model, image, out_dir, name=None, score_thr=0.3,
-                        reduce='last', scale='relative', alpha=0.5):
+                        reduce='last', scale='relative', alpha=0.5, dpi=100):
     """Write the attention figures of one image (see the module doc).
 
     Returns dict(attention=<png>, channel=<png or None>, stats=<json or None>,
@@ -110,11 +110,12 @@ def visualize_attention(model, image, out_dir, name=None, score_thr=0.3,
     out['attention'] = plot_spatial_attention(
         img, result, stage_maps, data_sample, class_names_of(model),
         osp.join(out_dir, f'{name}_attention.png'), score_thr=score_thr, scale=scale,
-        alpha=alpha)
+        alpha=alpha, dpi=dpi)
     stats = channel_statistics(maps)
     if stats:
         out['channel'] = plot_channel_statistics(
-            stats, osp.join(out_dir, f'{name}_channel_attention.png'), scale=scale)
+            stats, osp.join(out_dir, f'{name}_channel_attention.png'), scale=scale,
+            dpi=dpi)
         out['stats'] = osp.join(out_dir, f'{name}_channel_attention.json')
         with open(out['stats'], 'w') as f:
             json.dump([{k: v for k, v in s.items() if k != 'values'} for s in stats], f,

@@ -277,7 +277,8 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
 
 
 def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=None,
-                     rank=0, match='iou', score_thr=None, alpha=0.5, target='score'):
+                     rank=0, match='iou', score_thr=None, alpha=0.5, target='score',
+                     dpi=100):
     """The CBAM paper's Figure 4 for detectors: one row per image, the input image, then
     the Grad-CAM of each model side by side.
 
@@ -319,4 +320,4 @@ def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=No
         show_image(axes[row, 0], results[0].image, f'input ({layer}'
                    + ('' if level is None else f' level {level}') + ')')
         all_results.append(results)
-    return save_figure(fig, out_path), all_results
+    return save_figure(fig, out_path, dpi=dpi), all_results
