@@ -4,7 +4,6 @@ import os.path as osp
 import runpy
 
 import matplotlib.image as mpimg
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
