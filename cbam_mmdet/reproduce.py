@@ -576,9 +576,11 @@ def write_chart(path, preset, rows):
             ax.annotate(r['status'], (i, 0), ha='center', va='bottom', color='red')
     ax.set_xticks(range(n))
     ax.set_xticklabels([r['variant'] for r in rows], rotation=15, ha='right', fontsize=8)
+    top = max([r[c] for r in rows for c in cols if r[c] is not None] or [1.0])
+    ax.set_ylim(0, top * 1.25)  # room for the legend above the bars
     ax.set_ylabel('AP (%)')
     ax.set_title(f'{preset.name}', fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(cols), loc='upper center')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

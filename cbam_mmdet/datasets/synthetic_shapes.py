@@ -3,8 +3,8 @@
 Nothing is read or downloaded: ``num_images`` scenes of :func:`generate_scene` are drawn
 from ``seed`` when the dataset is built, and held as mmdet data infos (COCO-style
 instances with ``bbox`` in x1 y1 x2 y2 pixels, ``bbox_label``, ``ignore_flag``), each with
-its BGR uint8 image (as mmcv reads files) under ``img``. Its pipeline starts with ``LoadImageFromNDArray`` instead of
-``LoadImageFromFile``. mmdet's ``CocoMetric(ann_file=None)`` evaluates it when the test
+its BGR uint8 image (as mmcv reads files) under ``img``. Its pipeline starts with
+``LoadImageFromNDArray`` instead of ``LoadImageFromFile``. mmdet's ``CocoMetric(ann_file=None)`` evaluates it when the test
 pipeline's ``PackDetInputs`` keeps ``'instances'`` in its ``meta_keys``.
 
 :meth:`SyntheticShapesDataset.to_coco` gives the same data as a COCO annotation dict, and

@@ -51,6 +51,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(_delete_=True, type='CocoMetric', ann_file=None, metric='bbox')
 test_evaluator = val_evaluator
 
+# tools/reproduce.py --max-iters N rescales this schedule (cbam_mmdet.reproduce.iteration_budget)
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 param_scheduler = [

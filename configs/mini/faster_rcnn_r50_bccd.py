@@ -49,9 +49,9 @@ val_evaluator = dict(
     iou_thrs=[round(0.5 + 0.05 * i, 2) for i in range(10)])
 test_evaluator = val_evaluator
 
-# the test runs after training: no validation during it
+# validation at the end only (tools/reproduce.py skips it: it tests right after)
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=max_epochs + 1)
+                 val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs,
