@@ -389,6 +389,9 @@ def run_preset(preset, work_dir, variants=None, cfg_options=None, data_root=None
     """Train and test every variant (``parallel`` at a time); returns their results."""
     variants = select_variants(preset, variants)
     parallel = parallel or preset.parallel
+    # the subprocesses run in the repository root: paths given here are made absolute
+    work_dir = osp.abspath(work_dir)
+    data_root = osp.abspath(data_root) + os.sep if data_root else None
     lock = threading.Lock()
 
     def locked_log(msg):
@@ -452,9 +455,10 @@ def collect(preset, work_dir, variants=None, count_missing=True, log=print):
         if count_missing:
             try:
                 from .offline_model import build_model_offline
-                model = build_model_offline(variant.config)
+                config = osp.join(ROOT, variant.config)
+                model = build_model_offline(config)
                 result['params'] = sum(p.numel() for p in model.parameters())
-                result['gflops'] = _gflops(variant.config, preset.input_shape)
+                result['gflops'] = _gflops(config, preset.input_shape)
             except Exception as e:
                 log(f'[{variant.name}] params/GFLOPs not counted: {type(e).__name__}: {e}')
         results.append(result)
