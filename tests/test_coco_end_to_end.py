@@ -69,6 +69,10 @@ def test_training_saves_a_checkpoint_with_cbam_weights(trained):
     assert 'backbone.layer1.0.cbam.channel_attention.fc1.weight' in ckpt['state_dict']
     assert ckpt['meta']['iter'] == 2
     assert 'message_hub' in ckpt and 'optimizer' in ckpt
+    # The run's scalars are logged in its own work dir, even after other runners in this
+    # process (mmengine reuses Visualizer instances by name).
+    import glob
+    assert glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
 
 
 def test_test_tool_reports_coco_bbox_map(trained, tmp_path):

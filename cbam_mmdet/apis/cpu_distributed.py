@@ -55,3 +55,11 @@ def prepare_cpu_distributed(cfg) -> bool:
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def finish_distributed():
+    """Wait for every process, then tear the process group down before the interpreter
+    exits (a gloo group left running aborts the process at exit)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

@@ -7,9 +7,10 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .cpu_distributed import prepare_cpu_distributed
+from .cpu_distributed import finish_distributed, prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .errors import MissingCheckpointError
+from .training import own_visualizer
 from .input_validation import check_num_classes, image_read_error, validate_datasets
 
 CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
@@ -51,6 +52,7 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
         evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
         evaluators.append(dict(type='DumpDetResults', out_file_path=out))
         cfg.test_evaluator = evaluators
+    own_visualizer(cfg)
     return cfg
 
 
@@ -62,9 +64,12 @@ def run_test(cfg):
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
-        return runner.test()
+        metrics = runner.test()
     except AssertionError as e:
         error = image_read_error(e)
         if error is None:
             raise
         raise error from None
+    if cfg.get('launcher', 'none') != 'none':
+        finish_distributed()
+    return metrics

@@ -1,6 +1,8 @@
 """What tools/train.py does, as functions tests can call: mmdet's train tool, plus the
 project's checks (dataset files, num_classes, checkpoints that fit the model, frozen
 attention plugins) and exact resume (every random generator saved in checkpoints)."""
+import itertools
+import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction for the tools)
@@ -8,7 +10,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint import latest_checkpoint
-from .cpu_distributed import prepare_cpu_distributed
+from .cpu_distributed import finish_distributed, prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .input_validation import check_num_classes, image_read_error, validate_datasets
 
@@ -41,6 +43,17 @@ def use_exact_resume(cfg):
     elif loop is not None:
         train_cfg['type'] = loop
     _add_hook(cfg, RNG_STATE)
+
+
+_visualizer_ids = itertools.count()
+
+
+def own_visualizer(cfg):
+    """Give the run its own Visualizer. mmengine reuses a Visualizer instance by name and
+    mmdet's configs all name theirs 'visualizer', so a second runner in one process
+    would write its logs and scalars into the first runner's work dir."""
+    if isinstance(cfg.get('visualizer'), dict):
+        cfg.visualizer['name'] = f'visualizer_{os.getpid()}_{next(_visualizer_ids)}'
 
 
 def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale_lr=False,
@@ -89,6 +102,7 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
     _add_hook(cfg, dict(type='CheckpointMatchHook', allow_partial=bool(load_from_partial)))
     if exact_resume:
         use_exact_resume(cfg)
+    own_visualizer(cfg)
     return cfg
 
 
@@ -119,4 +133,6 @@ def run_train(cfg):
         if error is None:
             raise
         raise error from None
+    if cfg.get('launcher', 'none') != 'none':
+        finish_distributed()
     return runner
