@@ -6,8 +6,10 @@ machine (clocks, other processes) hit them alike. A variant's time is the median
 rounds of its mean step time in that round; its ratio is the median over the rounds of
 (its time / the baseline's time in the same round), with the spread of those ratios.
 
-Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``,
-i.e. the fast paths) and ``se-ref``, ``cbam-ref`` (``implementation='reference'``).
+Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``)
+and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
+path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graphs for CUDA
+inference).
 """
 import copy
 import statistics
@@ -21,18 +23,31 @@ DEFAULT_CONFIGS = {
     'se': 'configs/faster_rcnn_r50_se_coco.py',
     'cbam': 'configs/faster_rcnn_r50_cbam_coco.py',
 }
-VARIANTS = ('baseline', 'se-ref', 'se', 'cbam-ref', 'cbam')
+# variant suffix -> the plugins' ``implementation``
+SUFFIXES = {'': 'auto', '-ref': 'reference', '-eager': 'eager', '-graph': 'graph'}
+VARIANTS = ('baseline',) + tuple(p + s for p in ('se', 'cbam') for s in SUFFIXES)
+DEFAULT_VARIANTS = ('baseline', 'se-ref', 'se-eager', 'se-graph', 'cbam-ref',
+                    'cbam-eager', 'cbam-graph')
 MODES = ('train', 'infer')
 
 
+def split_variant(name):
+    """(config key, plugin implementation) of a variant name."""
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if suffix and name.endswith(suffix):
+            return name[:-len(suffix)], SUFFIXES[suffix]
+    return name, 'auto'
+
+
 def variant_config(name, configs=None):
-    """The mmengine Config of a variant: ``<plugin>-ref`` is ``<plugin>`` with every
-    plugin's ``implementation='reference'``; ``init_cfg`` is dropped (no download)."""
+    """The mmengine Config of a variant: ``<plugin><suffix>`` is ``<plugin>`` with every
+    plugin's ``implementation`` set by the suffix (:data:`SUFFIXES`); ``init_cfg`` is
+    dropped (no download)."""
     from mmengine.config import Config
     if name not in VARIANTS:
         raise ValueError(f'variant must be one of {list(VARIANTS)}, got {name!r}')
     configs = {**DEFAULT_CONFIGS, **(configs or {})}
-    base = name[:-len('-ref')] if name.endswith('-ref') else name
+    base, implementation = split_variant(name)
     cfg = Config.fromfile(configs[base])
     backbone = cfg.model.backbone
     backbone.init_cfg = None
@@ -40,7 +55,7 @@ def variant_config(name, configs=None):
         raise ValueError(f'config {configs[base]} of variant {name!r} has no '
                          'model.backbone.plugins')
     for plugin in backbone.get('plugins') or []:
-        plugin.cfg.implementation = 'reference' if name.endswith('-ref') else 'auto'
+        plugin.cfg.implementation = implementation
     return cfg
 
 
@@ -132,9 +147,10 @@ def time_steps(step, iters, device):
     return (time.perf_counter() - start) / iters
 
 
-def run_benchmark(variants=VARIANTS, modes=MODES, device='cpu', amp=False, batch_size=1,
-                  shape=(512, 512), channels_last=False, backbone_only=False, rounds=7,
-                  warmup=2, iters=3, configs=None, seed=0, log=print):
+def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
+                  batch_size=1, shape=(512, 512), channels_last=False,
+                  backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
+                  log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline) and ``ratio_min``/``ratio_max`` (their spread)."""
@@ -181,10 +197,10 @@ def run_benchmark(variants=VARIANTS, modes=MODES, device='cpu', amp=False, batch
 
 
 def format_table(results):
-    lines = [f"{'mode':<6} {'variant':<9} {'ms':>9} {'x baseline':>11} "
+    lines = [f"{'mode':<6} {'variant':<10} {'ms':>9} {'x baseline':>11} "
              f"{'(min..max over rounds)':>24}"]
     for r in results:
-        lines.append(f"{r['mode']:<6} {r['variant']:<9} {r['ms']:9.2f} {r['ratio']:11.3f} "
+        lines.append(f"{r['mode']:<6} {r['variant']:<10} {r['ms']:9.2f} {r['ratio']:11.3f} "
                      f"{'(' + format(r['ratio_min'], '.3f') + '..':>16}"
                      f"{format(r['ratio_max'], '.3f') + ')':<8}")
     return '\n'.join(lines)

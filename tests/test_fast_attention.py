@@ -2,12 +2,14 @@
 import copy
 import os.path as osp
 import sys
+import types
 
 import pytest
 import torch
 
 from cbam_mmdet import CBAM, SE
-from cbam_mmdet.ops import ENV_VAR, cbam_cpu, select_backend, triton_available
+from cbam_mmdet.ops import (ENV_VAR, GRAPH_BY_DEFAULT, cbam_cpu, cuda_graph, select_backend,
+                             triton_available)
 
 CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
@@ -178,7 +180,7 @@ def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, trai
     x, grad = make_input(shape, channels_last, device='cuda')
     assert select_backend(fast.implementation, x, True) == 'triton'
     with torch.no_grad():
-        monkeypatch.delenv(ENV_VAR)
+        monkeypatch.setenv(ENV_VAR, 'eager')
         assert select_backend('auto', x, True) == 'triton'  # inference: Triton
         monkeypatch.setenv(ENV_VAR, 'triton')
     assert_same(run(fast, x, grad, training), run(ref, x, grad, training),
@@ -234,6 +236,159 @@ def test_cuda_fast_paths_fp16_extreme_activations_stay_finite(cls, magnitude, ba
         assert torch.isfinite(m.eval()(x)).all()
 
 
+# ---- CUDA graphs: dispatch and cache policy (CPU, with a stand-in for the capture) ----
+
+class FakeCapture:
+    """Stands in for cuda_graph.capture on CPU: records captures, replays eagerly."""
+
+    def __init__(self, fail=False):
+        self.count = 0
+        self.fail = fail
+
+    def __call__(self, fn, x):
+        if self.fail:
+            raise RuntimeError('capture not supported')
+        self.count += 1
+        return lambda t: fn(t).clone()
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    fake = FakeCapture()
+    monkeypatch.setattr(cuda_graph, 'capturable', lambda module, x: True)
+    monkeypatch.setattr(cuda_graph, 'capture', fake)
+    return fake
+
+
+def test_graph_dispatch_only_for_cuda_inference(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    cpu = torch.randn(1, 8, 4, 4)
+    cuda = types.SimpleNamespace(is_cuda=True, dtype=torch.float16)  # dispatch reads these
+    with torch.no_grad():
+        assert select_backend('graph', cpu, True) == 'torch'
+        assert select_backend('graph', cuda, True) == 'graph'
+        assert select_backend('eager', cuda, True) != 'graph'
+        assert (select_backend('auto', cuda, True) == 'graph') == GRAPH_BY_DEFAULT
+        assert select_backend('graph', cuda, False) == 'reference'  # no fast path
+        monkeypatch.setenv(ENV_VAR, 'eager')
+        assert select_backend('auto', cuda, True) != 'graph'
+        monkeypatch.setenv(ENV_VAR, 'graph')
+        assert select_backend('auto', cuda, True) == 'graph'
+        monkeypatch.setenv(ENV_VAR, 'reference')
+        assert select_backend('auto', cuda, True) == 'reference'
+    assert select_backend('graph', cuda, True) != 'graph'  # autograd on: eager
+    assert not cuda_graph.capturable(CBAM(32).eval(), cpu)
+
+
+def test_graph_cache_captures_repeated_signatures_and_recaptures_new_weights(fake_capture):
+    ref, m = pair(CBAM, 16, implementation='eager', ratio=4)
+    ref.eval(), m.eval()
+    fn = lambda t: cbam_cpu.cbam_forward(t, m.channel_attention, m.spatial_attention)  # noqa
+    a, b = torch.randn(2, 16, 5, 6), torch.randn(1, 16, 7, 3)
+    with torch.no_grad():
+        for i, x in enumerate([a, a, a, b, a, b, b]):
+            torch.testing.assert_close(cuda_graph.run(m, x, fn), ref(x))
+        assert fake_capture.count == 2  # a on its 2nd call, b on its 2nd call
+        cache = cuda_graph.cache_of(m)
+        assert len(cache.calls) == 2 and not cache.disabled
+        new = randomize_(CBAM(16, ratio=4, implementation='reference'), seed=5).eval()
+        m.load_state_dict(new.state_dict())  # same storage, new versions: new signature
+        for _ in range(3):
+            torch.testing.assert_close(cuda_graph.run(m, a, fn), new(a))
+        assert fake_capture.count == 3
+    with torch.no_grad(), torch.inference_mode():
+        cuda_graph.run(m, a, fn)
+        cuda_graph.run(m, a, fn)
+    assert fake_capture.count == 4  # inference mode is part of the signature
+
+
+def test_graph_cache_is_bounded_and_switches_off_when_shapes_vary(fake_capture):
+    m = SE(8, ratio=4).eval()
+    fn = lambda t: cbam_cpu.se_forward(t, m)  # noqa: E731
+    with torch.no_grad():
+        for size in range(1, cuda_graph.MAX_GRAPHS + 2):
+            x = torch.randn(1, 8, size, 3)
+            cuda_graph.run(m, x, fn)
+            cuda_graph.run(m, x, fn)
+        cache = cuda_graph.cache_of(m)
+        assert len(cache.calls) == cuda_graph.MAX_GRAPHS and cache.evictions == 1
+        for size in range(10, 10 + cuda_graph.MAX_EVICTIONS):
+            x = torch.randn(1, 8, size, 3)
+            cuda_graph.run(m, x, fn)
+            torch.testing.assert_close(cuda_graph.run(m, x, fn), m.reference_forward(x))
+    assert cache.disabled and not cache.calls
+    count = fake_capture.count
+    with torch.no_grad():
+        cuda_graph.run(m, x, fn), cuda_graph.run(m, x, fn)
+    assert fake_capture.count == count
+
+
+def test_graph_capture_failure_falls_back_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setattr(cuda_graph, 'capturable', lambda module, x: True)
+    monkeypatch.setattr(cuda_graph, 'capture', FakeCapture(fail=True))
+    monkeypatch.setattr(cuda_graph, '_logged', set())
+    m = SE(8, ratio=4).eval()
+    fn = lambda t: cbam_cpu.se_forward(t, m)  # noqa: E731
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad(), caplog.at_level('WARNING', logger=cuda_graph.__name__):
+        for _ in range(4):
+            torch.testing.assert_close(cuda_graph.run(m, x, fn), m.reference_forward(x))
+        m2 = SE(8, ratio=4).eval()
+        for _ in range(2):
+            cuda_graph.run(m2, x, lambda t: cbam_cpu.se_forward(t, m2))
+    assert cuda_graph.cache_of(m).disabled
+    assert len([r for r in caplog.records if 'capture' in r.getMessage()]) == 1
+
+
+# ---- CUDA graphs on the GPU (skipped without CUDA) --------------------------------------
+
+@pytest.mark.skipif(not CUDA, reason='needs CUDA')
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'fp16_autocast'])
+def test_cuda_graph_path_matches_reference(cls, channels_last, amp, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    ref, m = pair(cls, 64, device='cuda', implementation='graph', ratio=8)
+    ref.eval(), m.eval()
+    dtype = torch.float16 if amp else torch.float32
+    tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-3, atol=1e-4)
+    shapes = [(2, 64, 24, 40), (1, 64, 13, 7)]
+    inputs = [make_input(s, channels_last, device='cuda', dtype=dtype, seed=i)[0]
+              for i, s in enumerate(shapes * 3)]
+    outputs = []
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+        for x in inputs:  # two shapes alternating
+            assert select_backend(m.implementation, x, True) == 'graph'
+            outputs.append(m(x))
+        wanted = [ref(x) for x in inputs]
+    cache = cuda_graph.cache_of(m)
+    assert cache.captures == 2 and len(cache.calls) == 2  # both shapes replayed
+    for out, want, x in zip(outputs, wanted, inputs):  # earlier outputs not overwritten
+        assert out.dtype == x.dtype and out.stride() == x.stride()
+        torch.testing.assert_close(out, want, **tol)
+    assert len({o.data_ptr() for o in outputs}) == len(outputs)
+
+
+@pytest.mark.skipif(not CUDA, reason='needs CUDA')
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_cuda_graph_recaptures_after_load_state_dict(cls):
+    ref, m = pair(cls, 32, device='cuda', implementation='graph', ratio=4)
+    ref.eval(), m.eval()
+    x = torch.randn(2, 32, 9, 11, device='cuda')
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.testing.assert_close(m(x), ref(x), rtol=1e-3, atol=1e-4)
+        new = randomize_(cls(32, ratio=4, implementation='reference'), seed=7).cuda().eval()
+        m.load_state_dict(new.state_dict())
+        for _ in range(3):
+            torch.testing.assert_close(m(x), new(x), rtol=1e-3, atol=1e-4)
+    assert cuda_graph.cache_of(m).captures == 2
+    m.train()
+    x.requires_grad_()
+    m(x).sum().backward()  # training: eager path with autograd
+    assert x.grad is not None
+
+
 # ---- the benchmark ---------------------------------------------------------------------
 
 def test_benchmark_backbones_interleaved_with_ratios():
@@ -261,6 +416,9 @@ def test_benchmark_variants_differ_only_by_implementation():
     assert ref.layer1[0].cbam.implementation == 'reference'
     assert fast.layer1[0].cbam.implementation == 'auto'
     assert not any('cbam' in k for k in base.state_dict())
+    graph = build_model(variant_config('cbam-graph'), backbone_only=True)
+    assert graph.layer1[0].cbam.implementation == 'graph'
+    assert variant_config('se-eager').model.backbone.plugins[0].cfg.implementation == 'eager'
     with pytest.raises(ValueError, match='variant must be one of'):
         variant_config('cbam-fast')
 

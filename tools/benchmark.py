@@ -4,8 +4,9 @@
     python tools/benchmark.py --device cpu --backbone-only --shape 512 --modes infer
 
 Prints each variant's median step time in ms and its ratio to the baseline (median of
-per-round ratios, with their min..max). Variants: baseline, se-ref, se, cbam-ref, cbam
-(``-ref``: the plugins' reference implementation; without: the default fast path).
+per-round ratios, with their min..max). Variants: baseline and, for se and cbam, the
+plugins' default (no suffix), ``-ref`` (reference implementation), ``-eager`` (fast path
+without CUDA graphs) and ``-graph`` (fast path from CUDA graphs for CUDA inference).
 """
 import argparse
 import json
@@ -16,8 +17,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from cbam_mmdet.benchmark import (MODES, VARIANTS, describe_device, parse_shape,  # noqa: E402
-                                  run_benchmark)
+from cbam_mmdet.benchmark import (DEFAULT_VARIANTS, MODES, VARIANTS,  # noqa: E402
+                                  describe_device, parse_shape, run_benchmark)
 
 
 def parse_args(argv=None):
@@ -30,7 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--backbone-only', action='store_true',
                         help='time the configs\' backbones (ResNet) instead of detectors')
-    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS),
+                        choices=VARIANTS)
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')

@@ -52,10 +52,12 @@ class CBAM(nn.Module):
         implementation (str): ``'auto'`` (default: a fast path with the same outputs
             and gradients where one exists, fused Triton kernels on CUDA, fewer passes
             in PyTorch on CPU; see :mod:`cbam_mmdet.ops`), ``'reference'`` (this
-            class's ``forward``, written as the equations) or ``'fast'`` (refuse
-            options without a fast path). The fast path covers the defaults of
-            ``arrangement``, ``channel_pool`` and ``spatial_descriptor`` with both
-            attentions, any ``ratio`` and ``spatial_kernel``.
+            class's ``forward``, written as the equations), ``'fast'`` (refuse
+            options without a fast path), ``'graph'`` (CUDA inference replays a CUDA
+            graph of the fast path) or ``'eager'`` (never a CUDA graph). The fast
+            path covers the defaults of ``arrangement``, ``channel_pool`` and
+            ``spatial_descriptor`` with both attentions, any ``ratio`` and
+            ``spatial_kernel``.
     """
 
     _abbr_ = 'cbam'
@@ -125,7 +127,8 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = select_backend(self.implementation, x, self.has_fast_path)
         if backend != 'reference':
-            return cbam_forward(backend, x, self.channel_attention, self.spatial_attention)
+            return cbam_forward(backend, x, self.channel_attention, self.spatial_attention,
+                                module=self)
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:

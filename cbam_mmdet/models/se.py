@@ -22,8 +22,9 @@ class SE(ChannelAttention):
         ratio (int): reduction r. Default 16.
         implementation (str): ``'auto'`` (default: the fast path, fused Triton
             kernels on CUDA, PyTorch on CPU, same outputs and gradients; see
-            :mod:`cbam_mmdet.ops`), ``'reference'`` (the equation as written) or
-            ``'fast'``.
+            :mod:`cbam_mmdet.ops`), ``'reference'`` (the equation as written),
+            ``'fast'``, ``'graph'`` (CUDA inference from a CUDA graph) or ``'eager'``
+            (never a CUDA graph).
     """
 
     _abbr_ = 'se'

@@ -1,14 +1,22 @@
 """Fast implementations of the CBAM and SE plugins, chosen by :mod:`.dispatch`.
 
 :mod:`.cbam_cpu` (PyTorch, any device) and :mod:`.cbam_triton` (fused Triton kernels,
-CUDA) compute the same outputs and gradients as the plugins' reference ``forward``.
+CUDA) compute the same outputs and gradients as the plugins' reference ``forward``;
+:mod:`.cuda_graph` replays either of them from a CUDA graph for CUDA inference.
 """
-from .dispatch import (ENV_VAR, IMPLEMENTATIONS, check_implementation, select_backend,
-                       triton_available)
+from . import cuda_graph  # noqa: F401
+from .dispatch import (ENV_VAR, GRAPH_BY_DEFAULT, IMPLEMENTATIONS, check_implementation,
+                       eager_backend, select_backend, triton_available)
 
 
-def cbam_forward(backend, x, channel_attention, spatial_attention):
-    """CBAM (default options) on ``backend`` ``'torch'`` or ``'triton'``."""
+def cbam_forward(backend, x, channel_attention, spatial_attention, module=None):
+    """CBAM (default options) on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'``
+    (a CUDA graph of :func:`eager_backend`'s path, cached on ``module``)."""
+    if backend == 'graph':
+        from . import cuda_graph
+        eager = eager_backend(x)
+        return cuda_graph.run(
+            module, x, lambda t: cbam_forward(eager, t, channel_attention, spatial_attention))
     if backend == 'triton':
         from . import cbam_triton
         return cbam_triton.cbam_forward(x, channel_attention, spatial_attention)
@@ -17,7 +25,11 @@ def cbam_forward(backend, x, channel_attention, spatial_attention):
 
 
 def se_forward(backend, x, se):
-    """SE on ``backend`` ``'torch'`` or ``'triton'``."""
+    """SE on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'`` (cached on ``se``)."""
+    if backend == 'graph':
+        from . import cuda_graph
+        eager = eager_backend(x)
+        return cuda_graph.run(se, x, lambda t: se_forward(eager, t, se))
     if backend == 'triton':
         from . import cbam_triton
         return cbam_triton.se_forward(x, se)
@@ -25,5 +37,6 @@ def se_forward(backend, x, se):
     return cbam_cpu.se_forward(x, se)
 
 
-__all__ = ['ENV_VAR', 'IMPLEMENTATIONS', 'check_implementation', 'select_backend',
-           'triton_available', 'cbam_forward', 'se_forward']
+__all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'check_implementation',
+           'eager_backend', 'select_backend', 'triton_available', 'cbam_forward',
+           'se_forward']

@@ -14,20 +14,28 @@
   definition the fast paths are tested against).
 - ``'fast'``: like ``'auto'``, but refuse (ValueError) module options that have no
   fast path instead of falling back silently.
+- ``'graph'``: like ``'auto'``, and CUDA inference (autograd off) replays a CUDA graph
+  of the fast path captured per input signature (:mod:`.cuda_graph`); calls that
+  cannot be captured run the fast path eagerly.
+- ``'eager'``: like ``'auto'``, never a CUDA graph.
+
+``'auto'`` uses CUDA graphs for CUDA inference when ``GRAPH_BY_DEFAULT`` is True.
 
 The environment variable ``CBAM_MMDET_ATTENTION`` (``auto``, ``reference``,
-``fast``, ``torch`` or ``triton``), when set, overrides ``'auto'`` for every module
-(``torch`` and ``triton`` force one fast path, for training too: ``triton`` needs CUDA
-and Triton).
+``fast``, ``graph``, ``eager``, ``torch`` or ``triton``), when set, overrides
+``'auto'`` for every module (``torch`` and ``triton`` force one eager fast path, for
+training too: ``triton`` needs CUDA and Triton; ``eager`` switches CUDA graphs off).
 """
 import functools
 import os
 
 import torch
 
-IMPLEMENTATIONS = ('auto', 'reference', 'fast')
+IMPLEMENTATIONS = ('auto', 'reference', 'fast', 'graph', 'eager')
 ENV_VAR = 'CBAM_MMDET_ATTENTION'
-ENV_CHOICES = ('auto', 'reference', 'fast', 'torch', 'triton')
+ENV_CHOICES = ('auto', 'reference', 'fast', 'graph', 'eager', 'torch', 'triton')
+# Whether 'auto' replays CUDA graphs for CUDA inference (docs/speed.md, v4).
+GRAPH_BY_DEFAULT = True
 
 # Input dtypes the Triton kernels take (float64 goes to the PyTorch fast path).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -64,7 +72,8 @@ def env_override():
 
 
 def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) -> str:
-    """``'reference'``, ``'torch'`` (PyTorch fast path) or ``'triton'`` for this call.
+    """``'reference'``, ``'torch'`` (PyTorch fast path), ``'triton'`` or ``'graph'``
+    (a CUDA graph of the eager fast path, :func:`eager_backend`) for this call.
 
     Args:
         implementation: the module's ``implementation`` argument.
@@ -77,7 +86,7 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
     if choice == 'reference':
         return 'reference'
     if not has_fast_path:
-        if choice == 'auto':
+        if choice in ('auto', 'graph', 'eager'):
             return 'reference'
         raise ValueError(
             f"implementation={choice!r}: these module options have no fast path (it "
@@ -85,6 +94,9 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
             "'avg+max', spatial_descriptor='max+mean', both attentions); use "
             "implementation='auto' or 'reference'")
     use_triton = x.is_cuda and x.dtype in TRITON_DTYPES and triton_available()
+    if (choice == 'graph' or (choice in ('auto', 'fast') and GRAPH_BY_DEFAULT)) and \
+            x.is_cuda and not torch.is_grad_enabled():
+        return 'graph'
     if choice == 'triton':
         if not use_triton:
             raise ValueError(f'{ENV_VAR}=triton needs a CUDA input of dtype '
@@ -93,3 +105,11 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
     if choice == 'torch':
         return 'torch'
     return 'triton' if use_triton and not torch.is_grad_enabled() else 'torch'
+
+
+def eager_backend(x: torch.Tensor) -> str:
+    """The fast path a CUDA graph captures for inference: ``'triton'`` where the
+    kernels take ``x``, else ``'torch'``."""
+    if x.is_cuda and x.dtype in TRITON_DTYPES and triton_available():
+        return 'triton'
+    return 'torch'
