@@ -102,3 +102,23 @@ def test_missing_dataset_gives_one_clear_error(tmp_path):
         load_tool('train').main([CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
                                  'model.backbone.init_cfg=None',
                                  f'train_dataloader.dataset.data_root={tmp_path}/nowhere/'])
+
+
+def test_mmdet_own_test_tool_loads_the_config_and_checkpoint(trained, tmp_path):
+    """mmdet's tools/test.py, in a fresh process that never imports cbam_mmdet itself:
+    custom_imports registers the plugins and the safe checkpoint loader."""
+    import subprocess
+    import sys
+
+    import mmdet
+    work_dir, _ = trained
+    tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
+    out = str(tmp_path / 'mmdet_results.pkl')
+    proc = subprocess.run(
+        [sys.executable, tool, CONFIG, osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
+         str(tmp_path), '--out', out, '--cfg-options'] + coco128_options(),
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='2'))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'coco/bbox_mAP' in log and osp.getsize(out) > 0
