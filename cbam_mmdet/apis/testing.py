@@ -7,11 +7,11 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .cpu_distributed import finish_distributed, prepare_cpu_distributed
+from .cpu_distributed import prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .errors import MissingCheckpointError
-from .training import own_visualizer
-from .input_validation import check_num_classes, image_read_error, validate_datasets
+from .input_validation import check_num_classes, validate_datasets
+from .training import own_visualizer, run_runner_step
 
 CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
 
@@ -63,13 +63,4 @@ def run_test(cfg):
     check_num_classes(cfg, splits=('test',))
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    try:
-        metrics = runner.test()
-    except AssertionError as e:
-        error = image_read_error(e)
-        if error is None:
-            raise
-        raise error from None
-    if cfg.get('launcher', 'none') != 'none':
-        finish_distributed()
-    return metrics
+    return run_runner_step(cfg, runner.test)

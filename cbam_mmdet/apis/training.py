@@ -123,11 +123,11 @@ def build_runner(cfg):
     return RUNNERS.build(cfg)
 
 
-def run_train(cfg):
-    """Train with mmengine's Runner; returns the runner."""
-    runner = build_runner(cfg)
+def run_runner_step(cfg, step):
+    """Run ``step()`` (a runner's train or test): an image that cannot be read becomes the
+    project's error naming the file, and a distributed run tears its process group down."""
     try:
-        runner.train()
+        result = step()
     except AssertionError as e:
         error = image_read_error(e)
         if error is None:
@@ -135,4 +135,11 @@ def run_train(cfg):
         raise error from None
     if cfg.get('launcher', 'none') != 'none':
         finish_distributed()
+    return result
+
+
+def run_train(cfg):
+    """Train with mmengine's Runner; returns the runner."""
+    runner = build_runner(cfg)
+    run_runner_step(cfg, runner.train)
     return runner
