@@ -27,9 +27,10 @@ def _ids(options):
     return [','.join(f'{k}={v}' for k, v in o.items()) or 'default' for o in options]
 
 
-def randomize_(module):
-    """Random weights and BatchNorm statistics, so no term of the equations is trivial."""
-    g = torch.Generator().manual_seed(0)
+def randomize_(module, seed=0):
+    """Random weights and BatchNorm statistics, so no term of the equations is trivial
+    (the official initialisation has the spatial BN weight at 0)."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)

@@ -10,25 +10,12 @@ import torch
 from cbam_mmdet import CBAM, SE
 from cbam_mmdet.ops import (ENV_VAR, GRAPH_BY_DEFAULT, cbam_cpu, cuda_graph, select_backend,
                              triton_available)
+from test_attention_modules import randomize_
 
 CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
                                   reason='needs CUDA and Triton')
 SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3)]
-
-
-def randomize_(module, seed=0):
-    """Random weights and BatchNorm statistics (the official init has BN weight 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for name, b in module.named_buffers():
-            if name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=g))
-            elif name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return module
 
 
 def pair(cls, channels, device='cpu', implementation='fast', **kwargs):
