@@ -379,6 +379,20 @@ def scale(x, st, a, s=None):
 
 # ---- the small maps --------------------------------------------------------------------
 
+def _small_map_grads(fn, inp, params, needs, grad_out, x):
+    """Gradients of a small float32 map ``fn(inp, *params)`` (the MLP or the spatial
+    conv + BN) by re-running it under autograd: ``(d inp, [d param or None])``;
+    ``needs[i]`` says whether ``params[i]`` wants a gradient."""
+    with torch.enable_grad(), no_autocast(x):
+        inp_ = inp.detach().requires_grad_()
+        params_ = [t.detach().requires_grad_(need) for t, need in zip(params, needs)]
+        out = fn(inp_, *params_)
+        wanted = [inp_] + [p for p in params_ if p.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out))
+    d_inp = next(grads).contiguous()
+    return d_inp, [next(grads) if p.requires_grad else None for p in params_]
+
+
 def _channel_map(pooled, fc1_w, fc1_b, fc2_w, fc2_b, pair):
     """sigmoid(MLP(avg) + MLP(max)) for CBAM (pair=True), sigmoid(MLP(avg)) for SE."""
     hidden = F.relu(F.linear(pooled if pair else pooled[0], fc1_w, fc1_b))
@@ -443,28 +457,14 @@ class _CBAMFunction(torch.autograd.Function):
         _bwd_reduce[(ncb, hw_progs)](g, x, a, s, ds, da, c, hw, *st, *sg, hw_per_prog,
                                      HAS_S=True, BLOCK_C=bc, BLOCK_HW=bhw)
         needs = ctx.needs_input_grad
-        with torch.enable_grad(), no_autocast(x):
-            desc_ = desc.detach().requires_grad_()
-            sp_params = [t.detach().requires_grad_(needs[i + 5])
-                         for i, t in enumerate((conv_w, bn_w, bn_b))]
-            s_ = _spatial_map(desc_, *sp_params, ctx.bn, ctx.training, update=False)
-            wanted = [desc_] + [p for p in sp_params if p.requires_grad]
-            grads = torch.autograd.grad(s_, wanted, ds)
-        ddesc = grads[0].contiguous()
-        sp_grads = iter(grads[1:])
-        sp_grads = [next(sp_grads) if p.requires_grad else None for p in sp_params]
+        ddesc, sp_grads = _small_map_grads(
+            lambda d, *p: _spatial_map(d, *p, ctx.bn, ctx.training, update=False),
+            desc, (conv_w, bn_w, bn_b), needs[5:8], ds, x)
         _bwd_spatial[(ncb, hw_progs)](x, a, desc, ddesc, da, c, hw, *st, hw_per_prog,
                                       BLOCK_C=bc, BLOCK_HW=bhw)
-        with torch.enable_grad(), no_autocast(x):
-            pooled_ = pooled.detach().requires_grad_()
-            ch_params = [t.detach().requires_grad_(needs[i + 1])
-                         for i, t in enumerate((fc1_w, fc1_b, fc2_w, fc2_b))]
-            a_ = _channel_map(pooled_, *ch_params, pair=True)
-            wanted = [pooled_] + [p for p in ch_params if p.requires_grad]
-            grads = torch.autograd.grad(a_, wanted, da)
-        dpooled = grads[0].contiguous()
-        ch_grads = iter(grads[1:])
-        ch_grads = [next(ch_grads) if p.requires_grad else None for p in ch_params]
+        dpooled, ch_grads = _small_map_grads(
+            lambda d, *p: _channel_map(d, *p, pair=True),
+            pooled, (fc1_w, fc1_b, fc2_w, fc2_b), needs[1:5], da, x)
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
@@ -503,16 +503,9 @@ class _SEFunction(torch.autograd.Function):
         _bwd_reduce[(ncb, hw_progs)](g, x, a, a, a, da, c, hw, *st, *sg, hw_per_prog,
                                      HAS_S=False, BLOCK_C=bc, BLOCK_HW=bhw)
         needs = ctx.needs_input_grad
-        with torch.enable_grad(), no_autocast(x):
-            pooled_ = pooled.detach().requires_grad_()
-            ch_params = [t.detach().requires_grad_(needs[i + 1])
-                         for i, t in enumerate((fc1_w, fc1_b, fc2_w, fc2_b))]
-            a_ = _channel_map(pooled_, *ch_params, pair=False)
-            wanted = [pooled_] + [p for p in ch_params if p.requires_grad]
-            grads = torch.autograd.grad(a_, wanted, da)
-        dpooled = grads[0].contiguous()
-        ch_grads = iter(grads[1:])
-        ch_grads = [next(ch_grads) if p.requires_grad else None for p in ch_params]
+        dpooled, ch_grads = _small_map_grads(
+            lambda d, *p: _channel_map(d, *p, pair=False),
+            pooled, (fc1_w, fc1_b, fc2_w, fc2_b), needs[1:5], da, x)
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
