@@ -162,7 +162,6 @@ def test_state_dict_and_parameters_do_not_depend_on_the_implementation():
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training,
                                                  monkeypatch):
-    monkeypatch.setenv(ENV_VAR, 'triton')  # auto takes the PyTorch path for training
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     x, grad = make_input(shape, channels_last, device='cuda')
     assert select_backend(fast.implementation, x, True) == 'triton'

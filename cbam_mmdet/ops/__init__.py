@@ -19,7 +19,9 @@ def cbam_forward(backend, x, channel_attention, spatial_attention, module=None):
             module, x, lambda t: cbam_forward(eager, t, channel_attention, spatial_attention))
     if backend == 'triton':
         from . import cbam_triton
-        return cbam_triton.cbam_forward(x, channel_attention, spatial_attention)
+        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention)
+        if out is not None:
+            return out
     from . import cbam_cpu
     return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention)
 
@@ -32,7 +34,9 @@ def se_forward(backend, x, se):
         return cuda_graph.run(se, x, lambda t: se_forward(eager, t, se))
     if backend == 'triton':
         from . import cbam_triton
-        return cbam_triton.se_forward(x, se)
+        out = cbam_triton.se_forward(x, se)
+        if out is not None:
+            return out
     from . import cbam_cpu
     return cbam_cpu.se_forward(x, se)
 

@@ -1,40 +1,48 @@
 """Fused Triton kernels for CBAM and SE on CUDA, forward and backward.
 
-The big feature map ``x`` (N, C, H, W) is touched by these passes only:
+A detector step on a fast GPU is bound by host time (docs/speed.md), so these paths are
+built to launch few kernels, each through :mod:`.triton_launch` (about 5 us of host time
+instead of 15-40 us for ``kernel[grid]``), with one workspace allocation per call and no
+other PyTorch ops:
 
-forward (CBAM): one read for the avg+max channel descriptors (``_channel_pool``), one read
-for the [max; mean] over channels of ``M_c x`` (``_spatial_pool``, ``M_c x`` is never
-stored), one read and one write for ``out = x * M_c * M_s`` (``_scale``): the floor of
-three reads and one write. SE: one read, then one read and one write.
+- CBAM forward: ``_pool_partial`` (avg and max over H, W in partial sums), ``_mlp_fwd``
+  (the shared MLP and the sigmoid, ``M_c``), ``_spatial_pool`` ([max; mean] over C of
+  ``M_c F``, never stored), then for inference ``_gate_scale`` computing the 7x7
+  convolution, BatchNorm (running statistics) and sigmoid per pixel and
+  ``out = F M_c M_s`` in one pass (four launches); with autograd or BatchNorm in
+  training mode ``_spatial_conv`` (the convolution and per-block statistics) and
+  ``_bn_stats`` (batch statistics combined per Chan et al., the running statistics
+  updated) come before ``_gate_scale`` (six launches).
+- CBAM backward: ``_bwd_pixels`` (``dL/dM_s`` per pixel and the output's share of
+  ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, the descriptor's
+  share of ``dL/dM_c``), ``_mlp_bwd`` (the MLP's weight gradients and ``dL/d pooled``),
+  ``_bwd_dx`` (``dL/dF``): four launches and one zeroed workspace.
+- SE: ``_pool_partial``, ``_mlp_fwd``, ``_scale_channels`` forward; ``_bwd_reduce``,
+  ``_mlp_bwd``, ``_bwd_dx`` backward.
 
-backward (CBAM): one read of (grad, x) for ``dL/dM_s`` and the output's share of
-``dL/dM_c`` (``_bwd_reduce``), one read of x for the spatial descriptor's share of
-``dL/dM_c`` (``_bwd_spatial``), one read of (grad, x) and one write of ``dL/dx``
-(``_bwd_dx``). SE: two reads, then two reads and one write.
-
-The small maps (shared MLP, 7x7 convolution, BatchNorm, sigmoids) are ordinary PyTorch
-in float32 outside autocast; the backward recomputes them from the saved descriptors and
-differentiates them with autograd. Kernels read any strides where H and W merge into one
-axis (contiguous NCHW and channels_last), accumulate in float32, and write ``x.dtype``.
+The big feature map ``F`` (N, C, H, W) is read three times and written once by the CBAM
+forward (the floor), read twice by SE's. Kernels read any strides where H and W merge
+into one axis (contiguous NCHW and channels_last), accumulate in float32, and write
+``F``'s dtype; the small maps are float32.
 
 Maxima: the gradient of a max goes to every element equal to it (the reference gives it
 to one element or splits it between ties; ties have probability zero for real-valued
 activations).
 """
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .cbam_cpu import mlp_logits, no_autocast
-
+from .triton_launch import current_stream, launch
 
 # ---- kernels ---------------------------------------------------------------------------
 
+
 @triton.jit
-def _channel_pool(x_ptr, avg_ptr, max_ptr, C, HW, sxn, sxc, sxhw, hw_per_prog, inv_hw,
+def _pool_partial(x_ptr, ws_ptr, OFF_PART, N, C, HW, sxn, sxc, sxhw, hw_per_prog,
                   HAS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """avg_ptr[n, c] += sum over a span of hw / HW; max_ptr[n, c] = max(it, max over span)."""
+    """part[split, 0, n, c] = sum and part[split, 1, n, c] = max of x over one span of
+    H x W (no atomics, so no zeroed buffer)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -45,22 +53,71 @@ def _channel_pool(x_ptr, avg_ptr, max_ptr, C, HW, sxn, sxc, sxhw, hw_per_prog, i
     acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
     hw_begin = pid_hw * hw_per_prog
-    for start in range(hw_begin, hw_begin + hw_per_prog, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
+    for step in range(0, hw_per_prog, BLOCK_HW):
+        offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
         mask = mask_c[:, None] & (offs_hw[None, :] < HW)
         v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
                     other=0.0).to(tl.float32)
         acc_sum += v
         if HAS_MAX:
             acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
-    out = n * C + offs_c
-    tl.atomic_add(avg_ptr + out, tl.sum(acc_sum, axis=1) * inv_hw, mask=mask_c)
+    out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
+    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
     if HAS_MAX:
-        tl.atomic_max(max_ptr + out, tl.max(acc_max, axis=1), mask=mask_c)
+        tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
 
 
 @triton.jit
-def _spatial_pool(x_ptr, a_ptr, desc_ptr, C, HW, sxn, sxc, sxhw,
+def _mlp_fwd(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A, OFF_POOLED,
+             OFF_HPRE, N, C, HID, HW, SPLIT,
+             PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """From the partials: pooled[n] = (avg, max), hpre[n] = (W1 avg + b1, W1 max + b1),
+    a[n] = sigmoid(W2 (relu(hpre_avg) + relu(hpre_max)) + 2 b2) (PAIR, CBAM) or
+    sigmoid(W2 relu(hpre_avg) + b2) (SE)."""
+    n = tl.program_id(0)
+    offs_j = tl.arange(0, HID_P)
+    mask_j = offs_j < HID
+    h_avg = tl.zeros((HID_P,), dtype=tl.float32)
+    h_max = tl.zeros((HID_P,), dtype=tl.float32)
+    pooled = ws_ptr + OFF_POOLED + n * 2 * C
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        d_sum = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        d_max = tl.full((BLOCK_C,), float('-inf'), dtype=tl.float32)
+        for k in range(0, SPLIT):
+            p = ws_ptr + OFF_PART + k * 2 * N * C + n * C + offs_c
+            d_sum += tl.load(p, mask=mask_c, other=0.0)
+            if PAIR:
+                d_max = tl.maximum(d_max, tl.load(p + N * C, mask=mask_c, other=0.0))
+        d_avg = d_sum / HW
+        tl.store(pooled + offs_c, d_avg, mask=mask_c)
+        w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
+                     mask=mask_j[:, None] & mask_c[None, :], other=0.0)
+        h_avg += tl.sum(w1 * d_avg[None, :], axis=1)
+        if PAIR:
+            d_max = tl.where(mask_c, d_max, 0.0)
+            tl.store(pooled + C + offs_c, d_max, mask=mask_c)
+            h_max += tl.sum(w1 * d_max[None, :], axis=1)
+    b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
+    hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
+    tl.store(hpre, h_avg + b1, mask=mask_j)
+    h = tl.maximum(h_avg + b1, 0.0)
+    if PAIR:
+        tl.store(hpre + HID, h_max + b1, mask=mask_j)
+        h += tl.maximum(h_max + b1, 0.0)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
+                     mask=mask_c[:, None] & mask_j[None, :], other=0.0)
+        b2 = tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0)
+        logit = tl.sum(w2 * h[None, :], axis=1) + (2.0 * b2 if PAIR else b2)
+        tl.store(ws_ptr + OFF_A + n * C + offs_c, tl.sigmoid(logit), mask=mask_c)
+
+
+@triton.jit
+def _spatial_pool(x_ptr, ws_ptr, OFF_A, OFF_DESC, C, HW, sxn, sxc, sxhw,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """desc[n, 0, hw] = max_c a[n, c] x[n, c, hw]; desc[n, 1, hw] = mean_c of the same."""
     n = tl.program_id(0)
@@ -73,109 +130,375 @@ def _spatial_pool(x_ptr, a_ptr, desc_ptr, C, HW, sxn, sxc, sxhw,
         offs_c = start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         mask = mask_c[:, None] & mask_hw[None, :]
-        a = tl.load(a_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
         y = tl.load(base + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
                     other=0.0).to(tl.float32) * a[:, None]
         acc_sum += y
         acc_max = tl.maximum(acc_max, tl.where(mask, y, float('-inf')))
-    out = desc_ptr + n * 2 * HW + offs_hw
+    out = ws_ptr + OFF_DESC + n * 2 * HW + offs_hw
     tl.store(out, tl.max(acc_max, axis=0), mask=mask_hw)
     tl.store(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
 
 
 @triton.jit
-def _scale(x_ptr, a_ptr, s_ptr, out_ptr, C, HW, sxn, sxc, sxhw,
-           HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """out = x * a[n, c] (* s[n, hw]); out has x's strides."""
+def _spatial_conv(ws_ptr, w_ptr, OFF_DESC, OFF_Z, OFF_CPART, H, W,
+                  K: tl.constexpr, BLOCK: tl.constexpr):
+    """z[n, hw] = conv_KxK(desc[n]) (no bias), and this block's (count, mean, M2) of z."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    HW = H * W
+    mask = offs < HW
+    yy0 = offs // W
+    xx0 = offs % W
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for ch in tl.static_range(2):
+        base = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+        for ky in tl.static_range(K):
+            yy = yy0 + (ky - K // 2)
+            row_ok = mask & (yy >= 0) & (yy < H)
+            for kx in tl.static_range(K):
+                xx = xx0 + (kx - K // 2)
+                ok = row_ok & (xx >= 0) & (xx < W)
+                wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
+                acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
+    tl.store(ws_ptr + OFF_Z + n * HW + offs, acc, mask=mask)
+    cnt = tl.sum(mask.to(tl.float32), axis=0)
+    mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / cnt
+    dev = tl.where(mask, acc - mean, 0.0)
+    part = ws_ptr + OFF_CPART + (n * tl.num_programs(1) + pid) * 3
+    tl.store(part, cnt)
+    tl.store(part + 1, mean)
+    tl.store(part + 2, tl.sum(dev * dev, axis=0))
+
+
+@triton.jit
+def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, momentum,
+              TRAIN: tl.constexpr, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+    """stats = (mean, 1 / sqrt(var + eps)): of the batch (TRAIN, combined from the
+    blocks' (count, mean, M2); the running statistics updated when UPDATE, with the
+    unbiased variance, as BatchNorm does) or the running ones."""
+    if TRAIN:
+        offs = tl.arange(0, BLOCK)
+        acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range(0, P, BLOCK):
+            o = start + offs
+            m = o < P
+            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0)
+            acc_c += c
+            acc_cm += c * tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0)
+        count = tl.sum(acc_c, axis=0)
+        mean = tl.sum(acc_cm, axis=0) / count
+        acc_m2 = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range(0, P, BLOCK):
+            o = start + offs
+            m = o < P
+            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0)
+            d = tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0) - mean
+            acc_m2 += tl.load(ws_ptr + OFF_CPART + o * 3 + 2, mask=m, other=0.0) + c * d * d
+        m2 = tl.sum(acc_m2, axis=0)
+        var = m2 / count
+        if UPDATE:
+            rm = tl.load(rm_ptr)
+            rv = tl.load(rv_ptr)
+            tl.store(rm_ptr, (1.0 - momentum) * rm + momentum * mean)
+            tl.store(rv_ptr, (1.0 - momentum) * rv + momentum * (m2 / (count - 1.0)))
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+    else:
+        mean = tl.load(rm_ptr)
+        var = tl.load(rv_ptr)
+    tl.store(ws_ptr + OFF_STATS, mean)
+    tl.store(ws_ptr + OFF_STATS + 1, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
+                OFF_A, OFF_DESC, OFF_Z, OFF_STATS, OFF_S, C, H, W, sxn, sxc, sxhw, eps,
+                FROM_Z: tl.constexpr, SAVE_S: tl.constexpr, K: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """s[n, hw] = sigmoid(BN(conv(desc))) (from z and the stats when FROM_Z, else the
+    convolution here and BatchNorm in running statistics), then over all channels
+    out[n, c, hw] = x a[n, c] s[n, hw]; out has x's strides."""
+    n = tl.program_id(0)
+    HW = H * W
+    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    gamma = tl.load(bw_ptr)
+    beta = tl.load(bb_ptr)
+    if FROM_Z:
+        z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
+        t = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1) * gamma + beta
+    else:
+        yy0 = offs_hw // W
+        xx0 = offs_hw % W
+        acc = tl.zeros((BLOCK_HW,), dtype=tl.float32)
+        for ch in tl.static_range(2):
+            base = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+            for ky in tl.static_range(K):
+                yy = yy0 + (ky - K // 2)
+                row_ok = mask_hw & (yy >= 0) & (yy < H)
+                for kx in tl.static_range(K):
+                    xx = xx0 + (kx - K // 2)
+                    ok = row_ok & (xx >= 0) & (xx < W)
+                    wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
+                    acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
+        scale = gamma / tl.sqrt(tl.load(rv_ptr) + eps)
+        t = acc * scale + (beta - tl.load(rm_ptr) * scale)
+    s = tl.sigmoid(t)
+    if SAVE_S:
+        tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw)
+    hw64 = offs_hw[None, :].to(tl.int64) * sxhw
+    n64 = n.to(tl.int64) * sxn
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        offs = n64 + offs_c[:, None].to(tl.int64) * sxc + hw64
+        xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+        y = xv.to(tl.float32) * a[:, None] * s[None, :]
+        tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
+
+
+@triton.jit
+def _scale_channels(x_ptr, ws_ptr, out_ptr, OFF_A, C, HW, sxn, sxc, sxhw,
+                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """out = x a[n, c]; out has x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
     offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
-    mask_hw = offs_hw < HW
-    mask = mask_c[:, None] & mask_hw[None, :]
+    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
     offs = (n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
             + offs_hw[None, :].to(tl.int64) * sxhw)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    a = tl.load(a_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-    y = x.to(tl.float32) * a[:, None]
-    if HAS_S:
-        s = tl.load(s_ptr + n * HW + offs_hw, mask=mask_hw, other=0.0)
-        y = y * s[None, :]
-    tl.store(out_ptr + offs, y.to(x.dtype), mask=mask)
+    xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+    tl.store(out_ptr + offs, (xv.to(tl.float32) * a[:, None]).to(xv.dtype), mask=mask)
 
 
 @triton.jit
-def _bwd_reduce(g_ptr, x_ptr, a_ptr, s_ptr, ds_ptr, da_ptr, C, HW, sxn, sxc, sxhw,
-                sgn, sgc, sghw, hw_per_prog,
-                HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """With p = g * x: ds[n, hw] += sum_c p a[n, c]; da[n, c] += sum_hw p (* s[n, hw])."""
+def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B_DA, B_DZ,
+                B_BNPART, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """With p = g x: ds = sum_c p a (complete: the program owns all channels of its
+    pixels), dz = ds s (1 - s); da[n, c] += sum_hw p s; the block's (sum dz,
+    sum dz zhat) for BatchNorm's backward."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)
+    xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
+    gbase = g_ptr + n.to(tl.int64) * sgn + offs_hw[None, :].to(tl.int64) * sghw
+    ds = tl.zeros((BLOCK_HW,), dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        c64 = offs_c[:, None].to(tl.int64)
+        xv = tl.load(xbase + c64 * sxc, mask=mask, other=0.0).to(tl.float32)
+        gv = tl.load(gbase + c64 * sgc, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+        p = gv * xv
+        ds += tl.sum(p * a[:, None], axis=0)
+        tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(p * s[None, :], axis=1),
+                      mask=mask_c)
+    dz = ds * s * (1.0 - s)
+    tl.store(bws_ptr + B_DZ + n * HW + offs_hw, dz, mask=mask_hw)
+    z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
+    zhat = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1)
+    part = bws_ptr + B_BNPART + (n * tl.num_programs(1) + pid) * 2
+    tl.store(part, tl.sum(dz, axis=0))
+    tl.store(part + 1, tl.sum(tl.where(mask_hw, dz * zhat, 0.0), axis=0))
+
+
+@triton.jit
+def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, OFF_STATS,
+                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DA, B_DDESC, C, H, W, sxn, sxc, sxhw,
+                 TRAIN: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """BatchNorm backward (batch statistics when TRAIN) to dzin, the convolution's
+    backward (ddesc of this block's pixels, dW by atomics), then the descriptor's share
+    of dL/da: da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max])."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    HW = H * W
+    offs_p = tl.arange(0, BLOCK_P)
+    acc0 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for start in range(0, P, BLOCK_P):
+        o = start + offs_p
+        m = o < P
+        acc0 += tl.load(bws_ptr + B_BNPART + o * 2, mask=m, other=0.0)
+        acc1 += tl.load(bws_ptr + B_BNPART + o * 2 + 1, mask=m, other=0.0)
+    sum_dz = tl.sum(acc0, axis=0)
+    sum_dzz = tl.sum(acc1, axis=0)
+    if (n == 0) & (pid == 0):
+        tl.store(bws_ptr + B_DBN, sum_dzz)  # dL/d gamma
+        tl.store(bws_ptr + B_DBN + 1, sum_dz)  # dL/d beta
+    mean = tl.load(ws_ptr + OFF_STATS)
+    rstd = tl.load(ws_ptr + OFF_STATS + 1)
+    kk = tl.load(bw_ptr) * rstd
+    count = (tl.num_programs(0) * HW).to(tl.float32)
+    if TRAIN:
+        c1 = sum_dz / count
+        c2 = sum_dzz / count
+    else:
+        c1 = 0.0
+        c2 = 0.0
+    offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    yy0 = offs_hw // W
+    xx0 = offs_hw % W
+    zb = ws_ptr + OFF_Z + n * HW
+    dzb = bws_ptr + B_DZ + n * HW
+    d0 = tl.zeros((BLOCK_HW,), dtype=tl.float32)
+    d1 = tl.zeros((BLOCK_HW,), dtype=tl.float32)
+    for ky in tl.static_range(K):
+        yy = yy0 - (ky - K // 2)
+        row_ok = mask_hw & (yy >= 0) & (yy < H)
+        for kx in tl.static_range(K):
+            xx = xx0 - (kx - K // 2)
+            ok = row_ok & (xx >= 0) & (xx < W)
+            q = yy * W + xx
+            dzq = tl.load(dzb + q, mask=ok, other=0.0)
+            zq = tl.load(zb + q, mask=ok, other=0.0)
+            dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
+            d0 += tl.load(w_ptr + ky * K + kx) * dzin
+            d1 += tl.load(w_ptr + K * K + ky * K + kx) * dzin
+    ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
+    tl.store(ddesc, d0, mask=mask_hw)
+    tl.store(ddesc + HW, d1, mask=mask_hw)
+    dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
+    zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
+    dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
+    for ch in tl.static_range(2):
+        db = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+        for ky in tl.static_range(K):
+            yy = yy0 + (ky - K // 2)
+            row_ok = mask_hw & (yy >= 0) & (yy < H)
+            for kx in tl.static_range(K):
+                xx = xx0 + (kx - K // 2)
+                ok = row_ok & (xx >= 0) & (xx < W)
+                dv = tl.load(db + yy * W + xx, mask=ok, other=0.0)
+                tl.atomic_add(bws_ptr + B_DW + (ch * K + ky) * K + kx,
+                              tl.sum(dzin_p * dv, axis=0))
+    mx = tl.load(ws_ptr + OFF_DESC + n * 2 * HW + offs_hw, mask=mask_hw, other=0.0)
+    gmean = d1 / C
+    xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        xv = tl.load(xbase + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
+                     other=0.0).to(tl.float32)
+        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+        wv = gmean[None, :] + tl.where(xv * a[:, None] == mx[None, :], d0[None, :], 0.0)
+        tl.atomic_add(bws_ptr + B_DA + n * C + offs_c,
+                      tl.sum(tl.where(mask, xv * wv, 0.0), axis=1), mask=mask_c)
+
+
+@triton.jit
+def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
+                hw_per_prog, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """SE: da[n, c] += sum over a span of hw of g x."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
     offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    a = tl.load(a_ptr + n * C + offs_c, mask=mask_c, other=0.0)
     xbase = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
     gbase = g_ptr + n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc
-    acc_a = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
-    hw_begin = pid_hw * hw_per_prog
-    for start in range(hw_begin, hw_begin + hw_per_prog, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        mask_hw = offs_hw < HW
-        mask = mask_c[:, None] & mask_hw[None, :]
-        hw64 = offs_hw[None, :].to(tl.int64)
-        x = tl.load(xbase + hw64 * sxhw, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(gbase + hw64 * sghw, mask=mask, other=0.0).to(tl.float32)
-        p = g * x
-        if HAS_S:
-            s = tl.load(s_ptr + n * HW + offs_hw, mask=mask_hw, other=0.0)
-            tl.atomic_add(ds_ptr + n * HW + offs_hw, tl.sum(p * a[:, None], axis=0),
-                          mask=mask_hw)
-            acc_a += p * s[None, :]
-        else:
-            acc_a += p
-    tl.atomic_add(da_ptr + n * C + offs_c, tl.sum(acc_a, axis=1), mask=mask_c)
-
-
-@triton.jit
-def _bwd_spatial(x_ptr, a_ptr, desc_ptr, ddesc_ptr, da_ptr, C, HW, sxn, sxc, sxhw,
-                 hw_per_prog, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """da[n, c] += sum_hw x * (ddesc_mean / C + ddesc_max * [a x == desc_max])."""
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = pid_nc // num_cb
-    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    a = tl.load(a_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-    xbase = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     hw_begin = pid_hw * hw_per_prog
-    for start in range(hw_begin, hw_begin + hw_per_prog, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        mask_hw = offs_hw < HW
-        mask = mask_c[:, None] & mask_hw[None, :]
-        x = tl.load(xbase + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
-                    other=0.0).to(tl.float32)
-        dbase = n * 2 * HW + offs_hw
-        mx = tl.load(desc_ptr + dbase, mask=mask_hw, other=0.0)
-        gmx = tl.load(ddesc_ptr + dbase, mask=mask_hw, other=0.0)
-        gmean = tl.load(ddesc_ptr + dbase + HW, mask=mask_hw, other=0.0) / C
-        y = x * a[:, None]
-        w = gmean[None, :] + tl.where(y == mx[None, :], gmx[None, :], 0.0)
-        acc += tl.where(mask, x * w, 0.0)
-    tl.atomic_add(da_ptr + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    for step in range(0, hw_per_prog, BLOCK_HW):
+        offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        hw64 = offs_hw[None, :].to(tl.int64)
+        xv = tl.load(xbase + hw64 * sxhw, mask=mask, other=0.0).to(tl.float32)
+        gv = tl.load(gbase + hw64 * sghw, mask=mask, other=0.0).to(tl.float32)
+        acc += gv * xv
+    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
 
 
 @triton.jit
-def _bwd_dx(g_ptr, x_ptr, a_ptr, s_ptr, desc_ptr, ddesc_ptr, gavg_ptr, gmax_ptr, cmax_ptr,
-            dx_ptr, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
+def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA, B_DPRE,
+             B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID,
+             PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The shared MLP's backward for one block of hidden units: dW1, db1, dW2 (its rows
+    or columns), db2 (program 0), and dL/d pooled (atomics over the blocks)."""
+    pid = tl.program_id(0)
+    offs_j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
+    mask_j = offs_j < HID
+    db1 = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    for n in range(0, N):
+        dh = tl.zeros((BLOCK_J,), dtype=tl.float32)
+        for start in range(0, C, BLOCK_C):
+            offs_c = start + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+            dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
+                * av * (1.0 - av)
+            w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
+                         mask=mask_c[:, None] & mask_j[None, :], other=0.0)
+            dh += tl.sum(w2 * dl[:, None], axis=0)
+        hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
+        dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
+        dpa = tl.where(tl.load(hpre, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
+        tl.store(dpre, dpa, mask=mask_j)
+        db1 += dpa
+        if PAIR:
+            dpm = tl.where(tl.load(hpre + HID, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
+            tl.store(dpre + HID, dpm, mask=mask_j)
+            db1 += dpm
+    tl.store(bws_ptr + B_DB1 + offs_j, db1, mask=mask_j)
+    tl.debug_barrier()
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_j[None, :]
+        w1t = tl.load(w1_ptr + offs_j[None, :] * C + offs_c[:, None], mask=mask, other=0.0)
+        dw2 = tl.zeros((BLOCK_C, BLOCK_J), dtype=tl.float32)
+        dw1t = tl.zeros((BLOCK_C, BLOCK_J), dtype=tl.float32)
+        db2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for n in range(0, N):
+            av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+            dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
+                * av * (1.0 - av)
+            db2 += dl
+            hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
+            dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
+            pooled = ws_ptr + OFF_POOLED + n * 2 * C + offs_c
+            dpooled = bws_ptr + B_DPOOLED + n * 2 * C + offs_c
+            h = tl.maximum(tl.load(hpre, mask=mask_j, other=0.0), 0.0)
+            dpa = tl.load(dpre, mask=mask_j, other=0.0)
+            avg = tl.load(pooled, mask=mask_c, other=0.0)
+            dw1t += avg[:, None] * dpa[None, :]
+            tl.atomic_add(dpooled, tl.sum(w1t * dpa[None, :], axis=1), mask=mask_c)
+            if PAIR:
+                h += tl.maximum(tl.load(hpre + HID, mask=mask_j, other=0.0), 0.0)
+                dpm = tl.load(dpre + HID, mask=mask_j, other=0.0)
+                mx = tl.load(pooled + C, mask=mask_c, other=0.0)
+                dw1t += mx[:, None] * dpm[None, :]
+                tl.atomic_add(dpooled + C, tl.sum(w1t * dpm[None, :], axis=1), mask=mask_c)
+            dw2 += dl[:, None] * h[None, :]
+        tl.store(bws_ptr + B_DW2 + offs_c[:, None] * HID + offs_j[None, :], dw2, mask=mask)
+        tl.store(bws_ptr + B_DW1 + offs_j[None, :] * C + offs_c[:, None], dw1t, mask=mask)
+        if pid == 0:
+            tl.store(bws_ptr + B_DB2 + offs_c, db2 * 2.0 if PAIR else db2, mask=mask_c)
+
+
+@triton.jit
+def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC, OFF_POOLED,
+            B_DDESC, B_DPOOLED, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
             HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max]) + gavg / HW
-    + gmax [x == channel max]  (SE: dx = g a + gavg / HW). dx has x's strides."""
+    """CBAM: dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max])
+    + dpooled_avg / HW + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW.
+    dx has x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -192,17 +515,18 @@ def _bwd_dx(g_ptr, x_ptr, a_ptr, s_ptr, desc_ptr, ddesc_ptr, gavg_ptr, gmax_ptr,
     x = xr.to(tl.float32)
     g = tl.load(g_ptr + n64 * sgn + c64 * sgc + hw64 * sghw, mask=mask,
                 other=0.0).to(tl.float32)
-    cidx = n * C + offs_c
-    a = tl.load(a_ptr + cidx, mask=mask_c, other=0.0)[:, None]
-    gavg = tl.load(gavg_ptr + cidx, mask=mask_c, other=0.0)[:, None]
+    a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)[:, None]
+    pooled = ws_ptr + OFF_POOLED + n * 2 * C + offs_c
+    dpooled = bws_ptr + B_DPOOLED + n * 2 * C + offs_c
+    gavg = tl.load(dpooled, mask=mask_c, other=0.0)[:, None]
     if HAS_S:
-        s = tl.load(s_ptr + n * HW + offs_hw, mask=mask_hw, other=0.0)[None, :]
+        s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)[None, :]
         dbase = n * 2 * HW + offs_hw
-        mx = tl.load(desc_ptr + dbase, mask=mask_hw, other=0.0)[None, :]
-        gmx = tl.load(ddesc_ptr + dbase, mask=mask_hw, other=0.0)[None, :]
-        gmean = tl.load(ddesc_ptr + dbase + HW, mask=mask_hw, other=0.0)[None, :] / C
-        cmax = tl.load(cmax_ptr + cidx, mask=mask_c, other=0.0)[:, None]
-        gmax = tl.load(gmax_ptr + cidx, mask=mask_c, other=0.0)[:, None]
+        mx = tl.load(ws_ptr + OFF_DESC + dbase, mask=mask_hw, other=0.0)[None, :]
+        gmx = tl.load(bws_ptr + B_DDESC + dbase, mask=mask_hw, other=0.0)[None, :]
+        gmean = tl.load(bws_ptr + B_DDESC + dbase + HW, mask=mask_hw, other=0.0)[None, :] / C
+        cmax = tl.load(pooled + C, mask=mask_c, other=0.0)[:, None]
+        gmax = tl.load(dpooled + C, mask=mask_c, other=0.0)[:, None]
         dy = g * s + gmean + tl.where(x * a == mx, gmx, 0.0)
         dx = dy * a + gavg / HW + tl.where(x == cmax, gmax, 0.0)
     else:
@@ -210,101 +534,7 @@ def _bwd_dx(g_ptr, x_ptr, a_ptr, s_ptr, desc_ptr, ddesc_ptr, gavg_ptr, gmax_ptr,
     tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
 
 
-@triton.jit
-def _channel_pool_partial(x_ptr, part_ptr, N, C, HW, sxn, sxc, sxhw, hw_per_prog,
-                          BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """part[split, 0, n, c] = sum, part[split, 1, n, c] = max over one span of hw
-    (no atomics, so no initialised buffer: one launch)."""
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = pid_nc // num_cb
-    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    base = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
-    acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
-    acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
-    hw_begin = pid_hw * hw_per_prog
-    for start in range(hw_begin, hw_begin + hw_per_prog, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
-        v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
-                    other=0.0).to(tl.float32)
-        acc_sum += v
-        acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
-    out = part_ptr + pid_hw * 2 * N * C + n * C + offs_c
-    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
-    tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
-
-
-@triton.jit
-def _channel_mlp(part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, a_ptr, N, C, HID, HW, SPLIT,
-                 PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """a[n] = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 max + b1)) + 2 b2) (PAIR, CBAM)
-    or sigmoid(W2 relu(W1 avg + b1) + b2) (SE), avg and max reduced from the partials."""
-    n = tl.program_id(0)
-    offs_j = tl.arange(0, HID_P)
-    mask_j = offs_j < HID
-    h_avg = tl.zeros((HID_P,), dtype=tl.float32)
-    h_max = tl.zeros((HID_P,), dtype=tl.float32)
-    for start in range(0, C, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        d_sum = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        d_max = tl.full((BLOCK_C,), float('-inf'), dtype=tl.float32)
-        for k in range(0, SPLIT):
-            p = part_ptr + k * 2 * N * C + n * C + offs_c
-            d_sum += tl.load(p, mask=mask_c, other=0.0)
-            if PAIR:
-                d_max = tl.maximum(d_max, tl.load(p + N * C, mask=mask_c, other=0.0))
-        w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
-                     mask=mask_j[:, None] & mask_c[None, :], other=0.0)
-        h_avg += tl.sum(w1 * (d_sum / HW)[None, :], axis=1)
-        if PAIR:
-            h_max += tl.sum(w1 * tl.where(mask_c, d_max, 0.0)[None, :], axis=1)
-    b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
-    h = tl.maximum(h_avg + b1, 0.0)
-    if PAIR:
-        h += tl.maximum(h_max + b1, 0.0)
-    for start in range(0, C, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
-                     mask=mask_c[:, None] & mask_j[None, :], other=0.0)
-        b2 = tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0)
-        logit = tl.sum(w2 * h[None, :], axis=1) + (2.0 * b2 if PAIR else b2)
-        tl.store(a_ptr + n * C + offs_c, tl.sigmoid(logit), mask=mask_c)
-
-
-@triton.jit
-def _spatial_gate(desc_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr, s_ptr, H, W, eps,
-                  K: tl.constexpr, BLOCK: tl.constexpr):
-    """s[n, hw] = sigmoid(BN_eval(conv_KxK(desc[n]))), BN from running statistics."""
-    n = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    HW = H * W
-    mask = offs < HW
-    y = offs // W
-    x = offs % W
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for ch in tl.static_range(2):
-        base = desc_ptr + (n * 2 + ch) * HW
-        for ky in tl.static_range(K):
-            yy = y + (ky - K // 2)
-            row_ok = mask & (yy >= 0) & (yy < H)
-            for kx in tl.static_range(K):
-                xx = x + (kx - K // 2)
-                ok = row_ok & (xx >= 0) & (xx < W)
-                wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
-                acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
-    rm = tl.load(rm_ptr).to(tl.float32)
-    rv = tl.load(rv_ptr).to(tl.float32)
-    scale = tl.load(bw_ptr).to(tl.float32) / tl.sqrt(rv + eps)
-    shift = tl.load(bb_ptr).to(tl.float32) - rm * scale
-    tl.store(s_ptr + n * HW + offs, tl.sigmoid(acc * scale + shift), mask=mask)
-
-
-# ---- launch helpers --------------------------------------------------------------------
+# ---- plans: every integer argument, grid and workspace offset of one input signature ----
 
 def _strides(t):
     """(stride_n, stride_c, stride_hw), or None when H and W do not merge into one axis."""
@@ -317,278 +547,291 @@ def _strides(t):
     return None
 
 
-def _prepare(x):
-    """x with mergeable H, W (a copy in the worst case) and its strides."""
-    st = _strides(x)
-    if st is None:
-        x = x.contiguous()
+def _layout(sizes):
+    """Offsets of consecutive float32 regions (each 16-byte aligned) and the total."""
+    offsets, total = {}, 0
+    for name, size in sizes:
+        offsets[name] = total
+        total += (size + 3) // 4 * 4
+    return offsets, total
+
+
+class _Plan:
+    """Launch parameters for one (kind, shape, strides, dtype, device) signature."""
+
+    def __init__(self, kind, x, st, hid, k):
+        n, c, h, w = x.shape
+        hw = h * w
+        self.key = (kind, tuple(x.shape), st, x.dtype, x.get_device(),
+                    x.data_ptr() % 16 == 0, hid, k)
+        self.n, self.c, self.h, self.w, self.hw, self.st, self.hid, self.k = \
+            n, c, h, w, hw, st, hid, k
+        cl = st[1] == 1  # channels_last: C is the contiguous axis
+        # pooling partials over H x W: channel blocks x spans of hw, ~512 programs
+        self.pool_bc, self.pool_bhw = (64, 32) if cl else (4, 256)
+        ncb = n * triton.cdiv(c, self.pool_bc)
+        hw_blocks = triton.cdiv(hw, self.pool_bhw)
+        per = min(max(1, ncb * hw_blocks // 512), hw_blocks)
+        self.pool_hw_per_prog = per * self.pool_bhw
+        self.split = triton.cdiv(hw, self.pool_hw_per_prog)
+        self.pool_grid = (ncb, self.split, 1)
+        self.hid_p = triton.next_power_of_2(hid)
+        self.mlp_bc = max(16, 4096 // self.hid_p)
+        # programs owning every channel of a block of pixels
+        self.pix_bc, self.pix_bhw = (64, 32) if cl else (16, 128 if hw >= 8192 else 64)
+        self.pix_grid = (n, triton.cdiv(hw, self.pix_bhw), 1)
+        self.sp_bc, self.sp_bhw = (64, 32) if cl else (16, 128)
+        self.sp_grid = (n, triton.cdiv(hw, self.sp_bhw), 1)
+        self.conv_block = 256
+        self.conv_grid = (n, triton.cdiv(hw, self.conv_block), 1)
+        self.conv_parts = n * self.conv_grid[1]
+        self.bnpart = n * self.pix_grid[1]
+        # tiles (channel block x pixel block)
+        self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
+        self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
+        self.red_hw_per_prog = min(max(1, self.tile_grid[0] * self.tile_grid[1] // 1024),
+                                   self.tile_grid[1]) * self.tile_bhw
+        self.red_grid = (self.tile_grid[0], triton.cdiv(hw, self.red_hw_per_prog), 1)
+        self.mlp_bwd_bj = 16
+        self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj), 1, 1)
+        cbam = kind == 'cbam'
+        self.ws, self.ws_size = _layout([
+            ('part', self.split * 2 * n * c), ('a', n * c), ('pooled', n * 2 * c),
+            ('hpre', n * 2 * hid), ('desc', n * 2 * hw if cbam else 0),
+            ('z', n * hw if cbam else 0), ('s', n * hw if cbam else 0),
+            ('cpart', self.conv_parts * 3 if cbam else 0), ('stats', 2 if cbam else 0)])
+        # the parameters' gradients: one unpadded tail of the backward workspace, handed
+        # to autograd as views
+        grads = [('dw1', hid * c), ('db1', hid), ('dw2', c * hid), ('db2', c)]
+        self.grad_shapes = [(hid, c), (hid,), (c, hid), (c,)]
+        if cbam:
+            grads += [('dconv', 2 * k * k), ('dbn', 2)]
+            self.grad_shapes += [(1, 2, k, k), (1,), (1,)]
+        self.grad_sizes = [size for _, size in grads]
+        if cbam:  # dbn holds (d gamma, d beta)
+            self.grad_sizes[-1:] = [1, 1]
+        self.bws, self.bws_size = _layout([
+            ('da', n * c), ('dpooled', n * 2 * c), ('dpre', n * 2 * hid),
+            ('dz', n * hw if cbam else 0), ('bnpart', self.bnpart * 2 if cbam else 0),
+            ('ddesc', n * 2 * hw if cbam else 0), ('grads', sum(self.grad_sizes))])
+        self.grad_start = offset = self.bws['grads']
+        for name, size in grads:
+            self.bws[name] = offset
+            offset += size
+        self.grad_end = offset
+
+    def launch_key(self, name, extra=None):
+        return (name, self.key, extra)
+
+
+_plans = {}
+
+
+def _plan(kind, x, hid, k):
+    key = (kind, x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0,
+           hid, k)
+    plan = _plans.get(key)
+    if plan is None:
         st = _strides(x)
-    return x, st
+        if st is None:
+            return None
+        plan = _plans[key] = _Plan(kind, x, st, hid, k)
+    return plan
 
 
-def _tile(strides):
-    """(BLOCK_C, BLOCK_HW): wide along the contiguous axis."""
-    return (64, 32) if strides[1] == 1 else (8, 128)
+# ---- the passes ------------------------------------------------------------------------
+
+def _channel_map(plan, stream, x, ws, fc1, fc2, pair):
+    o, st = plan.ws, plan.st
+    launch(_pool_partial, plan.pool_grid, plan.launch_key('pool', pair), stream,
+           x, ws, o['part'], plan.n, plan.c, plan.hw, *st, plan.pool_hw_per_prog,
+           pair, plan.pool_bc, plan.pool_bhw)
+    launch(_mlp_fwd, (plan.n, 1, 1), plan.launch_key('mlp', pair), stream,
+           ws, fc1.weight, fc1.bias, fc2.weight, fc2.bias, o['part'], o['a'], o['pooled'],
+           o['hpre'], plan.n, plan.c, plan.hid, plan.hw, plan.split,
+           pair, plan.hid_p, plan.mlp_bc)
 
 
-def _spread(c_blocks_times_n, hw, block_hw, target=1024):
-    """hw per program so that about ``target`` programs share a reduction over hw."""
-    hw_blocks = triton.cdiv(hw, block_hw)
-    per = max(1, (c_blocks_times_n * hw_blocks) // target)
-    per = min(per, hw_blocks)
-    hw_per_prog = per * block_hw
-    return hw_per_prog, triton.cdiv(hw, hw_per_prog)
+def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode):
+    """The forward passes. bn_mode: 'eval' (running statistics, nothing saved for a
+    backward: four launches), 'eval_saved' (running statistics, z and s saved) or
+    'train' (batch statistics, running statistics updated, z and s saved)."""
+    o, st = plan.ws, plan.st
+    _channel_map(plan, stream, x, ws, ca.fc1, ca.fc2, True)
+    launch(_spatial_pool, plan.sp_grid, plan.launch_key('spool'), stream,
+           x, ws, o['a'], o['desc'], plan.c, plan.hw, *st, plan.sp_bc, plan.sp_bhw)
+    bn = sa.bn
+    rm = bn.running_mean if bn.running_mean is not None else ws
+    rv = bn.running_var if bn.running_var is not None else ws
+    from_z = bn_mode != 'eval'
+    if from_z:
+        launch(_spatial_conv, plan.conv_grid, plan.launch_key('conv'), stream,
+               ws, sa.conv.weight, o['desc'], o['z'], o['cpart'], plan.h, plan.w,
+               plan.k, plan.conv_block)
+        train = bn_mode == 'train'
+        update = train and bn.running_mean is not None
+        nbt = bn.num_batches_tracked if update else ws
+        launch(_bn_stats, (1, 1, 1), plan.launch_key('bnstats', (train, update)), stream,
+               ws, rm, rv, nbt, o['cpart'], plan.conv_parts, o['stats'], bn.eps,
+               bn.momentum if update else 0.0, train, update, 256)
+    launch(_gate_scale, plan.pix_grid, plan.launch_key('gate', from_z), stream,
+           x, ws, out, sa.conv.weight, rm, rv, sa.bn.weight, sa.bn.bias,
+           o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w, *st,
+           bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
 
 
-def channel_pool(x, st, with_max=True):
-    """``(2, N, C)`` float32 [mean over HW; max over HW] (row 1 unset without max)."""
-    n, c = x.shape[:2]
-    hw = x.shape[2] * x.shape[3]
-    pooled = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
-    pooled[0].zero_()
-    if with_max:
-        pooled[1].fill_(float('-inf'))
-    bc, bhw = _tile(st)
-    ncb = n * triton.cdiv(c, bc)
-    hw_per_prog, hw_progs = _spread(ncb, hw, bhw)
-    _channel_pool[(ncb, hw_progs)](x, pooled[0], pooled[1], c, hw, *st, hw_per_prog,
-                                   1.0 / hw, HAS_MAX=with_max, BLOCK_C=bc, BLOCK_HW=bhw)
-    return pooled
+def _se_passes(plan, stream, x, ws, out, se):
+    _channel_map(plan, stream, x, ws, se.fc1, se.fc2, False)
+    launch(_scale_channels, plan.tile_grid, plan.launch_key('scale'), stream,
+           x, ws, out, plan.ws['a'], plan.c, plan.hw, *plan.st, plan.tile_bc,
+           plan.tile_bhw)
 
 
-def spatial_pool(x, st, a):
-    """``(N, 2, H, W)`` float32 [max_c a x; mean_c a x]."""
-    n, c, h, w = x.shape
-    desc = torch.empty((n, 2, h, w), device=x.device, dtype=torch.float32)
-    bc, bhw = (64, 32) if st[1] == 1 else (16, 128)
-    _spatial_pool[(n, triton.cdiv(h * w, bhw))](x, a, desc, c, h * w, *st,
-                                                 BLOCK_C=bc, BLOCK_HW=bhw)
-    return desc
+def _backward_common(ctx, g):
+    """(plan, stream, g, its strides, backward workspace, launch-key extra)."""
+    plan = ctx.plan
+    sg = _strides(g)
+    if sg is None:
+        g = g.contiguous()
+        sg = _strides(g)
+    extra = (sg, g.dtype, g.data_ptr() % 16 == 0)
+    bws = torch.zeros(plan.bws_size, device=g.device, dtype=torch.float32)
+    return plan, current_stream(g.get_device()), g, sg, bws, extra
 
 
-def scale(x, st, a, s=None):
-    """``x * a[:, :, None, None] (* s)`` in one pass, in x's dtype and memory layout."""
-    n, c, h, w = x.shape
-    out = torch.empty_like(x)
-    bc, bhw = _tile(st)
-    grid = (n * triton.cdiv(c, bc), triton.cdiv(h * w, bhw))
-    _scale[grid](x, a, s if s is not None else a, out, c, h * w, *st,
-                 HAS_S=s is not None, BLOCK_C=bc, BLOCK_HW=bhw)
-    return out
+def _mlp_backward(plan, stream, ws, bws, w1, w2, pair, extra):
+    o, b = plan.ws, plan.bws
+    launch(_mlp_bwd, plan.mlp_bwd_grid, plan.launch_key('mlpbwd', pair), stream,
+           ws, bws, w1, w2, o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'],
+           b['db1'], b['dw2'], b['db2'], b['dpooled'], plan.n, plan.c, plan.hid,
+           pair, plan.mlp_bwd_bj, 64)
 
 
-# ---- the small maps --------------------------------------------------------------------
+def _param_grads(plan, bws, needs):
+    grads = torch.split(bws[plan.grad_start:plan.grad_end], plan.grad_sizes)
+    return [g.view(shape) if need else None
+            for g, shape, need in zip(grads, plan.grad_shapes, needs)]
 
-def _small_map_grads(fn, inp, params, needs, grad_out, x):
-    """Gradients of a small float32 map ``fn(inp, *params)`` (the MLP or the spatial
-    conv + BN) by re-running it under autograd: ``(d inp, [d param or None])``;
-    ``needs[i]`` says whether ``params[i]`` wants a gradient."""
-    with torch.enable_grad(), no_autocast(x):
-        inp_ = inp.detach().requires_grad_()
-        params_ = [t.detach().requires_grad_(need) for t, need in zip(params, needs)]
-        out = fn(inp_, *params_)
-        wanted = [inp_] + [p for p in params_ if p.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out))
-    d_inp = next(grads).contiguous()
-    return d_inp, [next(grads) if p.requires_grad else None for p in params_]
-
-
-def _channel_map(pooled, fc1_w, fc1_b, fc2_w, fc2_b, pair):
-    """sigmoid(MLP(avg) + MLP(max)) for CBAM (pair=True), sigmoid(MLP(avg)) for SE."""
-    hidden = F.relu(F.linear(pooled if pair else pooled[0], fc1_w, fc1_b))
-    logits = F.linear(hidden, fc2_w, fc2_b)
-    return torch.sigmoid(logits[0] + logits[1] if pair else logits)
-
-
-def _spatial_map(desc, conv_w, bn_w, bn_b, bn, training, update):
-    """sigmoid(BN(conv(desc))), BatchNorm in batch statistics when training (running
-    statistics updated only when ``update``), else in running statistics."""
-    y = F.conv2d(desc, conv_w, None, 1, conv_w.shape[-1] // 2)
-    if training:
-        rm, rv = (bn.running_mean, bn.running_var) if update else (None, None)
-        if update and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-        y = F.batch_norm(y, rm, rv, bn_w, bn_b, True, bn.momentum, bn.eps)
-    else:
-        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn_w, bn_b, False, 0.0,
-                         bn.eps)
-    return torch.sigmoid(y).view(desc.shape[0], -1)
-
-
-def _bn_training(bn):
-    return bn.training or bn.running_mean is None
-
-
-# ---- autograd --------------------------------------------------------------------------
 
 class _CBAMFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, bn):
-        x, st = _prepare(x)
-        n, c, h, w = x.shape
-        pooled = channel_pool(x, st)
-        with no_autocast(x):
-            a = _channel_map(pooled, fc1_w, fc1_b, fc2_w, fc2_b, pair=True)
-            desc = spatial_pool(x, st, a)
-            training = _bn_training(bn)
-            s = _spatial_map(desc, conv_w, bn_w, bn_b, bn, training, update=True)
-        out = scale(x, st, a, s)
-        ctx.save_for_backward(x, pooled, a, desc, s, fc1_w, fc1_b, fc2_w, fc2_b, conv_w,
-                              bn_w, bn_b)
-        ctx.bn, ctx.training, ctx.st = bn, training, st
+    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, plan, ca, sa):
+        ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+        out = torch.empty_like(x)
+        bn_mode = 'train' if _bn_training(sa.bn) else 'eval_saved'
+        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa, bn_mode)
+        ctx.save_for_backward(x, ws, fc1_w, fc2_w, conv_w, bn_w)
+        ctx.plan, ctx.bn_train = plan, bn_mode == 'train'
         return out
 
     @staticmethod
     def backward(ctx, g):
-        (x, pooled, a, desc, s, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w,
-         bn_b) = ctx.saved_tensors
-        st = ctx.st
-        n, c, h, w = x.shape
-        hw = h * w
-        if _strides(g) is None:
-            g = g.contiguous()
-        sg = _strides(g)
-        bc, bhw = _tile(st)
-        ncb = n * triton.cdiv(c, bc)
-        hw_per_prog, hw_progs = _spread(ncb, hw, bhw)
-        ds = torch.zeros((n, hw), device=x.device, dtype=torch.float32)
-        da = torch.zeros((n, c), device=x.device, dtype=torch.float32)
-        _bwd_reduce[(ncb, hw_progs)](g, x, a, s, ds, da, c, hw, *st, *sg, hw_per_prog,
-                                     HAS_S=True, BLOCK_C=bc, BLOCK_HW=bhw)
+        x, ws, fc1_w, fc2_w, conv_w, bn_w = ctx.saved_tensors
+        plan, stream, g, sg, bws, extra = _backward_common(ctx, g)
+        o, b, st = plan.ws, plan.bws, plan.st
+        launch(_bwd_pixels, plan.pix_grid, plan.launch_key('bwdpix', extra), stream,
+               g, x, ws, bws, o['a'], o['s'], o['z'], o['stats'], b['da'], b['dz'],
+               b['bnpart'], plan.c, plan.hw, *st, *sg, plan.pix_bc, plan.pix_bhw)
+        launch(_bwd_spatial, plan.pix_grid, plan.launch_key('bwdsp', ctx.bn_train), stream,
+               x, ws, bws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
+               b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['da'], b['ddesc'],
+               plan.c, plan.h, plan.w, *st, ctx.bn_train, plan.k, 256, plan.pix_bc,
+               plan.pix_bhw)
+        _mlp_backward(plan, stream, ws, bws, fc1_w, fc2_w, True, extra)
         needs = ctx.needs_input_grad
-        ddesc, sp_grads = _small_map_grads(
-            lambda d, *p: _spatial_map(d, *p, ctx.bn, ctx.training, update=False),
-            desc, (conv_w, bn_w, bn_b), needs[5:8], ds, x)
-        _bwd_spatial[(ncb, hw_progs)](x, a, desc, ddesc, da, c, hw, *st, hw_per_prog,
-                                      BLOCK_C=bc, BLOCK_HW=bhw)
-        dpooled, ch_grads = _small_map_grads(
-            lambda d, *p: _channel_map(d, *p, pair=True),
-            pooled, (fc1_w, fc1_b, fc2_w, fc2_b), needs[1:5], da, x)
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
-            grid = (ncb, triton.cdiv(hw, bhw))
-            _bwd_dx[grid](g, x, a, s, desc, ddesc, dpooled[0], dpooled[1], pooled[1], dx,
-                          c, hw, *st, *sg, HAS_S=True, BLOCK_C=bc, BLOCK_HW=bhw)
-        return (dx, *ch_grads, *sp_grads, None)
+            launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (True,) + extra), stream,
+                   g, x, ws, bws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
+                   b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
+                   plan.tile_bhw)
+        return (dx, *_param_grads(plan, bws, needs[1:8]), None, None, None)
 
 
 class _SEFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b):
-        x, st = _prepare(x)
-        pooled = channel_pool(x, st, with_max=False)
-        with no_autocast(x):
-            a = _channel_map(pooled, fc1_w, fc1_b, fc2_w, fc2_b, pair=False)
-        out = scale(x, st, a)
-        ctx.save_for_backward(x, pooled, a, fc1_w, fc1_b, fc2_w, fc2_b)
-        ctx.st = st
+    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, plan, se):
+        ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+        out = torch.empty_like(x)
+        _se_passes(plan, current_stream(x.get_device()), x, ws, out, se)
+        ctx.save_for_backward(x, ws, fc1_w, fc2_w)
+        ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, pooled, a, fc1_w, fc1_b, fc2_w, fc2_b = ctx.saved_tensors
-        st = ctx.st
-        n, c, h, w = x.shape
-        hw = h * w
-        if _strides(g) is None:
-            g = g.contiguous()
-        sg = _strides(g)
-        bc, bhw = _tile(st)
-        ncb = n * triton.cdiv(c, bc)
-        hw_per_prog, hw_progs = _spread(ncb, hw, bhw)
-        da = torch.zeros((n, c), device=x.device, dtype=torch.float32)
-        _bwd_reduce[(ncb, hw_progs)](g, x, a, a, a, da, c, hw, *st, *sg, hw_per_prog,
-                                     HAS_S=False, BLOCK_C=bc, BLOCK_HW=bhw)
+        x, ws, fc1_w, fc2_w = ctx.saved_tensors
+        plan, stream, g, sg, bws, extra = _backward_common(ctx, g)
+        o, b, st = plan.ws, plan.bws, plan.st
+        launch(_bwd_reduce, plan.red_grid, plan.launch_key('bwdred', extra), stream,
+               g, x, bws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
+               plan.tile_bc, plan.tile_bhw)
+        _mlp_backward(plan, stream, ws, bws, fc1_w, fc2_w, False, extra)
         needs = ctx.needs_input_grad
-        dpooled, ch_grads = _small_map_grads(
-            lambda d, *p: _channel_map(d, *p, pair=False),
-            pooled, (fc1_w, fc1_b, fc2_w, fc2_b), needs[1:5], da, x)
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
-            grid = (ncb, triton.cdiv(hw, bhw))
-            _bwd_dx[grid](g, x, a, a, a, a, dpooled[0], a, a, dx, c, hw, *st, *sg,
-                          HAS_S=False, BLOCK_C=bc, BLOCK_HW=bhw)
-        return (dx, *ch_grads)
+            launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (False,) + extra), stream,
+                   g, x, ws, bws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
+                   plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
+        return (dx, *_param_grads(plan, bws, needs[1:5]), None, None)
 
 
 # ---- entry points ---------------------------------------------------------------------
 
-def _params(module):
-    return [p.float() for p in (module.fc1.weight, module.fc1.bias, module.fc2.weight,
-                                module.fc2.bias)]
+def _bn_training(bn):
+    return bn.training or bn.running_mean is None
 
 
-def _records_grad(x, module):
-    return torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in module.parameters()))
-
-
-def _channel_attention_map(x, st, fc1, fc2, pair):
-    """(N, C) float32 M_c from two launches: partial pooling, then the fused MLP."""
-    n, c, h, w = x.shape
-    hw = h * w
-    bc, bhw = (64, 32) if st[1] == 1 else (4, 256)
-    ncb = n * triton.cdiv(c, bc)
-    hw_per_prog, split = _spread(ncb, hw, bhw, target=512)
-    part = torch.empty((split, 2, n, c), device=x.device, dtype=torch.float32)
-    _channel_pool_partial[(ncb, split)](x, part, n, c, hw, *st, hw_per_prog,
-                                        BLOCK_C=bc, BLOCK_HW=bhw)
-    a = torch.empty((n, c), device=x.device, dtype=torch.float32)
-    hid = fc1.weight.shape[0]
-    hid_p = triton.next_power_of_2(hid)
-    _channel_mlp[(n,)](part, fc1.weight, fc1.bias, fc2.weight, fc2.bias, a, n, c, hid, hw,
-                       split, PAIR=pair, HID_P=hid_p, BLOCK_C=max(16, 4096 // hid_p))
-    return a
-
-
-def _inference_ready(x, modules):
-    """The launch-lean inference path reads the weights as contiguous float32."""
-    for m in modules:
-        for p in m.parameters():
-            if p.dtype != torch.float32 or not p.is_contiguous():
-                return False
+def _params_ready(params):
+    """The kernels read the weights as contiguous, 16-byte aligned float32."""
+    for p in params:
+        if p.dtype is not torch.float32 or not p.is_contiguous() or p.data_ptr() % 16:
+            return False
     return True
 
 
-def cbam_inference(x, channel_attention, spatial_attention):
-    """CBAM without autograd in five launches: pooling, MLP, spatial pooling, gate, scale."""
-    x, st = _prepare(x)
-    n, c, h, w = x.shape
-    a = _channel_attention_map(x, st, channel_attention.fc1, channel_attention.fc2, True)
-    desc = spatial_pool(x, st, a)
-    sa = spatial_attention
-    bn = sa.bn
-    s = torch.empty((n, h * w), device=x.device, dtype=torch.float32)
-    block = 256
-    _spatial_gate[(n, triton.cdiv(h * w, block))](
-        desc, sa.conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias, s, h, w,
-        bn.eps, K=sa.conv.weight.shape[-1], BLOCK=block)
-    return scale(x, st, a, s)
-
-
-def se_inference(x, se):
-    """SE without autograd in three launches: pooling, MLP, scale."""
-    x, st = _prepare(x)
-    a = _channel_attention_map(x, st, se.fc1, se.fc2, False)
-    return scale(x, st, a)
+def _prepared(x):
+    if _strides(x) is None:
+        x = x.contiguous()
+    return x
 
 
 def cbam_forward(x, channel_attention, spatial_attention):
-    """CBAM with the default options (see :func:`cbam_mmdet.ops.cbam_cpu.cbam_forward`)."""
-    sa = spatial_attention
-    if (not _records_grad(x, channel_attention) and not _records_grad(x, sa)
-            and not _bn_training(sa.bn) and _inference_ready(x, (channel_attention, sa))):
-        return cbam_inference(x, channel_attention, sa)
-    return _CBAMFunction.apply(x, *_params(channel_attention), sa.conv.weight.float(),
-                               sa.bn.weight.float(), sa.bn.bias.float(), sa.bn)
+    """CBAM with the default options, or None where these kernels do not apply (the
+    caller then runs the PyTorch fast path)."""
+    ca, sa = channel_attention, spatial_attention
+    bn = sa.bn
+    params = (ca.fc1.weight, ca.fc1.bias, ca.fc2.weight, ca.fc2.bias, sa.conv.weight,
+              bn.weight, bn.bias)
+    if not _params_ready(params) or (bn.training and bn.momentum is None):
+        return None
+    x = _prepared(x)
+    plan = _plan('cbam', x, ca.fc1.weight.shape[0], sa.conv.weight.shape[-1])
+    if _bn_training(bn) and plan.n * plan.hw < 2:
+        return None  # BatchNorm's own error for one value per channel
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _CBAMFunction.apply(x, *params, plan, ca, sa)
+    out = torch.empty_like(x)
+    ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+    _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa,
+                 'train' if _bn_training(bn) else 'eval')
+    return out
 
 
 def se_forward(x, se):
-    """SE (see :func:`cbam_mmdet.ops.cbam_cpu.se_forward`)."""
-    if not _records_grad(x, se) and _inference_ready(x, (se,)):
-        return se_inference(x, se)
-    return _SEFunction.apply(x, *_params(se))
+    """SE, or None where these kernels do not apply."""
+    params = (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
+    if not _params_ready(params):
+        return None
+    x = _prepared(x)
+    plan = _plan('se', x, se.fc1.weight.shape[0], 0)
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _SEFunction.apply(x, *params, plan, se)
+    out = torch.empty_like(x)
+    ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+    _se_passes(plan, current_stream(x.get_device()), x, ws, out, se)
+    return out

@@ -4,12 +4,9 @@
 :class:`~cbam_mmdet.SE`) is one of
 
 - ``'auto'`` (default): the fast path where it exists for the module's options and the
-  input, else the reference. On CUDA with Triton installed and autograd off
-  (inference): fused Triton kernels (:mod:`.cbam_triton`); otherwise (CPU, CUDA
-  training, CUDA without Triton): the PyTorch fast path (:mod:`.cbam_cpu`). CUDA
-  training uses the PyTorch path because each Triton launch costs about three times
-  the host time of a PyTorch op, and a detector's training step on a fast GPU is bound
-  by host time (docs/speed.md has the measurements).
+  input, else the reference. On CUDA with Triton installed: fused Triton kernels
+  (:mod:`.cbam_triton`), for training and inference; otherwise (CPU, CUDA without
+  Triton, float64): the PyTorch fast path (:mod:`.cbam_cpu`).
 - ``'reference'``: the modules' own ``forward``, written as the equations (the
   definition the fast paths are tested against).
 - ``'fast'``: like ``'auto'``, but refuse (ValueError) module options that have no
@@ -106,7 +103,7 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
         return 'triton'
     if choice == 'torch':
         return 'torch'
-    return 'triton' if use_triton and not torch.is_grad_enabled() else 'torch'
+    return 'triton' if use_triton else 'torch'
 
 
 def eager_backend(x: torch.Tensor) -> str:

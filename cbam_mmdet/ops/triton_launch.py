@@ -1,0 +1,50 @@
+"""Launching Triton kernels with little host time.
+
+``kernel[grid](*args)`` binds and specialises every argument in Python on every call
+(about 15-40 us of host time per launch on the GPU machines measured, docs/speed.md),
+two to three times a PyTorch op. A detector step on a fast GPU is bound by host time, so
+the fast paths launch a kernel through its compiled form instead: the first call with a
+given ``key`` goes through ``kernel[grid]`` (compiling and specialising it), later calls
+with the same key call the compiled kernel's launcher directly (about 5 us).
+
+The key must determine every specialisation Triton makes from the arguments: integer
+values (equal to 1, divisible by 16), pointer alignment (16 bytes) and dtypes. The
+callers build it from the input's shape, strides, dtype, device and alignment, from
+which all their integer arguments and tensors are derived.
+"""
+import os
+
+import torch
+
+# Triton's interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors, through kernel[grid]
+_INTERPRET = os.environ.get('TRITON_INTERPRET', '') == '1'
+_compiled = {}
+_direct = [True]  # False once the compiled kernels' launcher turns out to differ
+
+
+def current_stream(device_index):
+    """The raw handle of the current CUDA stream of a device (for :func:`launch`)."""
+    if _INTERPRET:
+        return 0
+    return torch._C._cuda_getCurrentRawStream(device_index)
+
+
+def launch(kernel, grid, key, stream, *args):
+    """Launch ``kernel`` (a ``triton.jit`` function) on ``grid`` (a 3-tuple) and the
+    current stream (``stream``, from :func:`current_stream`) with ``args`` (all of them,
+    ``tl.constexpr`` ones included, positionally)."""
+    compiled = _compiled.get(key)
+    if compiled is None or not _direct[0] or _INTERPRET:
+        _compiled[key] = kernel[grid](*args)
+        return
+    try:
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,
+                     compiled.packed_metadata, None, None, None, *args)
+    except (TypeError, AttributeError):  # another Triton version's launcher
+        _direct[0] = False
+        kernel[grid](*args)
+
+
+def clear():
+    """Forget the compiled kernels (the next calls compile them again)."""
+    _compiled.clear()
