@@ -430,3 +430,19 @@ def test_benchmark_command_line_arguments():
         parse_args(['--variants', 'nope'])
     with pytest.raises(SystemExit):
         parse_args(['--rounds', '0'])
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_triton_backward_twice_with_retain_graph(cls):
+    """The backward's accumulators are zeroed by the forward; a second backward through
+    the same graph zeroes them again."""
+    m = cls(64).cuda().train()
+    x = torch.randn(2, 64, 12, 12, device='cuda', requires_grad=True)
+    out = m(x)
+    out.backward(torch.ones_like(out), retain_graph=True)
+    first = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    out.backward(torch.ones_like(out))
+    second = [x.grad] + [p.grad for p in m.parameters()]
+    for a, b in zip(first, second):
+        torch.testing.assert_close(b, 2 * a)

@@ -5,25 +5,29 @@ built to launch few kernels, each through :mod:`.triton_launch` (about 5 us of h
 instead of 15-40 us for ``kernel[grid]``), with one workspace allocation per call and no
 other PyTorch ops:
 
-- CBAM forward: ``_pool_partial`` (avg and max over H, W in partial sums), ``_mlp_fwd``
-  (the shared MLP and the sigmoid, ``M_c``), ``_spatial_pool`` ([max; mean] over C of
-  ``M_c F``, never stored), then for inference ``_gate_scale`` computing the 7x7
-  convolution, BatchNorm (running statistics) and sigmoid per pixel and
-  ``out = F M_c M_s`` in one pass (four launches); with autograd or BatchNorm in
-  training mode ``_spatial_conv`` (the convolution and per-block statistics) and
-  ``_bn_stats`` (batch statistics combined per Chan et al., the running statistics
-  updated) come before ``_gate_scale`` (six launches).
+- CBAM forward: ``_pool_mlp`` (avg and max over H, W in partial sums; the last program
+  of each sample to finish runs the shared MLP and the sigmoid, ``M_c``, and zeroes the
+  backward's accumulators), ``_spatial_pool`` ([max; mean] over C of ``M_c F``, never
+  stored), then for inference ``_gate_scale`` computing the 7x7 convolution, BatchNorm
+  (running statistics) and sigmoid per pixel and ``out = F M_c M_s`` in one pass (three
+  launches); with autograd or BatchNorm in training mode, ``_spatial_conv`` (the
+  convolution and per-block statistics; the last program combines them per Chan et al.
+  and updates the running statistics) comes before ``_gate_scale`` (four launches).
 - CBAM backward: ``_bwd_pixels`` (``dL/dM_s`` per pixel and the output's share of
   ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, the descriptor's
   share of ``dL/dM_c``), ``_mlp_bwd`` (the MLP's weight gradients and ``dL/d pooled``),
-  ``_bwd_dx`` (``dL/dF``): four launches and one zeroed workspace.
-- SE: ``_pool_partial``, ``_mlp_fwd``, ``_scale_channels`` forward; ``_bwd_reduce``,
-  ``_mlp_bwd``, ``_bwd_dx`` backward.
+  ``_bwd_dx`` (``dL/dF``): four launches. Parameter gradients are views of the workspace.
+- SE: ``_pool_mlp``, ``_scale_channels`` forward; ``_bwd_reduce``, ``_mlp_bwd``,
+  ``_bwd_dx`` backward.
+
+"Last program to finish" steps count finished programs in an int32 counter per device
+and stream (reset by the last program), after a barrier so that every thread's partial
+results are written first.
 
 The big feature map ``F`` (N, C, H, W) is read three times and written once by the CBAM
-forward (the floor), read twice by SE's. Kernels read any strides where H and W merge
-into one axis (contiguous NCHW and channels_last), accumulate in float32, and write
-``F``'s dtype; the small maps are float32.
+forward (the floor), read twice and written once by SE's. Kernels read any strides
+where H and W merge into one axis (contiguous NCHW and channels_last), accumulate in
+float32, and write ``F``'s dtype; the small maps are float32.
 
 Maxima: the gradient of a max goes to every element equal to it (the reference gives it
 to one element or splits it between ties; ties have probability zero for real-valued
@@ -39,42 +43,12 @@ from .triton_launch import current_stream, launch
 
 
 @triton.jit
-def _pool_partial(x_ptr, ws_ptr, OFF_PART, N, C, HW, sxn, sxc, sxhw, hw_per_prog,
-                  HAS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """part[split, 0, n, c] = sum and part[split, 1, n, c] = max of x over one span of
-    H x W (no atomics, so no zeroed buffer)."""
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = pid_nc // num_cb
-    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    base = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
-    acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
-    acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
-    hw_begin = pid_hw * hw_per_prog
-    for step in range(0, hw_per_prog, BLOCK_HW):
-        offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
-        v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
-                    other=0.0).to(tl.float32)
-        acc_sum += v
-        if HAS_MAX:
-            acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
-    out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
-    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
-    if HAS_MAX:
-        tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
-
-
-@triton.jit
-def _mlp_fwd(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A, OFF_POOLED,
-             OFF_HPRE, N, C, HID, HW, SPLIT,
-             PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """From the partials: pooled[n] = (avg, max), hpre[n] = (W1 avg + b1, W1 max + b1),
-    a[n] = sigmoid(W2 (relu(hpre_avg) + relu(hpre_max)) + 2 b2) (PAIR, CBAM) or
-    sigmoid(W2 relu(hpre_avg) + b2) (SE)."""
-    n = tl.program_id(0)
+def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, OFF_PART, OFF_A, OFF_POOLED,
+                OFF_HPRE, N, C, HID, HW, SPLIT,
+                PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """For sample n, from the partials: pooled[n] = (avg, max), hpre[n] = (W1 avg + b1,
+    W1 max + b1), a[n] = sigmoid(W2 (relu(hpre_avg) + relu(hpre_max)) + 2 b2) (PAIR,
+    CBAM) or sigmoid(W2 relu(hpre_avg) + b2) (SE)."""
     offs_j = tl.arange(0, HID_P)
     mask_j = offs_j < HID
     h_avg = tl.zeros((HID_P,), dtype=tl.float32)
@@ -87,9 +61,10 @@ def _mlp_fwd(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A, OFF_POOLED
         d_max = tl.full((BLOCK_C,), float('-inf'), dtype=tl.float32)
         for k in range(0, SPLIT):
             p = ws_ptr + OFF_PART + k * 2 * N * C + n * C + offs_c
-            d_sum += tl.load(p, mask=mask_c, other=0.0)
+            d_sum += tl.load(p, mask=mask_c, other=0.0, cache_modifier='.cg')
             if PAIR:
-                d_max = tl.maximum(d_max, tl.load(p + N * C, mask=mask_c, other=0.0))
+                d_max = tl.maximum(d_max, tl.load(p + N * C, mask=mask_c, other=0.0,
+                                                  cache_modifier='.cg'))
         d_avg = d_sum / HW
         tl.store(pooled + offs_c, d_avg, mask=mask_c)
         w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
@@ -117,6 +92,59 @@ def _mlp_fwd(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A, OFF_POOLED
 
 
 @triton.jit
+def _zero(ptr, size, BLOCK: tl.constexpr):
+    for start in range(0, size, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(ptr + offs, tl.zeros((BLOCK,), dtype=tl.float32), mask=offs < size)
+
+
+@triton.jit
+def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A,
+              OFF_POOLED, OFF_HPRE, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, N, C, HID, HW,
+              sxn, sxc, sxhw, hw_per_prog,
+              PAIR: tl.constexpr, ZERO_GRADS: tl.constexpr, HID_P: tl.constexpr,
+              MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """part[split, 0, n, c] = sum and part[split, 1, n, c] = max of x over one span of
+    H x W; the last program of sample n to finish (a counter per sample, reset after
+    use) runs the shared MLP of sample n (:func:`_mlp_sample`) and, with ZERO_GRADS,
+    zeroes the backward's atomic accumulators of sample n (and the convolution's)."""
+    pid_nc = tl.program_id(0)
+    pid_hw = tl.program_id(1)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // num_cb
+    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    base = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
+    acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
+    acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
+    hw_begin = pid_hw * hw_per_prog
+    for step in range(0, hw_per_prog, BLOCK_HW):
+        offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
+                    other=0.0).to(tl.float32)
+        acc_sum += v
+        if PAIR:
+            acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
+    out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
+    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
+    if PAIR:
+        tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
+    tl.debug_barrier()  # every thread's partials are written before the counter moves
+    done = tl.atomic_add(cnt_ptr + n, 1, sem='acq_rel')
+    if done == num_cb * tl.num_programs(1) - 1:
+        _mlp_sample(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, OFF_PART, OFF_A,
+                    OFF_POOLED, OFF_HPRE, N, C, HID, HW, tl.num_programs(1), PAIR, HID_P,
+                    MLP_BLOCK_C)
+        if ZERO_GRADS:
+            _zero(ws_ptr + B_DA + n * C, C, 1024)
+            _zero(ws_ptr + B_DPOOLED + n * 2 * C, 2 * C, 1024)
+            if n == 0:
+                _zero(ws_ptr + B_DCONV, DCONV_SIZE, 128)
+        tl.store(cnt_ptr + n, 0)
+
+
+@triton.jit
 def _spatial_pool(x_ptr, ws_ptr, OFF_A, OFF_DESC, C, HW, sxn, sxc, sxhw,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """desc[n, 0, hw] = max_c a[n, c] x[n, c, hw]; desc[n, 1, hw] = mean_c of the same."""
@@ -141,9 +169,56 @@ def _spatial_pool(x_ptr, ws_ptr, OFF_A, OFF_DESC, C, HW, sxn, sxc, sxhw,
 
 
 @triton.jit
-def _spatial_conv(ws_ptr, w_ptr, OFF_DESC, OFF_Z, OFF_CPART, H, W,
-                  K: tl.constexpr, BLOCK: tl.constexpr):
-    """z[n, hw] = conv_KxK(desc[n]) (no bias), and this block's (count, mean, M2) of z."""
+def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, momentum,
+              TRAIN: tl.constexpr, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+    """stats = (mean, 1 / sqrt(var + eps)): of the batch (TRAIN, combined from the
+    blocks' (count, mean, M2) as in Chan et al.; the running statistics updated when
+    UPDATE, with the unbiased variance, as BatchNorm does) or the running ones."""
+    if TRAIN:
+        offs = tl.arange(0, BLOCK)
+        acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range(0, P, BLOCK):
+            o = start + offs
+            m = o < P
+            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
+            acc_c += c
+            acc_cm += c * tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
+                                  cache_modifier='.cg')
+        count = tl.sum(acc_c, axis=0)
+        mean = tl.sum(acc_cm, axis=0) / count
+        acc_m2 = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range(0, P, BLOCK):
+            o = start + offs
+            m = o < P
+            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
+            d = tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
+                        cache_modifier='.cg') - mean
+            acc_m2 += tl.load(ws_ptr + OFF_CPART + o * 3 + 2, mask=m, other=0.0,
+                              cache_modifier='.cg') + c * d * d
+        m2 = tl.sum(acc_m2, axis=0)
+        var = m2 / count
+        if UPDATE:
+            rm = tl.load(rm_ptr)
+            rv = tl.load(rv_ptr)
+            tl.store(rm_ptr, (1.0 - momentum) * rm + momentum * mean)
+            tl.store(rv_ptr, (1.0 - momentum) * rv + momentum * (m2 / (count - 1.0)))
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+    else:
+        mean = tl.load(rm_ptr)
+        var = tl.load(rv_ptr)
+    tl.store(ws_ptr + OFF_STATS, mean)
+    tl.store(ws_ptr + OFF_STATS + 1, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF_Z,
+                  OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
+                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, K: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """z[n, hw] = conv_KxK(desc[n]) (no bias) and this block's (count, mean, M2) of z;
+    the last program to finish (counter SLOT, reset after use) computes the BatchNorm
+    statistics (:func:`_bn_stats`)."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -170,46 +245,13 @@ def _spatial_conv(ws_ptr, w_ptr, OFF_DESC, OFF_Z, OFF_CPART, H, W,
     tl.store(part, cnt)
     tl.store(part + 1, mean)
     tl.store(part + 2, tl.sum(dev * dev, axis=0))
-
-
-@triton.jit
-def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, momentum,
-              TRAIN: tl.constexpr, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
-    """stats = (mean, 1 / sqrt(var + eps)): of the batch (TRAIN, combined from the
-    blocks' (count, mean, M2); the running statistics updated when UPDATE, with the
-    unbiased variance, as BatchNorm does) or the running ones."""
-    if TRAIN:
-        offs = tl.arange(0, BLOCK)
-        acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
-        acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range(0, P, BLOCK):
-            o = start + offs
-            m = o < P
-            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0)
-            acc_c += c
-            acc_cm += c * tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0)
-        count = tl.sum(acc_c, axis=0)
-        mean = tl.sum(acc_cm, axis=0) / count
-        acc_m2 = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range(0, P, BLOCK):
-            o = start + offs
-            m = o < P
-            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0)
-            d = tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0) - mean
-            acc_m2 += tl.load(ws_ptr + OFF_CPART + o * 3 + 2, mask=m, other=0.0) + c * d * d
-        m2 = tl.sum(acc_m2, axis=0)
-        var = m2 / count
-        if UPDATE:
-            rm = tl.load(rm_ptr)
-            rv = tl.load(rv_ptr)
-            tl.store(rm_ptr, (1.0 - momentum) * rm + momentum * mean)
-            tl.store(rv_ptr, (1.0 - momentum) * rv + momentum * (m2 / (count - 1.0)))
-            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
-    else:
-        mean = tl.load(rm_ptr)
-        var = tl.load(rv_ptr)
-    tl.store(ws_ptr + OFF_STATS, mean)
-    tl.store(ws_ptr + OFF_STATS + 1, 1.0 / tl.sqrt(var + eps))
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + SLOT, 1, sem='acq_rel')
+    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+        _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART,
+                  tl.num_programs(0) * tl.num_programs(1), OFF_STATS, eps, momentum,
+                  TRAIN, UPDATE, 256)
+        tl.store(cnt_ptr + SLOT, 0)
 
 
 @triton.jit
@@ -610,15 +652,23 @@ class _Plan:
         self.grad_sizes = [size for _, size in grads]
         if cbam:  # dbn holds (d gamma, d beta)
             self.grad_sizes[-1:] = [1, 1]
-        self.bws, self.bws_size = _layout([
+        # the backward's regions follow the forward's in one allocation (autograd only)
+        self.bws, bws_size = _layout([
             ('da', n * c), ('dpooled', n * 2 * c), ('dpre', n * 2 * hid),
             ('dz', n * hw if cbam else 0), ('bnpart', self.bnpart * 2 if cbam else 0),
             ('ddesc', n * 2 * hw if cbam else 0), ('grads', sum(self.grad_sizes))])
+        self.bws = {name: self.ws_size + off for name, off in self.bws.items()}
+        self.total_size = self.ws_size + bws_size
         self.grad_start = offset = self.bws['grads']
         for name, size in grads:
             self.bws[name] = offset
             offset += size
         self.grad_end = offset
+        self.split_sizes = [self.grad_start] + self.grad_sizes + [self.total_size - offset]
+        # accumulated by atomics: zeroed by the forward's _pool_mlp
+        self.atomic_regions = [(self.bws['da'], n * c), (self.bws['dpooled'], n * 2 * c)]
+        if cbam:
+            self.atomic_regions.append((self.bws['dconv'], 2 * k * k))
 
     def launch_key(self, name, extra=None):
         return (name, self.key, extra)
@@ -632,32 +682,43 @@ def _plan(kind, x, hid, k):
            hid, k)
     plan = _plans.get(key)
     if plan is None:
-        st = _strides(x)
-        if st is None:
-            return None
-        plan = _plans[key] = _Plan(kind, x, st, hid, k)
+        plan = _plans[key] = _Plan(kind, x, _strides(x), hid, k)
     return plan
+
+
+_counters = {}
+
+
+def _counters_for(x, stream, size):
+    """Zeroed int32 counters for the kernels' last-program-finishes steps, one set per
+    device and stream (the kernels reset them to zero after use)."""
+    key = (x.get_device(), stream)
+    counters = _counters.get(key)
+    if counters is None or counters.numel() < size:
+        counters = _counters[key] = torch.zeros(max(size, 64), dtype=torch.int32,
+                                                device=x.device)
+    return counters
 
 
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, x, ws, fc1, fc2, pair):
-    o, st = plan.ws, plan.st
-    launch(_pool_partial, plan.pool_grid, plan.launch_key('pool', pair), stream,
-           x, ws, o['part'], plan.n, plan.c, plan.hw, *st, plan.pool_hw_per_prog,
-           pair, plan.pool_bc, plan.pool_bhw)
-    launch(_mlp_fwd, (plan.n, 1, 1), plan.launch_key('mlp', pair), stream,
-           ws, fc1.weight, fc1.bias, fc2.weight, fc2.bias, o['part'], o['a'], o['pooled'],
-           o['hpre'], plan.n, plan.c, plan.hid, plan.hw, plan.split,
-           pair, plan.hid_p, plan.mlp_bc)
+def _channel_map(plan, stream, counters, x, ws, fc1, fc2, pair, zero_grads):
+    o, b, st = plan.ws, plan.bws, plan.st
+    launch(_pool_mlp, plan.pool_grid, plan.launch_key('poolmlp', (pair, zero_grads)), stream,
+           x, ws, counters, fc1.weight, fc1.bias, fc2.weight, fc2.bias, o['part'], o['a'],
+           o['pooled'], o['hpre'], b['da'], b['dpooled'], b['dconv'] if pair else 0,
+           2 * plan.k * plan.k, plan.n, plan.c, plan.hid, plan.hw, *st,
+           plan.pool_hw_per_prog, pair, zero_grads, plan.hid_p, plan.mlp_bc, plan.pool_bc,
+           plan.pool_bhw)
 
 
-def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode):
+def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
     """The forward passes. bn_mode: 'eval' (running statistics, nothing saved for a
-    backward: four launches), 'eval_saved' (running statistics, z and s saved) or
-    'train' (batch statistics, running statistics updated, z and s saved)."""
+    backward: three launches), 'eval_saved' (running statistics, z and s saved) or
+    'train' (batch statistics, running statistics updated, z and s saved): four."""
     o, st = plan.ws, plan.st
-    _channel_map(plan, stream, x, ws, ca.fc1, ca.fc2, True)
+    counters = _counters_for(x, stream, plan.n + 1)
+    _channel_map(plan, stream, counters, x, ws, ca.fc1, ca.fc2, True, zero_grads)
     launch(_spatial_pool, plan.sp_grid, plan.launch_key('spool'), stream,
            x, ws, o['a'], o['desc'], plan.c, plan.hw, *st, plan.sp_bc, plan.sp_bhw)
     bn = sa.bn
@@ -665,51 +726,55 @@ def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode):
     rv = bn.running_var if bn.running_var is not None else ws
     from_z = bn_mode != 'eval'
     if from_z:
-        launch(_spatial_conv, plan.conv_grid, plan.launch_key('conv'), stream,
-               ws, sa.conv.weight, o['desc'], o['z'], o['cpart'], plan.h, plan.w,
-               plan.k, plan.conv_block)
         train = bn_mode == 'train'
         update = train and bn.running_mean is not None
-        nbt = bn.num_batches_tracked if update else ws
-        launch(_bn_stats, (1, 1, 1), plan.launch_key('bnstats', (train, update)), stream,
-               ws, rm, rv, nbt, o['cpart'], plan.conv_parts, o['stats'], bn.eps,
-               bn.momentum if update else 0.0, train, update, 256)
+        launch(_spatial_conv, plan.conv_grid, plan.launch_key('conv', (train, update)),
+               stream, ws, sa.conv.weight, counters, rm, rv,
+               bn.num_batches_tracked if update else ws, o['desc'], o['z'], o['cpart'],
+               o['stats'], plan.n, plan.h, plan.w, bn.eps, bn.momentum if update else 0.0,
+               train, update, plan.k, plan.conv_block)
     launch(_gate_scale, plan.pix_grid, plan.launch_key('gate', from_z), stream,
-           x, ws, out, sa.conv.weight, rm, rv, sa.bn.weight, sa.bn.bias,
+           x, ws, out, sa.conv.weight, rm, rv, bn.weight, bn.bias,
            o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w, *st,
            bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
 
 
-def _se_passes(plan, stream, x, ws, out, se):
-    _channel_map(plan, stream, x, ws, se.fc1, se.fc2, False)
+def _se_passes(plan, stream, x, ws, out, se, zero_grads):
+    counters = _counters_for(x, stream, plan.n)
+    _channel_map(plan, stream, counters, x, ws, se.fc1, se.fc2, False, zero_grads)
     launch(_scale_channels, plan.tile_grid, plan.launch_key('scale'), stream,
            x, ws, out, plan.ws['a'], plan.c, plan.hw, *plan.st, plan.tile_bc,
            plan.tile_bhw)
 
 
 def _backward_common(ctx, g):
-    """(plan, stream, g, its strides, backward workspace, launch-key extra)."""
+    """(plan, stream, g, its strides, launch-key extra), the atomic accumulators zeroed
+    again when the graph is run backward a second time (retain_graph)."""
     plan = ctx.plan
+    ws = ctx.saved_tensors[1]
+    if ctx.backward_done:
+        for start, size in plan.atomic_regions:
+            ws.narrow(0, start, size).zero_()
+    ctx.backward_done = True
     sg = _strides(g)
     if sg is None:
         g = g.contiguous()
         sg = _strides(g)
     extra = (sg, g.dtype, g.data_ptr() % 16 == 0)
-    bws = torch.zeros(plan.bws_size, device=g.device, dtype=torch.float32)
-    return plan, current_stream(g.get_device()), g, sg, bws, extra
+    return plan, current_stream(g.get_device()), g, sg, extra
 
 
-def _mlp_backward(plan, stream, ws, bws, w1, w2, pair, extra):
+def _mlp_backward(plan, stream, ws, w1, w2, pair):
     o, b = plan.ws, plan.bws
     launch(_mlp_bwd, plan.mlp_bwd_grid, plan.launch_key('mlpbwd', pair), stream,
-           ws, bws, w1, w2, o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'],
+           ws, ws, w1, w2, o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'],
            b['db1'], b['dw2'], b['db2'], b['dpooled'], plan.n, plan.c, plan.hid,
            pair, plan.mlp_bwd_bj, 64)
 
 
-def _param_grads(plan, bws, needs):
-    grads = torch.split(bws[plan.grad_start:plan.grad_end], plan.grad_sizes)
-    return [g.view(shape) if need else None
+def _param_grads(plan, ws, needs):
+    grads = ws.split_with_sizes(plan.split_sizes)[1:-1]
+    return [(g.view(shape) if len(shape) > 1 else g) if need else None
             for g, shape, need in zip(grads, plan.grad_shapes, needs)]
 
 
@@ -717,67 +782,68 @@ class _CBAMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, plan, ca, sa):
-        ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+        ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
         bn_mode = 'train' if _bn_training(sa.bn) else 'eval_saved'
-        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa, bn_mode)
+        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa, bn_mode,
+                     True)
         ctx.save_for_backward(x, ws, fc1_w, fc2_w, conv_w, bn_w)
-        ctx.plan, ctx.bn_train = plan, bn_mode == 'train'
+        ctx.plan, ctx.bn_train, ctx.backward_done = plan, bn_mode == 'train', False
         return out
 
     @staticmethod
     def backward(ctx, g):
         x, ws, fc1_w, fc2_w, conv_w, bn_w = ctx.saved_tensors
-        plan, stream, g, sg, bws, extra = _backward_common(ctx, g)
+        plan, stream, g, sg, extra = _backward_common(ctx, g)
         o, b, st = plan.ws, plan.bws, plan.st
         launch(_bwd_pixels, plan.pix_grid, plan.launch_key('bwdpix', extra), stream,
-               g, x, ws, bws, o['a'], o['s'], o['z'], o['stats'], b['da'], b['dz'],
+               g, x, ws, ws, o['a'], o['s'], o['z'], o['stats'], b['da'], b['dz'],
                b['bnpart'], plan.c, plan.hw, *st, *sg, plan.pix_bc, plan.pix_bhw)
         launch(_bwd_spatial, plan.pix_grid, plan.launch_key('bwdsp', ctx.bn_train), stream,
-               x, ws, bws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
+               x, ws, ws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
                b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['da'], b['ddesc'],
                plan.c, plan.h, plan.w, *st, ctx.bn_train, plan.k, 256, plan.pix_bc,
                plan.pix_bhw)
-        _mlp_backward(plan, stream, ws, bws, fc1_w, fc2_w, True, extra)
+        _mlp_backward(plan, stream, ws, fc1_w, fc2_w, True)
         needs = ctx.needs_input_grad
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
             launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (True,) + extra), stream,
-                   g, x, ws, bws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
+                   g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
                    b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
                    plan.tile_bhw)
-        return (dx, *_param_grads(plan, bws, needs[1:8]), None, None, None)
+        return (dx, *_param_grads(plan, ws, needs[1:8]), None, None, None)
 
 
 class _SEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, plan, se):
-        ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+        ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
-        _se_passes(plan, current_stream(x.get_device()), x, ws, out, se)
+        _se_passes(plan, current_stream(x.get_device()), x, ws, out, se, True)
         ctx.save_for_backward(x, ws, fc1_w, fc2_w)
-        ctx.plan = plan
+        ctx.plan, ctx.backward_done = plan, False
         return out
 
     @staticmethod
     def backward(ctx, g):
         x, ws, fc1_w, fc2_w = ctx.saved_tensors
-        plan, stream, g, sg, bws, extra = _backward_common(ctx, g)
+        plan, stream, g, sg, extra = _backward_common(ctx, g)
         o, b, st = plan.ws, plan.bws, plan.st
         launch(_bwd_reduce, plan.red_grid, plan.launch_key('bwdred', extra), stream,
-               g, x, bws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
+               g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
                plan.tile_bc, plan.tile_bhw)
-        _mlp_backward(plan, stream, ws, bws, fc1_w, fc2_w, False, extra)
+        _mlp_backward(plan, stream, ws, fc1_w, fc2_w, False)
         needs = ctx.needs_input_grad
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
             launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (False,) + extra), stream,
-                   g, x, ws, bws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
+                   g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
                    plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
-        return (dx, *_param_grads(plan, bws, needs[1:5]), None, None)
+        return (dx, *_param_grads(plan, ws, needs[1:5]), None, None)
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -794,10 +860,9 @@ def _params_ready(params):
     return True
 
 
-def _prepared(x):
-    if _strides(x) is None:
-        x = x.contiguous()
-    return x
+def _records_grad(x, params):
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in params))
 
 
 def cbam_forward(x, channel_attention, spatial_attention):
@@ -809,16 +874,17 @@ def cbam_forward(x, channel_attention, spatial_attention):
               bn.weight, bn.bias)
     if not _params_ready(params) or (bn.training and bn.momentum is None):
         return None
-    x = _prepared(x)
+    if _strides(x) is None:
+        x = x.contiguous()
     plan = _plan('cbam', x, ca.fc1.weight.shape[0], sa.conv.weight.shape[-1])
     if _bn_training(bn) and plan.n * plan.hw < 2:
         return None  # BatchNorm's own error for one value per channel
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    if _records_grad(x, params):
         return _CBAMFunction.apply(x, *params, plan, ca, sa)
     out = torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
     _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa,
-                 'train' if _bn_training(bn) else 'eval')
+                 'train' if _bn_training(bn) else 'eval', False)
     return out
 
 
@@ -827,11 +893,12 @@ def se_forward(x, se):
     params = (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
     if not _params_ready(params):
         return None
-    x = _prepared(x)
+    if _strides(x) is None:
+        x = x.contiguous()
     plan = _plan('se', x, se.fc1.weight.shape[0], 0)
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    if _records_grad(x, params):
         return _SEFunction.apply(x, *params, plan, se)
     out = torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
-    _se_passes(plan, current_stream(x.get_device()), x, ws, out, se)
+    _se_passes(plan, current_stream(x.get_device()), x, ws, out, se, False)
     return out
