@@ -604,8 +604,6 @@ class _Plan:
     def __init__(self, kind, x, st, hid, k):
         n, c, h, w = x.shape
         hw = h * w
-        self.key = (kind, tuple(x.shape), st, x.dtype, x.get_device(),
-                    x.data_ptr() % 16 == 0, hid, k)
         self.n, self.c, self.h, self.w, self.hw, self.st, self.hid, self.k = \
             n, c, h, w, hw, st, hid, k
         cl = st[1] == 1  # channels_last: C is the contiguous axis
@@ -670,15 +668,24 @@ class _Plan:
         if cbam:
             self.atomic_regions.append((self.bws['dconv'], 2 * k * k))
 
-    def launch_key(self, name, extra=None):
-        return (name, self.key, extra)
+        self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
+        o, b = self.ws, self.bws
+        pair = cbam
+        self.poolmlp_tail = {zero: (
+            o['part'], o['a'], o['pooled'], o['hpre'], b['da'], b['dpooled'],
+            b['dconv'] if pair else 0, 2 * k * k, n, c, hid, hw, *st, self.pool_hw_per_prog,
+            pair, zero, self.hid_p, self.mlp_bc, self.pool_bc, self.pool_bhw)
+            for zero in (False, True)}
+        self.mlpbwd_tail = (
+            o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
+            b['db2'], b['dpooled'], n, c, hid, pair, self.mlp_bwd_bj, 64)
 
 
 _plans = {}
 
 
 def _plan(kind, x, hid, k):
-    key = (kind, x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0,
+    key = (kind, x.shape, x.stride(), x.dtype, x.get_device(), not x.data_ptr() % 16,
            hid, k)
     plan = _plans.get(key)
     if plan is None:
@@ -702,14 +709,11 @@ def _counters_for(x, stream, size):
 
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, counters, x, ws, fc1, fc2, pair, zero_grads):
-    o, b, st = plan.ws, plan.bws, plan.st
-    launch(_pool_mlp, plan.pool_grid, plan.launch_key('poolmlp', (pair, zero_grads)), stream,
-           x, ws, counters, fc1.weight, fc1.bias, fc2.weight, fc2.bias, o['part'], o['a'],
-           o['pooled'], o['hpre'], b['da'], b['dpooled'], b['dconv'] if pair else 0,
-           2 * plan.k * plan.k, plan.n, plan.c, plan.hid, plan.hw, *st,
-           plan.pool_hw_per_prog, pair, zero_grads, plan.hid_p, plan.mlp_bc, plan.pool_bc,
-           plan.pool_bhw)
+def _channel_map(plan, stream, counters, x, ws, fc1, fc2, zero_grads):
+    f1, f2 = fc1._parameters, fc2._parameters
+    launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
+           x, ws, counters, f1['weight'], f1['bias'], f2['weight'], f2['bias'],
+           *plan.poolmlp_tail[zero_grads])
 
 
 def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
@@ -718,8 +722,8 @@ def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
     'train' (batch statistics, running statistics updated, z and s saved): four."""
     o, st = plan.ws, plan.st
     counters = _counters_for(x, stream, plan.n + 1)
-    _channel_map(plan, stream, counters, x, ws, ca.fc1, ca.fc2, True, zero_grads)
-    launch(_spatial_pool, plan.sp_grid, plan.launch_key('spool'), stream,
+    _channel_map(plan, stream, counters, x, ws, ca.fc1, ca.fc2, zero_grads)
+    launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, o['a'], o['desc'], plan.c, plan.hw, *st, plan.sp_bc, plan.sp_bhw)
     bn = sa.bn
     rm = bn.running_mean if bn.running_mean is not None else ws
@@ -728,12 +732,12 @@ def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
     if from_z:
         train = bn_mode == 'train'
         update = train and bn.running_mean is not None
-        launch(_spatial_conv, plan.conv_grid, plan.launch_key('conv', (train, update)),
-               stream, ws, sa.conv.weight, counters, rm, rv,
+        launch(_spatial_conv, plan.conv_grid, plan.compiled, ('conv', train, update), stream,
+               ws, sa.conv.weight, counters, rm, rv,
                bn.num_batches_tracked if update else ws, o['desc'], o['z'], o['cpart'],
                o['stats'], plan.n, plan.h, plan.w, bn.eps, bn.momentum if update else 0.0,
                train, update, plan.k, plan.conv_block)
-    launch(_gate_scale, plan.pix_grid, plan.launch_key('gate', from_z), stream,
+    launch(_gate_scale, plan.pix_grid, plan.compiled, ('gate', from_z), stream,
            x, ws, out, sa.conv.weight, rm, rv, bn.weight, bn.bias,
            o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w, *st,
            bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
@@ -741,8 +745,8 @@ def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
 
 def _se_passes(plan, stream, x, ws, out, se, zero_grads):
     counters = _counters_for(x, stream, plan.n)
-    _channel_map(plan, stream, counters, x, ws, se.fc1, se.fc2, False, zero_grads)
-    launch(_scale_channels, plan.tile_grid, plan.launch_key('scale'), stream,
+    _channel_map(plan, stream, counters, x, ws, se.fc1, se.fc2, zero_grads)
+    launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, plan.ws['a'], plan.c, plan.hw, *plan.st, plan.tile_bc,
            plan.tile_bhw)
 
@@ -764,12 +768,9 @@ def _backward_common(ctx, g):
     return plan, current_stream(g.get_device()), g, sg, extra
 
 
-def _mlp_backward(plan, stream, ws, w1, w2, pair):
-    o, b = plan.ws, plan.bws
-    launch(_mlp_bwd, plan.mlp_bwd_grid, plan.launch_key('mlpbwd', pair), stream,
-           ws, ws, w1, w2, o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'],
-           b['db1'], b['dw2'], b['db2'], b['dpooled'], plan.n, plan.c, plan.hid,
-           pair, plan.mlp_bwd_bj, 64)
+def _mlp_backward(plan, stream, ws, w1, w2):
+    launch(_mlp_bwd, plan.mlp_bwd_grid, plan.compiled,
+           'mlpbwd', stream, ws, ws, w1, w2, *plan.mlpbwd_tail)
 
 
 def _param_grads(plan, ws, needs):
@@ -796,20 +797,20 @@ class _CBAMFunction(torch.autograd.Function):
         x, ws, fc1_w, fc2_w, conv_w, bn_w = ctx.saved_tensors
         plan, stream, g, sg, extra = _backward_common(ctx, g)
         o, b, st = plan.ws, plan.bws, plan.st
-        launch(_bwd_pixels, plan.pix_grid, plan.launch_key('bwdpix', extra), stream,
+        launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
                g, x, ws, ws, o['a'], o['s'], o['z'], o['stats'], b['da'], b['dz'],
                b['bnpart'], plan.c, plan.hw, *st, *sg, plan.pix_bc, plan.pix_bhw)
-        launch(_bwd_spatial, plan.pix_grid, plan.launch_key('bwdsp', ctx.bn_train), stream,
+        launch(_bwd_spatial, plan.pix_grid, plan.compiled, ('bwdsp', ctx.bn_train), stream,
                x, ws, ws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
                b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['da'], b['ddesc'],
                plan.c, plan.h, plan.w, *st, ctx.bn_train, plan.k, 256, plan.pix_bc,
                plan.pix_bhw)
-        _mlp_backward(plan, stream, ws, fc1_w, fc2_w, True)
+        _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
         needs = ctx.needs_input_grad
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
-            launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (True,) + extra), stream,
+            launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
                    g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
                    b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
                    plan.tile_bhw)
@@ -832,15 +833,15 @@ class _SEFunction(torch.autograd.Function):
         x, ws, fc1_w, fc2_w = ctx.saved_tensors
         plan, stream, g, sg, extra = _backward_common(ctx, g)
         o, b, st = plan.ws, plan.bws, plan.st
-        launch(_bwd_reduce, plan.red_grid, plan.launch_key('bwdred', extra), stream,
+        launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
                g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
                plan.tile_bc, plan.tile_bhw)
-        _mlp_backward(plan, stream, ws, fc1_w, fc2_w, False)
+        _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
         needs = ctx.needs_input_grad
         dx = None
         if needs[0]:
             dx = torch.empty_like(x)
-            launch(_bwd_dx, plan.tile_grid, plan.launch_key('dx', (False,) + extra), stream,
+            launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
                    g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
                    plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
         return (dx, *_param_grads(plan, ws, needs[1:5]), None, None)
@@ -870,13 +871,15 @@ def cbam_forward(x, channel_attention, spatial_attention):
     caller then runs the PyTorch fast path)."""
     ca, sa = channel_attention, spatial_attention
     bn = sa.bn
-    params = (ca.fc1.weight, ca.fc1.bias, ca.fc2.weight, ca.fc2.bias, sa.conv.weight,
-              bn.weight, bn.bias)
+    f1, f2, cv, bp = (ca.fc1._parameters, ca.fc2._parameters, sa.conv._parameters,
+                      bn._parameters)
+    params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'], cv['weight'],
+              bp['weight'], bp['bias'])
     if not _params_ready(params) or (bn.training and bn.momentum is None):
         return None
     if _strides(x) is None:
         x = x.contiguous()
-    plan = _plan('cbam', x, ca.fc1.weight.shape[0], sa.conv.weight.shape[-1])
+    plan = _plan('cbam', x, params[0].shape[0], params[4].shape[-1])
     if _bn_training(bn) and plan.n * plan.hw < 2:
         return None  # BatchNorm's own error for one value per channel
     if _records_grad(x, params):
@@ -890,12 +893,13 @@ def cbam_forward(x, channel_attention, spatial_attention):
 
 def se_forward(x, se):
     """SE, or None where these kernels do not apply."""
-    params = (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
+    f1, f2 = se.fc1._parameters, se.fc2._parameters
+    params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'])
     if not _params_ready(params):
         return None
     if _strides(x) is None:
         x = x.contiguous()
-    plan = _plan('se', x, se.fc1.weight.shape[0], 0)
+    plan = _plan('se', x, params[0].shape[0], 0)
     if _records_grad(x, params):
         return _SEFunction.apply(x, *params, plan, se)
     out = torch.empty_like(x)

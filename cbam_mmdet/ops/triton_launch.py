@@ -9,8 +9,10 @@ with the same key call the compiled kernel's launcher directly (about 5 us).
 
 The key must determine every specialisation Triton makes from the arguments: integer
 values (equal to 1, divisible by 16), pointer alignment (16 bytes) and dtypes. The
-callers build it from the input's shape, strides, dtype, device and alignment, from
-which all their integer arguments and tensors are derived.
+callers keep one cache per input signature (shape, strides, dtype, device and
+alignment, from which all their integer arguments are derived) and key it by the
+kernel, its compile-time options and the signature of any further tensor (the
+gradient).
 """
 import os
 
@@ -18,7 +20,6 @@ import torch
 
 # Triton's interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors, through kernel[grid]
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '') == '1'
-_compiled = {}
 _direct = [True]  # False once the compiled kernels' launcher turns out to differ
 
 
@@ -29,13 +30,14 @@ def current_stream(device_index):
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
-def launch(kernel, grid, key, stream, *args):
+def launch(kernel, grid, cache, key, stream, *args):
     """Launch ``kernel`` (a ``triton.jit`` function) on ``grid`` (a 3-tuple) and the
     current stream (``stream``, from :func:`current_stream`) with ``args`` (all of them,
-    ``tl.constexpr`` ones included, positionally)."""
-    compiled = _compiled.get(key)
+    ``tl.constexpr`` ones included, positionally); ``cache`` (a dict) keeps the compiled
+    kernel under ``key``."""
+    compiled = cache.get(key)
     if compiled is None or not _direct[0] or _INTERPRET:
-        _compiled[key] = kernel[grid](*args)
+        cache[key] = kernel[grid](*args)
         return
     try:
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,
@@ -43,8 +45,3 @@ def launch(kernel, grid, key, stream, *args):
     except (TypeError, AttributeError):  # another Triton version's launcher
         _direct[0] = False
         kernel[grid](*args)
-
-
-def clear():
-    """Forget the compiled kernels (the next calls compile them again)."""
-    _compiled.clear()
