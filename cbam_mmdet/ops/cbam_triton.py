@@ -709,43 +709,43 @@ def _counters_for(x, stream, size):
 
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, counters, x, ws, fc1, fc2, zero_grads):
-    f1, f2 = fc1._parameters, fc2._parameters
+def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
-           x, ws, counters, f1['weight'], f1['bias'], f2['weight'], f2['bias'],
-           *plan.poolmlp_tail[zero_grads])
+           x, ws, counters, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads])
 
 
-def _cbam_passes(plan, stream, x, ws, out, ca, sa, bn_mode, zero_grads):
+def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
     """The forward passes. bn_mode: 'eval' (running statistics, nothing saved for a
     backward: three launches), 'eval_saved' (running statistics, z and s saved) or
     'train' (batch statistics, running statistics updated, z and s saved): four."""
     o, st = plan.ws, plan.st
+    w1, b1, w2, b2, conv_w, bn_w, bn_b = params
     counters = _counters_for(x, stream, plan.n + 1)
-    _channel_map(plan, stream, counters, x, ws, ca.fc1, ca.fc2, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, o['a'], o['desc'], plan.c, plan.hw, *st, plan.sp_bc, plan.sp_bhw)
-    bn = sa.bn
-    rm = bn.running_mean if bn.running_mean is not None else ws
-    rv = bn.running_var if bn.running_var is not None else ws
+    buffers = bn._buffers
+    rm, rv = buffers['running_mean'], buffers['running_var']
+    if rm is None:
+        rm = rv = ws
     from_z = bn_mode != 'eval'
     if from_z:
         train = bn_mode == 'train'
-        update = train and bn.running_mean is not None
+        update = train and rm is not ws
         launch(_spatial_conv, plan.conv_grid, plan.compiled, ('conv', train, update), stream,
-               ws, sa.conv.weight, counters, rm, rv,
-               bn.num_batches_tracked if update else ws, o['desc'], o['z'], o['cpart'],
-               o['stats'], plan.n, plan.h, plan.w, bn.eps, bn.momentum if update else 0.0,
-               train, update, plan.k, plan.conv_block)
+               ws, conv_w, counters, rm, rv,
+               buffers['num_batches_tracked'] if update else ws, o['desc'], o['z'],
+               o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
+               bn.momentum if update else 0.0, train, update, plan.k, plan.conv_block)
     launch(_gate_scale, plan.pix_grid, plan.compiled, ('gate', from_z), stream,
-           x, ws, out, sa.conv.weight, rm, rv, bn.weight, bn.bias,
+           x, ws, out, conv_w, rm, rv, bn_w, bn_b,
            o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w, *st,
            bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
 
 
-def _se_passes(plan, stream, x, ws, out, se, zero_grads):
+def _se_passes(plan, stream, x, ws, out, params, zero_grads):
     counters = _counters_for(x, stream, plan.n)
-    _channel_map(plan, stream, counters, x, ws, se.fc1, se.fc2, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, *params, zero_grads)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, plan.ws['a'], plan.c, plan.hw, *plan.st, plan.tile_bc,
            plan.tile_bhw)
@@ -782,12 +782,12 @@ def _param_grads(plan, ws, needs):
 class _CBAMFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, plan, ca, sa):
+    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, plan, bn, bn_train):
         ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
-        bn_mode = 'train' if _bn_training(sa.bn) else 'eval_saved'
-        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa, bn_mode,
-                     True)
+        bn_mode = 'train' if bn_train else 'eval_saved'
+        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out,
+                     (fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b), bn, bn_mode, True)
         ctx.save_for_backward(x, ws, fc1_w, fc2_w, conv_w, bn_w)
         ctx.plan, ctx.bn_train, ctx.backward_done = plan, bn_mode == 'train', False
         return out
@@ -820,10 +820,11 @@ class _CBAMFunction(torch.autograd.Function):
 class _SEFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, plan, se):
+    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, plan):
         ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
-        _se_passes(plan, current_stream(x.get_device()), x, ws, out, se, True)
+        _se_passes(plan, current_stream(x.get_device()), x, ws, out,
+                   (fc1_w, fc1_b, fc2_w, fc2_b), True)
         ctx.save_for_backward(x, ws, fc1_w, fc2_w)
         ctx.plan, ctx.backward_done = plan, False
         return out
@@ -844,13 +845,13 @@ class _SEFunction(torch.autograd.Function):
             launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
                    g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
                    plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
-        return (dx, *_param_grads(plan, ws, needs[1:5]), None, None)
+        return (dx, *_param_grads(plan, ws, needs[1:5]), None)
 
 
 # ---- entry points ---------------------------------------------------------------------
 
 def _bn_training(bn):
-    return bn.training or bn.running_mean is None
+    return bn.training or bn._buffers['running_mean'] is None
 
 
 def _params_ready(params):
@@ -869,31 +870,33 @@ def _records_grad(x, params):
 def cbam_forward(x, channel_attention, spatial_attention):
     """CBAM with the default options, or None where these kernels do not apply (the
     caller then runs the PyTorch fast path)."""
-    ca, sa = channel_attention, spatial_attention
-    bn = sa.bn
-    f1, f2, cv, bp = (ca.fc1._parameters, ca.fc2._parameters, sa.conv._parameters,
-                      bn._parameters)
+    ca_modules, sa_modules = channel_attention._modules, spatial_attention._modules
+    bn = sa_modules['bn']
+    f1, f2 = ca_modules['fc1']._parameters, ca_modules['fc2']._parameters
+    cv, bp = sa_modules['conv']._parameters, bn._parameters
     params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'], cv['weight'],
               bp['weight'], bp['bias'])
+    bn_train = _bn_training(bn)
     if not _params_ready(params) or (bn.training and bn.momentum is None):
         return None
     if _strides(x) is None:
         x = x.contiguous()
     plan = _plan('cbam', x, params[0].shape[0], params[4].shape[-1])
-    if _bn_training(bn) and plan.n * plan.hw < 2:
+    if bn_train and plan.n * plan.hw < 2:
         return None  # BatchNorm's own error for one value per channel
     if _records_grad(x, params):
-        return _CBAMFunction.apply(x, *params, plan, ca, sa)
+        return _CBAMFunction.apply(x, *params, plan, bn, bn_train)
     out = torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
-    _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, ca, sa,
-                 'train' if _bn_training(bn) else 'eval', False)
+    _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, params, bn,
+                 'train' if bn_train else 'eval', False)
     return out
 
 
 def se_forward(x, se):
     """SE, or None where these kernels do not apply."""
-    f1, f2 = se.fc1._parameters, se.fc2._parameters
+    modules = se._modules
+    f1, f2 = modules['fc1']._parameters, modules['fc2']._parameters
     params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'])
     if not _params_ready(params):
         return None
@@ -901,8 +904,8 @@ def se_forward(x, se):
         x = x.contiguous()
     plan = _plan('se', x, params[0].shape[0], 0)
     if _records_grad(x, params):
-        return _SEFunction.apply(x, *params, plan, se)
+        return _SEFunction.apply(x, *params, plan)
     out = torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
-    _se_passes(plan, current_stream(x.get_device()), x, ws, out, se, False)
+    _se_passes(plan, current_stream(x.get_device()), x, ws, out, params, False)
     return out

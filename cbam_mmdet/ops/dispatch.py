@@ -17,8 +17,9 @@
 - ``'eager'``: like ``'auto'``, never a CUDA graph.
 
 ``'auto'`` (and ``'fast'``) use CUDA graphs for CUDA inference when
-``GRAPH_BY_DEFAULT`` is True (the default: on an H200 they took CBAM inference in
-Faster R-CNN from 1.28x to about 1.1x the baseline, docs/speed.md v4).
+``GRAPH_BY_DEFAULT`` is True. It is False: with the launch-lean kernels (three
+launches for CBAM inference, two for SE) the graphs no longer paid for their two extra
+passes and their memory on an H200 (docs/speed.md, v5); ``'graph'`` keeps them.
 
 The environment variable ``CBAM_MMDET_ATTENTION`` (``auto``, ``reference``,
 ``fast``, ``graph``, ``eager``, ``torch`` or ``triton``), when set, overrides
@@ -33,8 +34,8 @@ import torch
 IMPLEMENTATIONS = ('auto', 'reference', 'fast', 'graph', 'eager')
 ENV_VAR = 'CBAM_MMDET_ATTENTION'
 ENV_CHOICES = ('auto', 'reference', 'fast', 'graph', 'eager', 'torch', 'triton')
-# Whether 'auto' replays CUDA graphs for CUDA inference (docs/speed.md, v4).
-GRAPH_BY_DEFAULT = True
+# Whether 'auto' replays CUDA graphs for CUDA inference (docs/speed.md, v4 and v5).
+GRAPH_BY_DEFAULT = False
 
 # Input dtypes the Triton kernels take (float64 goes to the PyTorch fast path).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
