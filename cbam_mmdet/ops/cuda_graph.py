@@ -1,9 +1,9 @@
 """CUDA-graph replay of a plugin's inference fast path (one graph per input signature).
 
-On a fast GPU a detector's inference step is bound by host time: each PyTorch op costs
-about 12 us and each Triton launch about 38 us of CPU time, and a CBAM call is five
-launches (docs/speed.md). Replaying a captured CUDA graph costs one launch, so a call
-becomes three host operations:
+Used with ``implementation='graph'`` (off by default since the Triton paths launch three
+kernels per CBAM call and two per SE call, docs/speed.md v5). On a fast GPU a
+detector's inference step is bound by host time; replaying a captured CUDA graph costs
+one launch, so a call becomes three host operations:
 
 1. copy the input into the graph's static input (one extra read and write of the
    feature map),
