@@ -212,18 +212,10 @@ def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, mom
 
 
 @triton.jit
-def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF_Z,
-                  OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
-                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, K: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """z[n, hw] = conv_KxK(desc[n]) (no bias) and this block's (count, mean, M2) of z;
-    the last program to finish (counter SLOT, reset after use) computes the BatchNorm
-    statistics (:func:`_bn_stats`)."""
-    n = tl.program_id(0)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
+               BLOCK: tl.constexpr):
+    """conv_KxK(desc[n]) (no bias, zero padding) at the pixels ``offs``."""
     HW = H * W
-    mask = offs < HW
     yy0 = offs // W
     xx0 = offs % W
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -237,6 +229,23 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF
                 ok = row_ok & (xx >= 0) & (xx < W)
                 wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
                 acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
+    return acc
+
+
+@triton.jit
+def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF_Z,
+                  OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
+                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, K: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """z[n, hw] = conv_KxK(desc[n]) (no bias) and this block's (count, mean, M2) of z;
+    the last program to finish (counter SLOT, reset after use) computes the BatchNorm
+    statistics (:func:`_bn_stats`)."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    HW = H * W
+    mask = offs < HW
+    acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K, BLOCK)
     tl.store(ws_ptr + OFF_Z + n * HW + offs, acc, mask=mask)
     cnt = tl.sum(mask.to(tl.float32), axis=0)
     mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / cnt
@@ -272,19 +281,7 @@ def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
         z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
         t = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1) * gamma + beta
     else:
-        yy0 = offs_hw // W
-        xx0 = offs_hw % W
-        acc = tl.zeros((BLOCK_HW,), dtype=tl.float32)
-        for ch in tl.static_range(2):
-            base = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
-            for ky in tl.static_range(K):
-                yy = yy0 + (ky - K // 2)
-                row_ok = mask_hw & (yy >= 0) & (yy < H)
-                for kx in tl.static_range(K):
-                    xx = xx0 + (kx - K // 2)
-                    ok = row_ok & (xx >= 0) & (xx < W)
-                    wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
-                    acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
+        acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs_hw, mask_hw, H, W, K, BLOCK_HW)
         scale = gamma / tl.sqrt(tl.load(rv_ptr) + eps)
         t = acc * scale + (beta - tl.load(rm_ptr) * scale)
     s = tl.sigmoid(t)
