@@ -654,12 +654,11 @@ class _Plan:
             ('ddesc', n * 2 * hw if cbam else 0), ('grads', sum(self.grad_sizes))])
         self.bws = {name: self.ws_size + off for name, off in self.bws.items()}
         self.total_size = self.ws_size + bws_size
-        self.grad_start = offset = self.bws['grads']
+        grad_start = offset = self.bws['grads']
         for name, size in grads:
             self.bws[name] = offset
             offset += size
-        self.grad_end = offset
-        self.split_sizes = [self.grad_start] + self.grad_sizes + [self.total_size - offset]
+        self.split_sizes = [grad_start] + self.grad_sizes + [self.total_size - offset]
         # accumulated by atomics: zeroed by the forward's _pool_mlp
         self.atomic_regions = [(self.bws['da'], n * c), (self.bws['dpooled'], n * 2 * c)]
         if cbam:
