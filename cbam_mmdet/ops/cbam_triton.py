@@ -43,12 +43,26 @@ from .triton_launch import current_stream, launch
 
 
 @triton.jit
-def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, OFF_PART, OFF_A, OFF_POOLED,
-                OFF_HPRE, N, C, HID, HW, SPLIT,
+def _hidden(ws_ptr, b1_ptr, n, h_avg, h_max, offs_j, mask_j, OFF_HPRE, OFF_H, HID,
+            PAIR: tl.constexpr):
+    """Store hpre[n] = (W1 avg + b1, W1 max + b1) and h[n] = relu(hpre_avg) +
+    relu(hpre_max) (PAIR, CBAM) or relu(hpre_avg) (SE)."""
+    b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
+    hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
+    tl.store(hpre, h_avg + b1, mask=mask_j)
+    h = tl.maximum(h_avg + b1, 0.0)
+    if PAIR:
+        tl.store(hpre + HID, h_max + b1, mask=mask_j)
+        h += tl.maximum(h_max + b1, 0.0)
+    tl.store(ws_ptr + OFF_H + n * HID + offs_j, h, mask=mask_j)
+
+
+@triton.jit
+def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
+                N, C, HID, HW, SPLIT,
                 PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """For sample n, from the partials: pooled[n] = (avg, max), hpre[n] = (W1 avg + b1,
-    W1 max + b1), a[n] = sigmoid(W2 (relu(hpre_avg) + relu(hpre_max)) + 2 b2) (PAIR,
-    CBAM) or sigmoid(W2 relu(hpre_avg) + b2) (SE)."""
+    """For sample n, from the partials over SPLIT spans of H x W: pooled[n] = (avg, max)
+    and the shared MLP's first layer (:func:`_hidden`)."""
     offs_j = tl.arange(0, HID_P)
     mask_j = offs_j < HID
     h_avg = tl.zeros((HID_P,), dtype=tl.float32)
@@ -74,21 +88,21 @@ def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, OFF_PART, OFF_A, OFF_
             d_max = tl.where(mask_c, d_max, 0.0)
             tl.store(pooled + C + offs_c, d_max, mask=mask_c)
             h_max += tl.sum(w1 * d_max[None, :], axis=1)
-    b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
-    hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
-    tl.store(hpre, h_avg + b1, mask=mask_j)
-    h = tl.maximum(h_avg + b1, 0.0)
-    if PAIR:
-        tl.store(hpre + HID, h_max + b1, mask=mask_j)
-        h += tl.maximum(h_max + b1, 0.0)
-    for start in range(0, C, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
-                     mask=mask_c[:, None] & mask_j[None, :], other=0.0)
-        b2 = tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0)
-        logit = tl.sum(w2 * h[None, :], axis=1) + (2.0 * b2 if PAIR else b2)
-        tl.store(ws_ptr + OFF_A + n * C + offs_c, tl.sigmoid(logit), mask=mask_c)
+    _hidden(ws_ptr, b1_ptr, n, h_avg, h_max, offs_j, mask_j, OFF_HPRE, OFF_H, HID, PAIR)
+
+
+@triton.jit
+def _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID,
+                  PAIR: tl.constexpr, HID_P: tl.constexpr):
+    """a[n, c] at the channels offs_c: sigmoid(W2 h[n] + 2 b2) (PAIR: the MLP's second
+    layer applied to both pooled descriptors and summed) or sigmoid(W2 h[n] + b2)."""
+    offs_j = tl.arange(0, HID_P)
+    mask_j = offs_j < HID
+    h = tl.load(ws_ptr + OFF_H + n * HID + offs_j, mask=mask_j, other=0.0)
+    w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
+                 mask=mask_c[:, None] & mask_j[None, :], other=0.0)
+    b2 = tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0)
+    return tl.sigmoid(tl.sum(w2 * h[None, :], axis=1) + (2.0 * b2 if PAIR else b2))
 
 
 @triton.jit
@@ -99,15 +113,23 @@ def _zero(ptr, size, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, OFF_A,
-              OFF_POOLED, OFF_HPRE, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, N, C, HID, HW,
-              sxn, sxc, sxhw, hw_per_prog,
-              PAIR: tl.constexpr, ZERO_GRADS: tl.constexpr, HID_P: tl.constexpr,
+def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, OFF_PART, OFF_POOLED,
+              OFF_HPRE, OFF_H, OFF_DESC, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, B_DS,
+              N, C, HID, HW, sxn, sxc, sxhw, hw_per_prog,
+              PAIR: tl.constexpr, DIRECT: tl.constexpr, ZERO_GRADS: tl.constexpr,
+              INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
               MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """part[split, 0, n, c] = sum and part[split, 1, n, c] = max of x over one span of
-    H x W; the last program of sample n to finish (a counter per sample, reset after
-    use) runs the shared MLP of sample n (:func:`_mlp_sample`) and, with ZERO_GRADS,
-    zeroes the backward's atomic accumulators of sample n (and the convolution's)."""
+    """avg and max of x over H x W and the shared MLP's first layer.
+
+    DIRECT (one program covers all of H x W for its channels): the program stores its
+    channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
+    accumulator ``acc`` (zero between calls); else it stores partials over its span of
+    H x W and the MLP's first layer runs in the last program of the sample
+    (:func:`_mlp_sample`). The last program of sample n to finish (a counter per sample,
+    reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and prepares the later
+    passes: zeroes the backward's atomic accumulators of sample n (ZERO_GRADS; the
+    convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets the descriptor
+    of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -126,46 +148,93 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART, 
         acc_sum += v
         if PAIR:
             acc_max = tl.maximum(acc_max, tl.where(mask, v, float('-inf')))
-    out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
-    tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
-    if PAIR:
-        tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
-    tl.debug_barrier()  # every thread's partials are written before the counter moves
+    offs_j = tl.arange(0, HID_P)
+    mask_j = offs_j < HID
+    if DIRECT:
+        avg = tl.sum(acc_sum, axis=1) / HW
+        pooled = ws_ptr + OFF_POOLED + n * 2 * C + offs_c
+        tl.store(pooled, avg, mask=mask_c)
+        w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
+                     mask=mask_j[:, None] & mask_c[None, :], other=0.0)
+        acc = acc_ptr + n * 2 * HID + offs_j
+        tl.atomic_add(acc, tl.sum(w1 * avg[None, :], axis=1), mask=mask_j)
+        if PAIR:
+            mx = tl.where(mask_c, tl.max(acc_max, axis=1), 0.0)
+            tl.store(pooled + C, mx, mask=mask_c)
+            tl.atomic_add(acc + HID, tl.sum(w1 * mx[None, :], axis=1), mask=mask_j)
+    else:
+        out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
+        tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
+        if PAIR:
+            tl.store(out + N * C, tl.max(acc_max, axis=1), mask=mask_c)
+    tl.debug_barrier()  # every thread's results are written before the counter moves
     done = tl.atomic_add(cnt_ptr + n, 1, sem='acq_rel')
     if done == num_cb * tl.num_programs(1) - 1:
-        _mlp_sample(ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, OFF_PART, OFF_A,
-                    OFF_POOLED, OFF_HPRE, N, C, HID, HW, tl.num_programs(1), PAIR, HID_P,
-                    MLP_BLOCK_C)
+        if DIRECT:
+            acc = acc_ptr + n * 2 * HID + offs_j
+            h_avg = tl.load(acc, mask=mask_j, other=0.0, cache_modifier='.cg')
+            h_max = h_avg
+            if PAIR:
+                h_max = tl.load(acc + HID, mask=mask_j, other=0.0, cache_modifier='.cg')
+            _zero(acc_ptr + n * 2 * HID, 2 * HID, 256)
+            _hidden(ws_ptr, b1_ptr, n, h_avg, h_max, offs_j, mask_j, OFF_HPRE, OFF_H, HID,
+                    PAIR)
+        else:
+            _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
+                        N, C, HID, HW, tl.num_programs(1), PAIR, HID_P, MLP_BLOCK_C)
         if ZERO_GRADS:
             _zero(ws_ptr + B_DA + n * C, C, 1024)
             _zero(ws_ptr + B_DPOOLED + n * 2 * C, 2 * C, 1024)
             if n == 0:
                 _zero(ws_ptr + B_DCONV, DCONV_SIZE, 128)
+            if ZERO_DS:
+                _zero(ws_ptr + B_DS + n * HW, HW, 1024)
+        if INIT_DESC:
+            for start in range(0, HW, 1024):
+                offs = start + tl.arange(0, 1024)
+                m = offs < HW
+                d = ws_ptr + OFF_DESC + n * 2 * HW + offs
+                tl.store(d, tl.full((1024,), float('-inf'), dtype=tl.float32), mask=m)
+                tl.store(d + HW, tl.zeros((1024,), dtype=tl.float32), mask=m)
         tl.store(cnt_ptr + n, 0)
 
 
 @triton.jit
-def _spatial_pool(x_ptr, ws_ptr, OFF_A, OFF_DESC, C, HW, sxn, sxc, sxhw,
+def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID, HW, CPS,
+                  sxn, sxc, sxhw, ATOMIC: tl.constexpr, HID_P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """desc[n, 0, hw] = max_c a[n, c] x[n, c, hw]; desc[n, 1, hw] = mean_c of the same."""
-    n = tl.program_id(0)
+    """a[n, c] = M_c (:func:`_channel_gate`, stored by the programs of the first pixel
+    block), then desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c
+    of the same, over the program's CPS channels: stored, or with ATOMIC (channels split
+    over programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
+    num_cs = tl.cdiv(C, CPS)
+    n = tl.program_id(0) // num_cs
+    c_begin = (tl.program_id(0) % num_cs) * CPS
+    c_end = tl.minimum(C, c_begin + CPS)
+    store_a = tl.program_id(1) == 0
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     base = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
     acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
-    for start in range(0, C, BLOCK_C):
+    for start in range(c_begin, c_end, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
-        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+        a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, True,
+                          HID_P)
+        tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & store_a)
         y = tl.load(base + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
                     other=0.0).to(tl.float32) * a[:, None]
         acc_sum += y
         acc_max = tl.maximum(acc_max, tl.where(mask, y, float('-inf')))
     out = ws_ptr + OFF_DESC + n * 2 * HW + offs_hw
-    tl.store(out, tl.max(acc_max, axis=0), mask=mask_hw)
-    tl.store(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
+    if ATOMIC:
+        tl.atomic_max(out, tl.max(acc_max, axis=0), mask=mask_hw)
+        tl.atomic_add(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
+    else:
+        tl.store(out, tl.max(acc_max, axis=0), mask=mask_hw)
+        tl.store(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
 
 
 @triton.jit
@@ -265,13 +334,17 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF
 
 @triton.jit
 def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
-                OFF_A, OFF_DESC, OFF_Z, OFF_STATS, OFF_S, C, H, W, sxn, sxc, sxhw, eps,
+                OFF_A, OFF_DESC, OFF_Z, OFF_STATS, OFF_S, C, H, W, CPS, sxn, sxc, sxhw, eps,
                 FROM_Z: tl.constexpr, SAVE_S: tl.constexpr, K: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """s[n, hw] = sigmoid(BN(conv(desc))) (from z and the stats when FROM_Z, else the
-    convolution here and BatchNorm in running statistics), then over all channels
-    out[n, c, hw] = x a[n, c] s[n, hw]; out has x's strides."""
-    n = tl.program_id(0)
+    convolution here and BatchNorm in running statistics), then over the program's CPS
+    channels out[n, c, hw] = x a[n, c] s[n, hw]; out has x's strides."""
+    num_cs = tl.cdiv(C, CPS)
+    n = tl.program_id(0) // num_cs
+    cs = tl.program_id(0) % num_cs
+    c_begin = cs * CPS
+    c_end = tl.minimum(C, c_begin + CPS)
     HW = H * W
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -286,12 +359,12 @@ def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
         t = acc * scale + (beta - tl.load(rm_ptr) * scale)
     s = tl.sigmoid(t)
     if SAVE_S:
-        tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw)
+        tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw & (cs == 0))
     hw64 = offs_hw[None, :].to(tl.int64) * sxhw
     n64 = n.to(tl.int64) * sxn
-    for start in range(0, C, BLOCK_C):
+    for start in range(c_begin, c_end, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
         offs = n64 + offs_c[:, None].to(tl.int64) * sxc + hw64
         xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
@@ -301,9 +374,11 @@ def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
 
 
 @triton.jit
-def _scale_channels(x_ptr, ws_ptr, out_ptr, OFF_A, C, HW, sxn, sxc, sxhw,
-                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """out = x a[n, c]; out has x's strides."""
+def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
+                    sxn, sxc, sxhw, HID_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_HW: tl.constexpr):
+    """SE: a[n, c] (:func:`_channel_gate`, stored by the programs of the first pixel
+    block), out = x a[n, c]; out has x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -314,18 +389,25 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, OFF_A, C, HW, sxn, sxc, sxhw,
     offs = (n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
             + offs_hw[None, :].to(tl.int64) * sxhw)
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+    a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False, HID_P)
+    tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
     tl.store(out_ptr + offs, (xv.to(tl.float32) * a[:, None]).to(xv.dtype), mask=mask)
 
 
 @triton.jit
-def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B_DA, B_DZ,
-                B_BNPART, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
-                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """With p = g x: ds = sum_c p a (complete: the program owns all channels of its
-    pixels), dz = ds s (1 - s); da[n, c] += sum_hw p s; the block's (sum dz,
-    sum dz zhat) for BatchNorm's backward."""
-    n = tl.program_id(0)
+def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B_DA,
+                B_DZ, B_BNPART, SLOT, N, C, HW, CPS, sxn, sxc, sxhw, sgn, sgc, sghw,
+                ATOMIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
+    ds = sum_c p a. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
+    stored with the block's (sum dz, sum dz zhat) for BatchNorm's backward. ATOMIC: ds is
+    added into the dz region (zeroed by the forward) and the last program to finish
+    (counter SLOT, reset after use) turns it into dz for all pixels and stores the two
+    sums as the only block."""
+    num_cs = tl.cdiv(C, CPS)
+    n = tl.program_id(0) // num_cs
+    c_begin = (tl.program_id(0) % num_cs) * CPS
+    c_end = tl.minimum(C, c_begin + CPS)
     pid = tl.program_id(1)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -333,9 +415,9 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B
     xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
     gbase = g_ptr + n.to(tl.int64) * sgn + offs_hw[None, :].to(tl.int64) * sghw
     ds = tl.zeros((BLOCK_HW,), dtype=tl.float32)
-    for start in range(0, C, BLOCK_C):
+    for start in range(c_begin, c_end, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
         c64 = offs_c[:, None].to(tl.int64)
         xv = tl.load(xbase + c64 * sxc, mask=mask, other=0.0).to(tl.float32)
@@ -345,24 +427,53 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B
         ds += tl.sum(p * a[:, None], axis=0)
         tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(p * s[None, :], axis=1),
                       mask=mask_c)
-    dz = ds * s * (1.0 - s)
-    tl.store(bws_ptr + B_DZ + n * HW + offs_hw, dz, mask=mask_hw)
-    z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
-    zhat = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1)
-    part = bws_ptr + B_BNPART + (n * tl.num_programs(1) + pid) * 2
-    tl.store(part, tl.sum(dz, axis=0))
-    tl.store(part + 1, tl.sum(tl.where(mask_hw, dz * zhat, 0.0), axis=0))
+    mean = tl.load(ws_ptr + OFF_STATS)
+    rstd = tl.load(ws_ptr + OFF_STATS + 1)
+    if ATOMIC:
+        tl.atomic_add(bws_ptr + B_DZ + n * HW + offs_hw, ds, mask=mask_hw)
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + SLOT, 1, sem='acq_rel')
+        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+            acc0 = tl.zeros((1024,), dtype=tl.float32)
+            acc1 = tl.zeros((1024,), dtype=tl.float32)
+            for start in range(0, N * HW, 1024):
+                o = start + tl.arange(0, 1024)
+                m = o < N * HW
+                dsv = tl.load(bws_ptr + B_DZ + o, mask=m, other=0.0, cache_modifier='.cg')
+                sv = tl.load(ws_ptr + OFF_S + o, mask=m, other=0.0)
+                z = tl.load(ws_ptr + OFF_Z + o, mask=m, other=0.0)
+                dz = dsv * sv * (1.0 - sv)
+                tl.store(bws_ptr + B_DZ + o, dz, mask=m)
+                acc0 += dz
+                acc1 += tl.where(m, dz * (z - mean) * rstd, 0.0)
+            tl.store(bws_ptr + B_BNPART, tl.sum(acc0, axis=0))
+            tl.store(bws_ptr + B_BNPART + 1, tl.sum(acc1, axis=0))
+            tl.store(cnt_ptr + SLOT, 0)
+    else:
+        dz = ds * s * (1.0 - s)
+        tl.store(bws_ptr + B_DZ + n * HW + offs_hw, dz, mask=mask_hw)
+        z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
+        zhat = (z - mean) * rstd
+        part = bws_ptr + B_BNPART + (n * tl.num_programs(1) + pid) * 2
+        tl.store(part, tl.sum(dz, axis=0))
+        tl.store(part + 1, tl.sum(tl.where(mask_hw, dz * zhat, 0.0), axis=0))
 
 
 @triton.jit
 def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, OFF_STATS,
-                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DA, B_DDESC, C, H, W, sxn, sxc, sxhw,
-                 TRAIN: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DA, B_DDESC, N, C, H, W, CPS,
+                 sxn, sxc, sxhw, TRAIN: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """BatchNorm backward (batch statistics when TRAIN) to dzin, the convolution's
-    backward (ddesc of this block's pixels, dW by atomics), then the descriptor's share
-    of dL/da: da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max])."""
-    n = tl.program_id(0)
+    backward (ddesc of this block's pixels; dW by atomics, one row of taps at a time),
+    then the descriptor's share of dL/da over the program's CPS channels:
+    da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]). The programs of
+    the first channel split store ddesc and add dW."""
+    num_cs = tl.cdiv(C, CPS)
+    n = tl.program_id(0) // num_cs
+    cs = tl.program_id(0) % num_cs
+    c_begin = cs * CPS
+    c_end = tl.minimum(C, c_begin + CPS)
     pid = tl.program_id(1)
     HW = H * W
     offs_p = tl.arange(0, BLOCK_P)
@@ -375,13 +486,13 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
         acc1 += tl.load(bws_ptr + B_BNPART + o * 2 + 1, mask=m, other=0.0)
     sum_dz = tl.sum(acc0, axis=0)
     sum_dzz = tl.sum(acc1, axis=0)
-    if (n == 0) & (pid == 0):
+    if (n == 0) & (pid == 0) & (cs == 0):
         tl.store(bws_ptr + B_DBN, sum_dzz)  # dL/d gamma
         tl.store(bws_ptr + B_DBN + 1, sum_dz)  # dL/d beta
     mean = tl.load(ws_ptr + OFF_STATS)
     rstd = tl.load(ws_ptr + OFF_STATS + 1)
     kk = tl.load(bw_ptr) * rstd
-    count = (tl.num_programs(0) * HW).to(tl.float32)
+    count = (N * HW).to(tl.float32)
     if TRAIN:
         c1 = sum_dz / count
         c2 = sum_dzz / count
@@ -408,29 +519,31 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
             dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
             d0 += tl.load(w_ptr + ky * K + kx) * dzin
             d1 += tl.load(w_ptr + K * K + ky * K + kx) * dzin
-    ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
-    tl.store(ddesc, d0, mask=mask_hw)
-    tl.store(ddesc + HW, d1, mask=mask_hw)
-    dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
-    zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
-    dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
-    for ch in tl.static_range(2):
-        db = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
-        for ky in tl.static_range(K):
-            yy = yy0 + (ky - K // 2)
-            row_ok = mask_hw & (yy >= 0) & (yy < H)
-            for kx in tl.static_range(K):
-                xx = xx0 + (kx - K // 2)
-                ok = row_ok & (xx >= 0) & (xx < W)
+    if cs == 0:
+        ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
+        tl.store(ddesc, d0, mask=mask_hw)
+        tl.store(ddesc + HW, d1, mask=mask_hw)
+        dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
+        zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
+        dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
+        offs_k = tl.arange(0, K_P)
+        mask_k = offs_k < K
+        xx = xx0[None, :] + (offs_k[:, None] - K // 2)
+        col_ok = mask_k[:, None] & mask_hw[None, :] & (xx >= 0) & (xx < W)
+        for ch in tl.static_range(2):
+            db = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+            for ky in tl.static_range(K):
+                yy = yy0[None, :] + (ky - K // 2)
+                ok = col_ok & (yy >= 0) & (yy < H)
                 dv = tl.load(db + yy * W + xx, mask=ok, other=0.0)
-                tl.atomic_add(bws_ptr + B_DW + (ch * K + ky) * K + kx,
-                              tl.sum(dzin_p * dv, axis=0))
+                tl.atomic_add(bws_ptr + B_DW + (ch * K + ky) * K + offs_k,
+                              tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k)
     mx = tl.load(ws_ptr + OFF_DESC + n * 2 * HW + offs_hw, mask=mask_hw, other=0.0)
     gmean = d1 / C
     xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
-    for start in range(0, C, BLOCK_C):
+    for start in range(c_begin, c_end, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
         xv = tl.load(xbase + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
                      other=0.0).to(tl.float32)
@@ -466,13 +579,18 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
 
 @triton.jit
 def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA, B_DPRE,
-             B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID,
+             B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID, CPB,
              PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The shared MLP's backward for one block of hidden units: dW1, db1, dW2 (its rows
-    or columns), db2 (program 0), and dL/d pooled (atomics over the blocks)."""
+    """The shared MLP's backward for one block of hidden units (grid axis 0) and CPB
+    channels (axis 1): dL/d hpre of the block (every program computes it over all
+    channels; the first channel block stores it and db1), then for its channels the rows
+    of dW2 and columns of dW1, db2 (first hidden block) and dL/d pooled (atomics over the
+    hidden blocks)."""
     pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
     offs_j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
     mask_j = offs_j < HID
+    first_c = pid_c == 0
     db1 = tl.zeros((BLOCK_J,), dtype=tl.float32)
     for n in range(0, N):
         dh = tl.zeros((BLOCK_J,), dtype=tl.float32)
@@ -488,17 +606,20 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
         hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
         dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
         dpa = tl.where(tl.load(hpre, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
+        # every channel block computes the same values: any of them may store them
         tl.store(dpre, dpa, mask=mask_j)
         db1 += dpa
         if PAIR:
             dpm = tl.where(tl.load(hpre + HID, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
             tl.store(dpre + HID, dpm, mask=mask_j)
             db1 += dpm
-    tl.store(bws_ptr + B_DB1 + offs_j, db1, mask=mask_j)
+    tl.store(bws_ptr + B_DB1 + offs_j, db1, mask=mask_j & first_c)
     tl.debug_barrier()
-    for start in range(0, C, BLOCK_C):
+    c_begin = pid_c * CPB
+    c_end = tl.minimum(C, c_begin + CPB)
+    for start in range(c_begin, c_end, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_j[None, :]
         w1t = tl.load(w1_ptr + offs_j[None, :] * C + offs_c[:, None], mask=mask, other=0.0)
         dw2 = tl.zeros((BLOCK_C, BLOCK_J), dtype=tl.float32)
@@ -527,8 +648,8 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
             dw2 += dl[:, None] * h[None, :]
         tl.store(bws_ptr + B_DW2 + offs_c[:, None] * HID + offs_j[None, :], dw2, mask=mask)
         tl.store(bws_ptr + B_DW1 + offs_j[None, :] * C + offs_c[:, None], dw1t, mask=mask)
-        if pid == 0:
-            tl.store(bws_ptr + B_DB2 + offs_c, db2 * 2.0 if PAIR else db2, mask=mask_c)
+        tl.store(bws_ptr + B_DB2 + offs_c, db2 * 2.0 if PAIR else db2,
+                 mask=mask_c & (pid == 0))
 
 
 @triton.jit
@@ -595,6 +716,28 @@ def _layout(sizes):
     return offsets, total
 
 
+# Passes over pixels split the channels over programs where the pixels alone give fewer
+# than about PIXEL_PROGRAMS programs (two per SM of an H100 / H200), each program keeping
+# at least MIN_SPLIT_CHANNELS channels, and only for at most MAX_SPLIT_PIXELS pixels
+# (N x H x W: the backward's last program then walks them once).
+PIXEL_PROGRAMS = 264
+MIN_SPLIT_CHANNELS = 64
+MAX_SPLIT_PIXELS = 32768
+# The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
+# in one program per sample where the weights have at least this many values.
+DIRECT_MLP_WEIGHTS = 8192
+
+
+def _channel_split(programs, n, hw, c, block_c):
+    """(channels per program, number of channel splits) for a pass over pixels that has
+    ``programs`` programs per channel split."""
+    if n * hw > MAX_SPLIT_PIXELS:
+        return c, 1
+    splits = max(1, min(triton.cdiv(PIXEL_PROGRAMS, programs), c // MIN_SPLIT_CHANNELS))
+    cps = triton.cdiv(triton.cdiv(c, splits), block_c) * block_c
+    return cps, triton.cdiv(c, cps)
+
+
 class _Plan:
     """Launch parameters for one (kind, shape, strides, dtype, device) signature."""
 
@@ -604,37 +747,51 @@ class _Plan:
         self.n, self.c, self.h, self.w, self.hw, self.st, self.hid, self.k = \
             n, c, h, w, hw, st, hid, k
         cl = st[1] == 1  # channels_last: C is the contiguous axis
-        # pooling partials over H x W: channel blocks x spans of hw, ~512 programs
-        self.pool_bc, self.pool_bhw = (64, 32) if cl else (4, 256)
-        ncb = n * triton.cdiv(c, self.pool_bc)
-        hw_blocks = triton.cdiv(hw, self.pool_bhw)
-        per = min(max(1, ncb * hw_blocks // 512), hw_blocks)
-        self.pool_hw_per_prog = per * self.pool_bhw
-        self.split = triton.cdiv(hw, self.pool_hw_per_prog)
-        self.pool_grid = (ncb, self.split, 1)
+        cbam = kind == 'cbam'
+        # pooling over H x W: channel blocks, each over all of H x W (direct: the MLP's
+        # first layer in every program) or over spans of it (~512 programs, partials)
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
-        # programs owning every channel of a block of pixels
+        self.direct = c * hid >= DIRECT_MLP_WEIGHTS
+        if cl:
+            self.pool_bc, self.pool_bhw = 64, 32
+        else:
+            self.pool_bc, self.pool_bhw = (4 if hw > 2048 else 8, 256) if self.direct \
+                else (4, 256)
+        ncb = n * triton.cdiv(c, self.pool_bc)
+        hw_blocks = triton.cdiv(hw, self.pool_bhw)
+        per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // 512), hw_blocks)
+        self.pool_hw_per_prog = per * self.pool_bhw
+        self.split = triton.cdiv(hw, self.pool_hw_per_prog)
+        self.direct = self.direct or self.split == 1
+        self.pool_grid = (ncb, self.split, 1)
+        # passes over blocks of pixels, the channels split over programs where few
         self.pix_bc, self.pix_bhw = (64, 32) if cl else (16, 128 if hw >= 8192 else 64)
-        self.pix_grid = (n, triton.cdiv(hw, self.pix_bhw), 1)
+        pix_blocks = triton.cdiv(hw, self.pix_bhw)
+        self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
+        self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (16, 128)
-        self.sp_grid = (n, triton.cdiv(hw, self.sp_bhw), 1)
+        sp_blocks = triton.cdiv(hw, self.sp_bhw)
+        self.sp_cps, self.sp_splits = _channel_split(n * sp_blocks, n, hw, c, self.sp_bc)
+        self.sp_grid = (n * self.sp_splits, sp_blocks, 1)
         self.conv_block = 256
         self.conv_grid = (n, triton.cdiv(hw, self.conv_block), 1)
         self.conv_parts = n * self.conv_grid[1]
-        self.bnpart = n * self.pix_grid[1]
+        # BatchNorm's backward partials: one per pixel block, or one in all (split)
+        self.bnpart = 1 if self.pix_splits > 1 else n * pix_blocks
         # tiles (channel block x pixel block)
         self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
         self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
         self.red_hw_per_prog = min(max(1, self.tile_grid[0] * self.tile_grid[1] // 1024),
                                    self.tile_grid[1]) * self.tile_bhw
         self.red_grid = (self.tile_grid[0], triton.cdiv(hw, self.red_hw_per_prog), 1)
-        self.mlp_bwd_bj = 16
-        self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj), 1, 1)
-        cbam = kind == 'cbam'
+        self.mlp_bwd_bj, self.mlp_bwd_cpb = 16, 128
+        self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj),
+                             triton.cdiv(c, self.mlp_bwd_cpb), 1)
         self.ws, self.ws_size = _layout([
-            ('part', self.split * 2 * n * c), ('a', n * c), ('pooled', n * 2 * c),
-            ('hpre', n * 2 * hid), ('desc', n * 2 * hw if cbam else 0),
+            ('part', 0 if self.direct else self.split * 2 * n * c), ('a', n * c),
+            ('pooled', n * 2 * c), ('hpre', n * 2 * hid), ('h', n * hid),
+            ('desc', n * 2 * hw if cbam else 0),
             ('z', n * hw if cbam else 0), ('s', n * hw if cbam else 0),
             ('cpart', self.conv_parts * 3 if cbam else 0), ('stats', 2 if cbam else 0)])
         # the parameters' gradients: one unpadded tail of the backward workspace, handed
@@ -663,18 +820,23 @@ class _Plan:
         self.atomic_regions = [(self.bws['da'], n * c), (self.bws['dpooled'], n * 2 * c)]
         if cbam:
             self.atomic_regions.append((self.bws['dconv'], 2 * k * k))
+            if self.pix_splits > 1:  # dL/ds, summed over the channel splits
+                self.atomic_regions.append((self.bws['dz'], n * hw))
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
         o, b = self.ws, self.bws
         pair = cbam
         self.poolmlp_tail = {zero: (
-            o['part'], o['a'], o['pooled'], o['hpre'], b['da'], b['dpooled'],
-            b['dconv'] if pair else 0, 2 * k * k, n, c, hid, hw, *st, self.pool_hw_per_prog,
-            pair, zero, self.hid_p, self.mlp_bc, self.pool_bc, self.pool_bhw)
+            o['part'], o['pooled'], o['hpre'], o['h'], o['desc'] if cbam else 0,
+            b['da'], b['dpooled'], b['dconv'] if pair else 0, 2 * k * k,
+            b['dz'] if cbam else 0, n, c, hid, hw, *st, self.pool_hw_per_prog,
+            pair, self.direct, zero, cbam and self.sp_splits > 1,
+            cbam and self.pix_splits > 1, self.hid_p, self.mlp_bc, self.pool_bc,
+            self.pool_bhw)
             for zero in (False, True)}
         self.mlpbwd_tail = (
             o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
-            b['db2'], b['dpooled'], n, c, hid, pair, self.mlp_bwd_bj, 64)
+            b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair, self.mlp_bwd_bj, 64)
 
 
 _plans = {}
@@ -690,6 +852,7 @@ def _plan(kind, x, hid, k):
 
 
 _counters = {}
+_accumulators = {}
 
 
 def _counters_for(x, stream, size):
@@ -703,11 +866,24 @@ def _counters_for(x, stream, size):
     return counters
 
 
+def _accumulators_for(x, stream, size):
+    """Zeroed float32 accumulators for the pooling pass's MLP layer, one set per device
+    and stream (the last program of each sample zeroes its part after use)."""
+    key = (x.get_device(), stream)
+    acc = _accumulators.get(key)
+    if acc is None or acc.numel() < size:
+        acc = _accumulators[key] = torch.zeros(max(size, 1024), dtype=torch.float32,
+                                               device=x.device)
+    return acc
+
+
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
+def _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads):
+    """Pooling and the MLP's first layer (the second runs in the next pass)."""
+    acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
-           x, ws, counters, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads])
+           x, ws, counters, acc, w1, b1, *plan.poolmlp_tail[zero_grads])
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
@@ -716,10 +892,11 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
     'train' (batch statistics, running statistics updated, z and s saved): four."""
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
-    counters = _counters_for(x, stream, plan.n + 1)
-    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
+    counters = _counters_for(x, stream, plan.n + 2)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
-           x, ws, o['a'], o['desc'], plan.c, plan.hw, *st, plan.sp_bc, plan.sp_bhw)
+           x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
+           plan.sp_cps, *st, plan.sp_splits > 1, plan.hid_p, plan.sp_bc, plan.sp_bhw)
     buffers = bn._buffers
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
@@ -735,16 +912,17 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
                bn.momentum if update else 0.0, train, update, plan.k, plan.conv_block)
     launch(_gate_scale, plan.pix_grid, plan.compiled, ('gate', from_z), stream,
            x, ws, out, conv_w, rm, rv, bn_w, bn_b,
-           o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w, *st,
-           bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
+           o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w,
+           plan.pix_cps, *st, bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
 
 
 def _se_passes(plan, stream, x, ws, out, params, zero_grads):
+    w1, b1, w2, b2 = params
     counters = _counters_for(x, stream, plan.n)
-    _channel_map(plan, stream, counters, x, ws, *params, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
-           x, ws, out, plan.ws['a'], plan.c, plan.hw, *plan.st, plan.tile_bc,
-           plan.tile_bhw)
+           x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
+           *plan.st, plan.hid_p, plan.tile_bc, plan.tile_bhw)
 
 
 def _backward_common(ctx, g):
@@ -793,14 +971,17 @@ class _CBAMFunction(torch.autograd.Function):
         x, ws, fc1_w, fc2_w, conv_w, bn_w = ctx.saved_tensors
         plan, stream, g, sg, extra = _backward_common(ctx, g)
         o, b, st = plan.ws, plan.bws, plan.st
+        counters = _counters_for(x, stream, plan.n + 2)
+        split = plan.pix_splits > 1
         launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
-               g, x, ws, ws, o['a'], o['s'], o['z'], o['stats'], b['da'], b['dz'],
-               b['bnpart'], plan.c, plan.hw, *st, *sg, plan.pix_bc, plan.pix_bhw)
+               g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
+               b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
+               *st, *sg, split, plan.pix_bc, plan.pix_bhw)
         launch(_bwd_spatial, plan.pix_grid, plan.compiled, ('bwdsp', ctx.bn_train), stream,
                x, ws, ws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
                b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['da'], b['ddesc'],
-               plan.c, plan.h, plan.w, *st, ctx.bn_train, plan.k, 256, plan.pix_bc,
-               plan.pix_bhw)
+               plan.n, plan.c, plan.h, plan.w, plan.pix_cps, *st, ctx.bn_train, plan.k,
+               triton.next_power_of_2(plan.k), 256, plan.pix_bc, plan.pix_bhw)
         _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
         needs = ctx.needs_input_grad
         dx = None
