@@ -113,8 +113,8 @@ def _zero(ptr, size, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, OFF_PART, OFF_POOLED,
-              OFF_HPRE, OFF_H, OFF_DESC, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, B_DS,
+def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART,
+              OFF_A, OFF_POOLED, OFF_HPRE, OFF_H, OFF_DESC, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, B_DS,
               N, C, HID, HW, sxn, sxc, sxhw, hw_per_prog,
               PAIR: tl.constexpr, DIRECT: tl.constexpr, ZERO_GRADS: tl.constexpr,
               INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
@@ -124,8 +124,8 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, OFF_PART, OFF_POO
     DIRECT (one program covers all of H x W for its channels): the program stores its
     channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
     accumulator ``acc`` (zero between calls); else it stores partials over its span of
-    H x W and the MLP's first layer runs in the last program of the sample
-    (:func:`_mlp_sample`). The last program of sample n to finish (a counter per sample,
+    H x W and the whole MLP runs in the last program of the sample (:func:`_mlp_sample`,
+    then a[n] = M_c by :func:`_channel_gate`). The last program of sample n to finish (a counter per sample,
     reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and prepares the later
     passes: zeroes the backward's atomic accumulators of sample n (ZERO_GRADS; the
     convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets the descriptor
@@ -182,6 +182,13 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, OFF_PART, OFF_POO
         else:
             _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
                         N, C, HID, HW, tl.num_programs(1), PAIR, HID_P, MLP_BLOCK_C)
+            tl.debug_barrier()  # h[n] is written before it is read
+            for c0 in range(0, C, MLP_BLOCK_C):
+                oc = c0 + tl.arange(0, MLP_BLOCK_C)
+                mc = oc < C
+                tl.store(ws_ptr + OFF_A + n * C + oc,
+                         _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, oc, mc, HID, PAIR,
+                                       HID_P), mask=mc)
         if ZERO_GRADS:
             _zero(ws_ptr + B_DA + n * C, C, 1024)
             _zero(ws_ptr + B_DPOOLED + n * 2 * C, 2 * C, 1024)
@@ -201,10 +208,11 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, OFF_PART, OFF_POO
 
 @triton.jit
 def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID, HW, CPS,
-                  sxn, sxc, sxhw, ATOMIC: tl.constexpr, HID_P: tl.constexpr,
+                  sxn, sxc, sxhw, A_READY: tl.constexpr, ATOMIC: tl.constexpr,
+                  HID_P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """a[n, c] = M_c (:func:`_channel_gate`, stored by the programs of the first pixel
-    block), then desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c
+    """a[n, c] = M_c (A_READY: computed by :func:`_pool_mlp`; else here, by
+    :func:`_channel_gate`, and stored by the programs of the first pixel block), then desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c
     of the same, over the program's CPS channels: stored, or with ATOMIC (channels split
     over programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
     num_cs = tl.cdiv(C, CPS)
@@ -221,9 +229,12 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
         offs_c = start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
-        a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, True,
-                          HID_P)
-        tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & store_a)
+        if A_READY:
+            a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+        else:
+            a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, True,
+                              HID_P)
+            tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & store_a)
         y = tl.load(base + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
                     other=0.0).to(tl.float32) * a[:, None]
         acc_sum += y
@@ -375,10 +386,12 @@ def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
 
 @triton.jit
 def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
-                    sxn, sxc, sxhw, HID_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    sxn, sxc, sxhw, A_READY: tl.constexpr, HID_P: tl.constexpr,
+                    BLOCK_C: tl.constexpr,
                     BLOCK_HW: tl.constexpr):
-    """SE: a[n, c] (:func:`_channel_gate`, stored by the programs of the first pixel
-    block), out = x a[n, c]; out has x's strides."""
+    """SE: a[n, c] (A_READY: computed by :func:`_pool_mlp`; else here, by
+    :func:`_channel_gate`, stored by the programs of the first pixel block), then
+    out = x a[n, c]; out has x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -389,8 +402,12 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID
     offs = (n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
             + offs_hw[None, :].to(tl.int64) * sxhw)
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False, HID_P)
-    tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
+    if A_READY:
+        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+    else:
+        a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False,
+                          HID_P)
+        tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
     tl.store(out_ptr + offs, (xv.to(tl.float32) * a[:, None]).to(xv.dtype), mask=mask)
 
 
@@ -436,8 +453,8 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
         if done == tl.num_programs(0) * tl.num_programs(1) - 1:
             acc0 = tl.zeros((1024,), dtype=tl.float32)
             acc1 = tl.zeros((1024,), dtype=tl.float32)
-            for start in range(0, N * HW, 1024):
-                o = start + tl.arange(0, 1024)
+            for p0 in range(0, N * HW, 1024):
+                o = p0 + tl.arange(0, 1024)
                 m = o < N * HW
                 dsv = tl.load(bws_ptr + B_DZ + o, mask=m, other=0.0, cache_modifier='.cg')
                 sv = tl.load(ws_ptr + OFF_S + o, mask=m, other=0.0)
@@ -528,15 +545,15 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
         dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
         offs_k = tl.arange(0, K_P)
         mask_k = offs_k < K
-        xx = xx0[None, :] + (offs_k[:, None] - K // 2)
-        col_ok = mask_k[:, None] & mask_hw[None, :] & (xx >= 0) & (xx < W)
+        xs = xx0[None, :] + (offs_k[:, None] - K // 2)
+        col_ok = mask_k[:, None] & mask_hw[None, :] & (xs >= 0) & (xs < W)
         for ch in tl.static_range(2):
-            db = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
-            for ky in tl.static_range(K):
-                yy = yy0[None, :] + (ky - K // 2)
-                ok = col_ok & (yy >= 0) & (yy < H)
-                dv = tl.load(db + yy * W + xx, mask=ok, other=0.0)
-                tl.atomic_add(bws_ptr + B_DW + (ch * K + ky) * K + offs_k,
+            dbase = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+            for row in tl.static_range(K):
+                ys = yy0[None, :] + (row - K // 2)
+                tap_ok = col_ok & (ys >= 0) & (ys < H)
+                dv = tl.load(dbase + ys * W + xs, mask=tap_ok, other=0.0)
+                tl.atomic_add(bws_ptr + B_DW + (ch * K + row) * K + offs_k,
                               tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k)
     mx = tl.load(ws_ptr + OFF_DESC + n * 2 * HW + offs_hw, mask=mask_hw, other=0.0)
     gmean = d1 / C
@@ -827,7 +844,7 @@ class _Plan:
         o, b = self.ws, self.bws
         pair = cbam
         self.poolmlp_tail = {zero: (
-            o['part'], o['pooled'], o['hpre'], o['h'], o['desc'] if cbam else 0,
+            o['part'], o['a'], o['pooled'], o['hpre'], o['h'], o['desc'] if cbam else 0,
             b['da'], b['dpooled'], b['dconv'] if pair else 0, 2 * k * k,
             b['dz'] if cbam else 0, n, c, hid, hw, *st, self.pool_hw_per_prog,
             pair, self.direct, zero, cbam and self.sp_splits > 1,
@@ -879,11 +896,12 @@ def _accumulators_for(x, stream, size):
 
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads):
-    """Pooling and the MLP's first layer (the second runs in the next pass)."""
+def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
+    """Pooling and the MLP (where ``plan.direct``, only its first layer: the next pass
+    runs the second)."""
     acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
-           x, ws, counters, acc, w1, b1, *plan.poolmlp_tail[zero_grads])
+           x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads])
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
@@ -893,10 +911,11 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
     counters = _counters_for(x, stream, plan.n + 2)
-    _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
-           plan.sp_cps, *st, plan.sp_splits > 1, plan.hid_p, plan.sp_bc, plan.sp_bhw)
+           plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
+           plan.sp_bhw)
     buffers = bn._buffers
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
@@ -919,10 +938,10 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
 def _se_passes(plan, stream, x, ws, out, params, zero_grads):
     w1, b1, w2, b2 = params
     counters = _counters_for(x, stream, plan.n)
-    _channel_map(plan, stream, counters, x, ws, w1, b1, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
-           *plan.st, plan.hid_p, plan.tile_bc, plan.tile_bhw)
+           *plan.st, not plan.direct, plan.hid_p, plan.tile_bc, plan.tile_bhw)
 
 
 def _backward_common(ctx, g):
