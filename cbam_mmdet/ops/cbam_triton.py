@@ -114,8 +114,8 @@ def _zero(ptr, size, BLOCK: tl.constexpr):
 
 @triton.jit
 def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, OFF_PART,
-              OFF_A, OFF_POOLED, OFF_HPRE, OFF_H, OFF_DESC, B_DA, B_DPOOLED, B_DCONV, DCONV_SIZE, B_DS,
-              N, C, HID, HW, sxn, sxc, sxhw, hw_per_prog,
+              OFF_A, OFF_POOLED, OFF_HPRE, OFF_H, OFF_DESC, B_DA, B_DPOOLED, B_DCONV,
+              DCONV_SIZE, B_DS, N, C, HID, HW, sxn, sxc, sxhw, hw_per_prog,
               PAIR: tl.constexpr, DIRECT: tl.constexpr, ZERO_GRADS: tl.constexpr,
               INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
               MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
@@ -125,11 +125,11 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
     channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
     accumulator ``acc`` (zero between calls); else it stores partials over its span of
     H x W and the whole MLP runs in the last program of the sample (:func:`_mlp_sample`,
-    then a[n] = M_c by :func:`_channel_gate`). The last program of sample n to finish (a counter per sample,
-    reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and prepares the later
-    passes: zeroes the backward's atomic accumulators of sample n (ZERO_GRADS; the
-    convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets the descriptor
-    of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
+    then a[n] = M_c by :func:`_channel_gate`). The last program of sample n to finish (a
+    counter per sample, reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and
+    prepares the later passes: zeroes the backward's atomic accumulators of sample n
+    (ZERO_GRADS; the convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets
+    the descriptor of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -212,9 +212,10 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
                   HID_P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """a[n, c] = M_c (A_READY: computed by :func:`_pool_mlp`; else here, by
-    :func:`_channel_gate`, and stored by the programs of the first pixel block), then desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c
-    of the same, over the program's CPS channels: stored, or with ATOMIC (channels split
-    over programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
+    :func:`_channel_gate`, and stored by the programs of the first pixel block), then
+    desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c of the same,
+    over the program's CPS channels: stored, or with ATOMIC (channels split over
+    programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
     num_cs = tl.cdiv(C, CPS)
     n = tl.program_id(0) // num_cs
     c_begin = (tl.program_id(0) % num_cs) * CPS
@@ -739,10 +740,12 @@ def _layout(sizes):
 # (N x H x W: the backward's last program then walks them once).
 PIXEL_PROGRAMS = 264
 MIN_SPLIT_CHANNELS = 64
-MAX_SPLIT_PIXELS = 32768
+MAX_SPLIT_PIXELS = 16384
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
 # in one program per sample where the weights have at least this many values.
-DIRECT_MLP_WEIGHTS = 8192
+DIRECT_MLP_WEIGHTS = 32768
+# channels per step of the passes over blocks of pixels (contiguous NCHW)
+PIX_BLOCK_C = 32
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -783,7 +786,7 @@ class _Plan:
         self.direct = self.direct or self.split == 1
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
-        self.pix_bc, self.pix_bhw = (64, 32) if cl else (16, 128 if hw >= 8192 else 64)
+        self.pix_bc, self.pix_bhw = (64, 32) if cl else (PIX_BLOCK_C, 128 if hw >= 8192 else 64)
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
