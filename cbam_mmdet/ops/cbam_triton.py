@@ -746,6 +746,8 @@ MAX_SPLIT_PIXELS = 16384
 DIRECT_MLP_WEIGHTS = 32768
 # channels per step of the passes over blocks of pixels (contiguous NCHW)
 PIX_BLOCK_C = 32
+# pixels per program of those passes: 128 from this many pixels per sample on, else 64
+PIX_WIDE_HW = 8192
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -786,7 +788,8 @@ class _Plan:
         self.direct = self.direct or self.split == 1
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
-        self.pix_bc, self.pix_bhw = (64, 32) if cl else (PIX_BLOCK_C, 128 if hw >= 8192 else 64)
+        self.pix_bc, self.pix_bhw = (64, 32) if cl else (PIX_BLOCK_C,
+                                                         128 if hw >= PIX_WIDE_HW else 64)
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
