@@ -5,11 +5,14 @@ built to launch few kernels, each through :mod:`.triton_launch` (about 5 us of h
 instead of 15-40 us for ``kernel[grid]``), with one workspace allocation per call and no
 other PyTorch ops:
 
-- CBAM forward: ``_pool_mlp`` (avg and max over H, W in partial sums; the last program
-  of each sample to finish runs the shared MLP and the sigmoid, ``M_c``, and zeroes the
-  backward's accumulators), ``_spatial_pool`` ([max; mean] over C of ``M_c F``, never
-  stored), then for inference ``_gate_scale`` computing the 7x7 convolution, BatchNorm
-  (running statistics) and sigmoid per pixel and ``out = F M_c M_s`` in one pass (three
+- CBAM forward: ``_pool_mlp`` (avg and max over H, W and the shared MLP's first layer:
+  for large MLPs every program adds ``W1[:, its channels]`` times its channels' pooled
+  values into a per-sample accumulator; for small ones the last program of each sample
+  runs the whole MLP; it also zeroes the backward's accumulators), ``_spatial_pool``
+  (``M_c`` for the channels each program reads, by the MLP's second layer where the
+  pooling pass left it, then [max; mean] over C of ``M_c F``, never stored), then for
+  inference ``_gate_scale`` computing the 7x7 convolution, BatchNorm (running
+  statistics) and sigmoid per pixel and ``out = F M_c M_s`` in one pass (three
   launches); with autograd or BatchNorm in training mode, ``_spatial_conv`` (the
   convolution and per-block statistics; the last program combines them per Chan et al.
   and updates the running statistics) comes before ``_gate_scale`` (four launches).
@@ -17,8 +20,12 @@ other PyTorch ops:
   ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, the descriptor's
   share of ``dL/dM_c``), ``_mlp_bwd`` (the MLP's weight gradients and ``dL/d pooled``),
   ``_bwd_dx`` (``dL/dF``): four launches. Parameter gradients are views of the workspace.
-- SE: ``_pool_mlp``, ``_scale_channels`` forward; ``_bwd_reduce``, ``_mlp_bwd``,
-  ``_bwd_dx`` backward.
+- SE: ``_pool_mlp``, ``_scale_channels`` (with the MLP's second layer) forward;
+  ``_bwd_reduce``, ``_mlp_bwd``, ``_bwd_dx`` backward.
+
+Passes over blocks of pixels own all channels of their pixels; where the pixels are few
+(ResNet's late stages) the channels are split over programs too, and sums and maxima
+over channels are combined by atomics (:func:`_channel_split`).
 
 "Last program to finish" steps count finished programs in an int32 counter per device
 and stream (reset by the last program), after a barrier so that every thread's partial
