@@ -751,6 +751,9 @@ MAX_SPLIT_PIXELS = 16384
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
 # in one program per sample where the weights have at least this many values.
 DIRECT_MLP_WEIGHTS = 32768
+# pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
+# half as many pixels for a direct pass over at most 2048 pixels)
+POOL_BLOCK_HW = 1024
 # channels per step of the passes over blocks of pixels (contiguous NCHW)
 PIX_BLOCK_C = 32
 # pixels per program of those passes: 128 from this many pixels per sample on, else 64
@@ -785,8 +788,8 @@ class _Plan:
         if cl:
             self.pool_bc, self.pool_bhw = 64, 32
         else:
-            self.pool_bc, self.pool_bhw = (4 if hw > 2048 else 8, 256) if self.direct \
-                else (4, 256)
+            self.pool_bc, self.pool_bhw = (8, POOL_BLOCK_HW // 2) \
+                if self.direct and hw <= 2048 else (4, POOL_BLOCK_HW)
         ncb = n * triton.cdiv(c, self.pool_bc)
         hw_blocks = triton.cdiv(hw, self.pool_bhw)
         per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // 512), hw_blocks)
