@@ -113,6 +113,16 @@ def _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID,
 
 
 @triton.jit
+def _channel_span(C, CPS):
+    """(sample n, channel split, first channel, end of its channels) of a program whose
+    grid axis 0 runs over the samples x the splits of CPS channels each."""
+    num_cs = tl.cdiv(C, CPS)
+    cs = tl.program_id(0) % num_cs
+    c_begin = cs * CPS
+    return tl.program_id(0) // num_cs, cs, c_begin, tl.minimum(C, c_begin + CPS)
+
+
+@triton.jit
 def _zero(ptr, size, BLOCK: tl.constexpr):
     for start in range(0, size, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -223,10 +233,7 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
     desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c of the same,
     over the program's CPS channels: stored, or with ATOMIC (channels split over
     programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
-    num_cs = tl.cdiv(C, CPS)
-    n = tl.program_id(0) // num_cs
-    c_begin = (tl.program_id(0) % num_cs) * CPS
-    c_end = tl.minimum(C, c_begin + CPS)
+    n, _, c_begin, c_end = _channel_span(C, CPS)
     store_a = tl.program_id(1) == 0
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -359,11 +366,7 @@ def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
     """s[n, hw] = sigmoid(BN(conv(desc))) (from z and the stats when FROM_Z, else the
     convolution here and BatchNorm in running statistics), then over the program's CPS
     channels out[n, c, hw] = x a[n, c] s[n, hw]; out has x's strides."""
-    num_cs = tl.cdiv(C, CPS)
-    n = tl.program_id(0) // num_cs
-    cs = tl.program_id(0) % num_cs
-    c_begin = cs * CPS
-    c_end = tl.minimum(C, c_begin + CPS)
+    n, cs, c_begin, c_end = _channel_span(C, CPS)
     HW = H * W
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -429,10 +432,7 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
     added into the dz region (zeroed by the forward) and the last program to finish
     (counter SLOT, reset after use) turns it into dz for all pixels and stores the two
     sums as the only block."""
-    num_cs = tl.cdiv(C, CPS)
-    n = tl.program_id(0) // num_cs
-    c_begin = (tl.program_id(0) % num_cs) * CPS
-    c_end = tl.minimum(C, c_begin + CPS)
+    n, _, c_begin, c_end = _channel_span(C, CPS)
     pid = tl.program_id(1)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -494,11 +494,7 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
     then the descriptor's share of dL/da over the program's CPS channels:
     da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]). The programs of
     the first channel split store ddesc and add dW."""
-    num_cs = tl.cdiv(C, CPS)
-    n = tl.program_id(0) // num_cs
-    cs = tl.program_id(0) % num_cs
-    c_begin = cs * CPS
-    c_end = tl.minimum(C, c_begin + CPS)
+    n, cs, c_begin, c_end = _channel_span(C, CPS)
     pid = tl.program_id(1)
     HW = H * W
     offs_p = tl.arange(0, BLOCK_P)
