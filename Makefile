@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.setup-complete
 .PHONY: setup test test-all demo
 setup: $(STAMP)
 
-$(STAMP): setup.py tools/setup_env.sh
+$(STAMP): setup.py tools/setup_env.sh cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp
 	bash tools/setup_env.sh
 	@touch $(STAMP)
 

@@ -1,4 +1,40 @@
+"""cbam_mmdet: CBAM and SE attention plugins for mmdet detectors.
+
+Builds one optional C++ extension, ``cbam_mmdet.ops._cpu_kernels`` (CBAM inference on CPU
+in three passes, cbam_mmdet/ops/csrc). Where it cannot be built (no compiler, no OpenMP)
+the install goes on without it and the PyTorch fast path runs instead; set
+``CBAM_MMDET_CPU_KERNELS=0`` to skip it.
+"""
+import os
+import warnings
+
 from setuptools import find_packages, setup
+
+CPU_KERNELS = 'cbam_mmdet.ops._cpu_kernels'
+
+
+def extension_options():
+    if os.environ.get('CBAM_MMDET_CPU_KERNELS', '1') == '0':
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:  # torch is not installed yet: pure-Python install
+        return {}
+
+    class OptionalBuildExtension(BuildExtension):
+        """Builds the extension, or warns and goes on without it."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # compiler missing or failing
+                warnings.warn(f'{ext.name} was not built ({error}); the PyTorch fast path '
+                              'runs instead')
+
+    ext = CppExtension(CPU_KERNELS, ['cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp'],
+                       extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
+    return dict(ext_modules=[ext], cmdclass={'build_ext': OptionalBuildExtension})
+
 
 setup(
     name='cbam_mmdet',
@@ -7,4 +43,5 @@ setup(
     packages=find_packages(include=['cbam_mmdet', 'cbam_mmdet.*']),
     python_requires='>=3.9',
     install_requires=['torch', 'mmengine>=0.10', 'mmcv>=2.0.0rc4,<2.2.0', 'mmdet>=3.0,<3.4'],
+    **extension_options(),
 )

@@ -1,3 +1,3 @@
 _base_ = './faster_rcnn_r101_coco.py'
 model = dict(backbone=dict(
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))

@@ -2,4 +2,4 @@
 # as the paper and the official code.
 _base_ = './faster_rcnn_r50_voc0712.py'
 model = dict(backbone=dict(
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))

@@ -1,4 +1,4 @@
 # + SE after conv3 (before the residual addition) in every block of every stage.
 _base_ = './faster_rcnn_r50_voc0712.py'
 model = dict(backbone=dict(
-    plugins=[dict(cfg=dict(type='SE', ratio=16), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='SE', ratio=16, inplace=True), position='after_conv3')]))

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
 VPY="$VENV/bin/python"
-TOTAL=7
+TOTAL=8
 step=0
 t0=$(date +%s)
 
@@ -79,5 +79,7 @@ else
 fi
 
 run_step "install cbam_mmdet (editable)" pipi --no-build-isolation --no-deps -e .
-run_step "check imports" "$VPY" -c 'import torch, mmcv, mmcv.ops, mmengine, mmdet, cbam_mmdet; print(torch.__version__, mmcv.__version__, mmdet.__version__)'
+run_step "build the fused CPU kernels (C++ extension, in place)" \
+  "$VPY" setup.py -q build_ext --inplace
+run_step "check imports" "$VPY" -c 'import torch, mmcv, mmcv.ops, mmengine, mmdet, cbam_mmdet; from cbam_mmdet.ops import cbam_cpu; print(torch.__version__, mmcv.__version__, mmdet.__version__, "CPU kernels:", cbam_cpu.kernels() is not None)'
 echo "[setup] environment ready in $(( $(date +%s) - t0 ))s"

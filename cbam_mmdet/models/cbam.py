@@ -58,6 +58,12 @@ class CBAM(nn.Module):
             path covers the defaults of ``arrangement``, ``channel_pool`` and
             ``spatial_descriptor`` with both attentions, any ``ratio`` and
             ``spatial_kernel``.
+        inplace (bool): in inference (autograd not recording), the fast paths write
+            the output into ``x``'s memory instead of a new tensor, as
+            ``nn.ReLU(inplace=True)`` does: for callers that do not read ``x`` again,
+            such as mmdet's ResNet blocks at the plugin positions ``after_conv1/2/3``
+            (the paper configs set it). Same values. Training and the reference path
+            never write into ``x``. Default False.
     """
 
     _abbr_ = 'cbam'
@@ -71,9 +77,11 @@ class CBAM(nn.Module):
                  spatial_kernel: int = 7,
                  spatial_descriptor: str = 'max+mean',
                  arrangement: str = 'channel_first',
-                 implementation: str = 'auto'):
+                 implementation: str = 'auto',
+                 inplace: bool = False):
         super().__init__()
         check_implementation(implementation)
+        check_choice('inplace', inplace, (True, False))
         check_positive_int('in_channels', in_channels)
         check_positive_int('ratio', ratio)
         check_choice('arrangement', arrangement, ARRANGEMENTS)
@@ -94,6 +102,7 @@ class CBAM(nn.Module):
             kernel_size=spatial_kernel, descriptor=spatial_descriptor,
             in_channels=in_channels) if spatial_attention else None
         self.implementation = implementation
+        self.inplace = inplace
         self.has_fast_path = (arrangement == 'channel_first' and channel_attention
                               and spatial_attention and channel_pool == 'avg+max'
                               and spatial_descriptor == 'max+mean')
@@ -128,7 +137,7 @@ class CBAM(nn.Module):
         backend = select_backend(self.implementation, x, self.has_fast_path)
         if backend != 'reference':
             return cbam_forward(backend, x, self.channel_attention, self.spatial_attention,
-                                module=self)
+                                module=self, inplace=self.inplace)
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:

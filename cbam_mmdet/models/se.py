@@ -2,6 +2,7 @@ import torch
 from mmdet.registry import MODELS
 
 from ..ops import check_implementation, se_forward, select_backend
+from ._validate import check_choice
 from .channel_attention import ChannelAttention
 
 
@@ -25,19 +26,27 @@ class SE(ChannelAttention):
             :mod:`cbam_mmdet.ops`), ``'reference'`` (the equation as written),
             ``'fast'``, ``'graph'`` (CUDA inference from a CUDA graph) or ``'eager'``
             (never a CUDA graph).
+        inplace (bool): in inference (autograd not recording), the fast paths write
+            the output into ``x``'s memory instead of a new tensor (as
+            ``nn.ReLU(inplace=True)``), for callers that do not read ``x`` again, such
+            as mmdet's ResNet blocks at ``after_conv1/2/3`` (the paper configs set it).
+            Training and the reference path never write into ``x``. Default False.
     """
 
     _abbr_ = 'se'
 
-    def __init__(self, in_channels: int, ratio: int = 16, implementation: str = 'auto'):
+    def __init__(self, in_channels: int, ratio: int = 16, implementation: str = 'auto',
+                 inplace: bool = False):
         super().__init__(in_channels, ratio=ratio, pool='avg')
         check_implementation(implementation)
+        check_choice('inplace', inplace, (True, False))
         self.implementation = implementation
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = select_backend(self.implementation, x, has_fast_path=True)
         if backend != 'reference':
-            return se_forward(backend, x, self)
+            return se_forward(backend, x, self, inplace=self.inplace)
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,11 @@ from .dispatch import (ENV_VAR, GRAPH_BY_DEFAULT, IMPLEMENTATIONS, check_impleme
                        eager_backend, select_backend, triton_available)
 
 
-def cbam_forward(backend, x, channel_attention, spatial_attention, module=None):
+def cbam_forward(backend, x, channel_attention, spatial_attention, module=None,
+                 inplace=False):
     """CBAM (default options) on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'``
-    (a CUDA graph of :func:`eager_backend`'s path, cached on ``module``)."""
+    (a CUDA graph of :func:`eager_backend`'s path, cached on ``module``). ``inplace``:
+    inference writes the output into ``x`` (not for ``'graph'``)."""
     if backend == 'graph':
         from . import cuda_graph
         eager = eager_backend(x)
@@ -19,14 +21,14 @@ def cbam_forward(backend, x, channel_attention, spatial_attention, module=None):
             module, x, lambda t: cbam_forward(eager, t, channel_attention, spatial_attention))
     if backend == 'triton':
         from . import cbam_triton
-        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention)
+        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention, inplace)
         if out is not None:
             return out
     from . import cbam_cpu
-    return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention)
+    return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention, inplace)
 
 
-def se_forward(backend, x, se):
+def se_forward(backend, x, se, inplace=False):
     """SE on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'`` (cached on ``se``)."""
     if backend == 'graph':
         from . import cuda_graph
@@ -34,11 +36,11 @@ def se_forward(backend, x, se):
         return cuda_graph.run(se, x, lambda t: se_forward(eager, t, se))
     if backend == 'triton':
         from . import cbam_triton
-        out = cbam_triton.se_forward(x, se)
+        out = cbam_triton.se_forward(x, se, inplace)
         if out is not None:
             return out
     from . import cbam_cpu
-    return cbam_cpu.se_forward(x, se)
+    return cbam_cpu.se_forward(x, se, inplace)
 
 
 __all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'check_implementation',

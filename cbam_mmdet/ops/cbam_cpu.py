@@ -1,7 +1,15 @@
-"""The PyTorch fast path of CBAM and SE: the same equations in fewer passes.
+"""The CPU fast path of CBAM and SE (and the PyTorch one on any device): the same
+equations in fewer passes.
 
-Runs on any device (the default on CPU, and on CUDA without Triton) and under autograd.
-Differences from the reference ``forward`` (all exact up to float rounding):
+CBAM inference (autograd not recording) on a contiguous float32 CPU tensor runs the fused
+C++ kernels of ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp, built by
+``setup.py build_ext``): three passes over the feature map (pooling over H x W; the
+channel max and mean of ``M_c F``; ``F * M_c * M_s``, written once) instead of six, with
+the shared MLP, the 7x7 convolution and BatchNorm as PyTorch ops on the small maps.
+Everything else (training, other dtypes and layouts, CUDA without Triton, or the
+extension not built) runs the PyTorch fast path below, under autograd where it records.
+Differences of the PyTorch fast path from the reference ``forward`` (all exact up to
+float rounding):
 
 - global max pooling with ``amax`` over (H, W) instead of ``adaptive_max_pool2d``
   (several times faster on CPU); both descriptors go through the shared MLP as one
@@ -12,13 +20,35 @@ Differences from the reference ``forward`` (all exact up to float rounding):
   CBAM call allocates one feature-sized tensor instead of two;
 - autocast is only switched off around the small maps when it is on.
 
+``inplace=True`` (inference only) writes the output into ``x``'s memory instead of a new
+tensor: no allocation of a feature-sized tensor (on CPU, no page faults for it).
+
 Attention maps are computed in float32 (float64 for float64 inputs) outside autocast, as
 in the reference, so fp16 activations as large as 1e4 give no inf or NaN.
 """
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=None)
+def kernels():
+    """The compiled CPU kernels (``cbam_mmdet.ops._cpu_kernels``), or None where the
+    extension was not built."""
+    try:
+        from . import _cpu_kernels
+    except ImportError:
+        return None
+    return _cpu_kernels
+
+
+def records_grad(x, *modules):
+    """Whether autograd records this call (grad mode on and x or a parameter needs it)."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
 
 
 def compute_dtype(x):
@@ -48,29 +78,39 @@ def spatial_logits(desc, spatial_attention):
     return sa.bn(F.conv2d(desc, conv.weight.to(dt), None, conv.stride, conv.padding))
 
 
-def se_forward(x, se):
+def se_forward(x, se, inplace=False):
     """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`)."""
     n, c = x.shape[:2]
     cdt = compute_dtype(x)
     pooled = x.mean((2, 3), dtype=cdt)
     with no_autocast(x):
         a = torch.sigmoid(mlp_logits(pooled, se.fc1, se.fc2))
-    return x * a.view(n, c, 1, 1).to(x.dtype)
+    a = a.view(n, c, 1, 1).to(x.dtype)
+    if inplace and not records_grad(x, se):
+        return x.mul_(a)
+    return x * a
 
 
-def cbam_forward(x, channel_attention, spatial_attention):
+def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     """CBAM, channel then spatial attention, avg+max channel pooling and the
     [max; mean] spatial descriptor (:class:`~cbam_mmdet.CBAM`'s defaults)."""
+    recording = records_grad(x, channel_attention, spatial_attention)
+    kern = kernels()
+    if (kern is not None and not recording and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and x.is_contiguous()):
+        return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace)
     n, c, h, w = x.shape
     cdt = compute_dtype(x)
     pooled = torch.stack((x.mean((2, 3), dtype=cdt), x.amax((2, 3)).to(cdt)))
     with no_autocast(x):
         logits = mlp_logits(pooled, channel_attention.fc1, channel_attention.fc2)
         a = torch.sigmoid(logits[0] + logits[1])
-    y = x * a.view(n, c, 1, 1).to(x.dtype)
+    gate = a.view(n, c, 1, 1).to(x.dtype)
+    in_x = inplace and not recording
+    y = x.mul_(gate) if in_x else x * gate
     desc_max = y.amax(dim=1, keepdim=True).to(cdt)
     with no_autocast(x):
-        if x.dtype == cdt and x.is_contiguous():
+        if x.dtype == cdt and x.is_contiguous() and not in_x:
             # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample, in the
             # compute dtype (under autocast a matmul would run in fp16 and overflow).
             desc_mean = torch.matmul(a.view(n, 1, c),
@@ -79,6 +119,19 @@ def cbam_forward(x, channel_attention, spatial_attention):
             desc_mean = y.mean(dim=1, keepdim=True, dtype=cdt)
         s = torch.sigmoid(spatial_logits(torch.cat((desc_max, desc_mean), dim=1),
                                          spatial_attention)).to(x.dtype)
-    if y.requires_grad:
+    if recording:
         return y * s
     return y.mul_(s)
+
+
+def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):
+    """CBAM inference through the C++ kernels: three passes over ``x``."""
+    with no_autocast(x):
+        logits = mlp_logits(kern.channel_pool(x), channel_attention.fc1,
+                            channel_attention.fc2)
+        a = torch.sigmoid(logits[0] + logits[1]).contiguous()
+        desc = kern.spatial_pool(x, a)
+        s = torch.sigmoid(spatial_logits(desc, spatial_attention)).contiguous()
+    out = x if inplace else torch.empty_like(x)
+    kern.scale(x, a, s, out)
+    return out

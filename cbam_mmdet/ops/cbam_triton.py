@@ -1075,7 +1075,7 @@ def _records_grad(x, params):
         x.requires_grad or any(p.requires_grad for p in params))
 
 
-def cbam_forward(x, channel_attention, spatial_attention):
+def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     """CBAM with the default options, or None where these kernels do not apply (the
     caller then runs the PyTorch fast path)."""
     ca_modules, sa_modules = channel_attention._modules, spatial_attention._modules
@@ -1094,14 +1094,15 @@ def cbam_forward(x, channel_attention, spatial_attention):
         return None  # BatchNorm's own error for one value per channel
     if _records_grad(x, params):
         return _CBAMFunction.apply(x, *params, plan, bn, bn_train)
-    out = torch.empty_like(x)
+    # inference: the last pass reads each element of x before it writes it (inplace)
+    out = x if inplace else torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
     _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, params, bn,
                  'train' if bn_train else 'eval', False)
     return out
 
 
-def se_forward(x, se):
+def se_forward(x, se, inplace=False):
     """SE, or None where these kernels do not apply."""
     modules = se._modules
     f1, f2 = modules['fc1']._parameters, modules['fc2']._parameters
@@ -1113,7 +1114,7 @@ def se_forward(x, se):
     plan = _plan('se', x, params[0].shape[0], 0)
     if _records_grad(x, params):
         return _SEFunction.apply(x, *params, plan)
-    out = torch.empty_like(x)
+    out = x if inplace else torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
     _se_passes(plan, current_stream(x.get_device()), x, ws, out, params, False)
     return out

@@ -2,4 +2,4 @@
 # block of every stage: the paper's placement (placement preset: "block end").
 _base_ = './faster_rcnn_r50_shapes.py'
 model = dict(backbone=dict(
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))

@@ -2,4 +2,4 @@
 # stage: the paper's placement.
 _base_ = './faster_rcnn_r50_bccd.py'
 model = dict(backbone=dict(
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))

@@ -1,0 +1,88 @@
+"""The fused C++ kernels of CBAM inference on CPU (cbam_mmdet/ops/csrc)."""
+import pytest
+import torch
+
+from cbam_mmdet import CBAM
+from cbam_mmdet.ops import cbam_cpu
+from test_fast_attention import pair
+
+SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3),
+          (1, 16, 70, 90), (2, 2048, 3, 4)]
+
+
+def test_cpu_kernels_are_built():
+    assert cbam_cpu.kernels() is not None, (
+        'cbam_mmdet.ops._cpu_kernels is missing: `python setup.py build_ext --inplace` '
+        '(make setup runs it) builds it')
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = []
+    real = cbam_cpu._cbam_kernels
+    monkeypatch.setattr(cbam_cpu, '_cbam_kernels',
+                        lambda *a: calls.append(a[1].shape) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+@pytest.mark.parametrize('bn_training', [False, True], ids=['bn_eval', 'bn_train'])
+def test_cpu_kernels_match_reference(shape, bn_training, kernel_calls):
+    """Outputs as close to a float64 evaluation as the float32 reference's (the sums over
+    channels run in another order; BatchNorm with random statistics amplifies their
+    rounding), and BatchNorm's running statistics equal."""
+    ref, fast = pair(CBAM, shape[1], ratio=8)
+    truth = CBAM(shape[1], ratio=8, implementation='reference').double()
+    truth.load_state_dict(ref.state_dict())
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    for m in (ref, fast, truth):
+        m.train(bn_training)
+    with torch.no_grad():
+        want = ref(x)
+        got = fast(x)
+        exact = truth(x.double())
+    assert kernel_calls == [shape]
+    err = (got.double() - exact).abs().max().item()
+    err_ref = (want.double() - exact).abs().max().item()
+    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+    for (name, b), (_, b_ref) in zip(fast.named_buffers(), ref.named_buffers()):
+        torch.testing.assert_close(b, b_ref, msg=name)  # running statistics in BN training
+
+
+def test_cpu_kernels_each_pass_matches_torch():
+    kern = cbam_cpu.kernels()
+    x = torch.randn(2, 40, 33, 17)
+    a = torch.rand(2, 40)
+    s = torch.rand(2, 1, 33, 17)
+    pooled = kern.channel_pool(x)
+    torch.testing.assert_close(pooled[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pooled[1], x.amax((2, 3)), rtol=0, atol=0)
+    y = x * a[:, :, None, None]
+    desc = kern.spatial_pool(x, a)
+    torch.testing.assert_close(desc[:, :1], y.amax(1, keepdim=True), rtol=0, atol=0)
+    torch.testing.assert_close(desc[:, 1:], y.mean(1, keepdim=True), rtol=1e-5, atol=1e-6)
+    out = torch.empty_like(x)
+    kern.scale(x, a, s, out)
+    torch.testing.assert_close(out, y * s, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match='contiguous float32'):
+        kern.channel_pool(x.double())
+
+
+def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(kernel_calls):
+    ref, fast = pair(CBAM, 32, ratio=8)
+    x = torch.randn(3, 32, 6, 7)
+    x[0, 3, 2, 2] = float('nan')
+    x[1, 5, 1, 4] = float('inf')
+    x[2, 6, 0, 0] = -float('inf')
+    with torch.no_grad():
+        want = ref.eval()(x)
+        got = fast.eval()(x)
+    assert kernel_calls
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    torch.testing.assert_close(got, want, equal_nan=True)
+    kern = cbam_cpu.kernels()
+    pooled = kern.channel_pool(x)
+    assert torch.isnan(pooled[1, 0, 3]) and torch.isnan(pooled[0, 0, 3])
+    assert pooled[1, 1, 5] == float('inf')
+    desc = kern.spatial_pool(x, torch.ones(3, 32))
+    assert torch.isnan(desc[0, 0, 2, 2]) and desc[1, 0, 1, 4] == float('inf')
