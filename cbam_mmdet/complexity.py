@@ -22,6 +22,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from .convert.resnet_layout import plugin_architecture
 from .offline_model import load_config, without_pretrained
 
 IMAGENET_SHAPE = (3, 224, 224)
@@ -80,7 +81,7 @@ def attention_of(backbone_cfg):
         return None
     if len(plugins) != 1:
         return False
-    plugin = plugins[0]
+    plugin = plugin_architecture(plugins)[0]  # implementation / inplace do not matter
     cfg = dict(plugin['cfg'])
     kind = cfg.pop('type')
     every_stage = plugin.get('stages') is None or all(plugin['stages'])

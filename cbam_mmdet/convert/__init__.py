@@ -5,6 +5,7 @@ from .checkpoint_io import read_state_dict, save_converted
 from .official_cbam import convert_official_cbam
 from .resnet_conversion import (CheckpointConversionError, ConvertedBackbone,
                                 build_backbone)
+from .resnet_layout import plugin_architecture
 from .summary import conversion_summary
 from .timm_seresnet import convert_timm_seresnet
 
@@ -28,4 +29,5 @@ def convert_checkpoint_file(src, dst, source_format, depth=None):
 
 __all__ = ['CheckpointConversionError', 'ConvertedBackbone', 'CONVERTERS', 'build_backbone',
            'conversion_summary', 'convert_checkpoint_file', 'convert_official_cbam',
-           'convert_timm_seresnet', 'read_state_dict', 'save_converted']
+           'convert_timm_seresnet', 'plugin_architecture', 'read_state_dict',
+           'save_converted']

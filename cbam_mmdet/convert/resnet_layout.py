@@ -103,3 +103,14 @@ def plugin_configs(plugin_cfg, ratios, position):
         plugins.append(dict(cfg=dict(plugin_cfg, ratio=ratio), stages=stages,
                             position=position))
     return plugins
+
+
+# Plugin arguments that choose how a plugin runs, not what it computes or its weights.
+EXECUTION_OPTIONS = ('implementation', 'inplace')
+
+
+def plugin_architecture(plugins):
+    """mmdet ``plugins`` entries without :data:`EXECUTION_OPTIONS` in their ``cfg``: two
+    backbones with equal architectures build the same modules and state dict keys."""
+    return [dict(p, cfg={k: v for k, v in p['cfg'].items() if k not in EXECUTION_OPTIONS})
+            for p in plugins or []]
