@@ -110,8 +110,14 @@ class Runner:
         dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
+    def set_mode(self, mode):
+        """``model.train()`` for ``'train'``, ``model.eval()`` for ``'infer'``: once per
+        mode, outside the timed steps, as mmengine's loops do (once per epoch or run).
+        Inside every step it would charge each variant a walk over its modules (measured
+        on CPU: 0.66 ms baseline, 0.94 ms CBAM for eval(), 0.96 / 1.51 ms for train())."""
+        self.model.train(mode == 'train')
+
     def train_step(self, images, samples):
-        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             if self.backbone_only:
@@ -124,7 +130,6 @@ class Runner:
         self.scaler.update()
 
     def infer_step(self, images, samples):
-        self.model.eval()
         with torch.no_grad(), self._autocast():
             if self.backbone_only:
                 self.model(images)
@@ -175,6 +180,8 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         runners.append(Runner(name, model, backbone_only, amp, device))
     results = []
     for mode in modes:
+        for r in runners:
+            r.set_mode(mode)
         steps = {r.name: (lambda r=r: getattr(r, f'{mode}_step')(images, samples))
                  for r in runners}
         for _ in range(warmup):

@@ -422,6 +422,27 @@ def test_benchmark_backbones_interleaved_with_ratios():
     assert len(logs) == 2 and 'cbam-ref' in logs[0]
 
 
+def test_benchmark_sets_each_mode_once_outside_the_timed_steps(monkeypatch):
+    """model.train() / eval() walk every module (more of them with plugins): the
+    benchmark switches modes once per mode, as mmengine's loops do, not in every step."""
+    import torch.nn as nn
+    from cbam_mmdet.benchmark import run_benchmark
+    calls = []
+    real = nn.Module.train
+
+    def counting_train(module, mode=True):
+        if module.__class__.__name__ == 'ResNet':
+            calls.append(mode)
+        return real(module, mode)
+
+    monkeypatch.setattr(nn.Module, 'train', counting_train)
+    run_benchmark(variants=('baseline', 'se'), modes=('train', 'infer'), device='cpu',
+                  shape=(64, 64), backbone_only=True, rounds=3, warmup=1, iters=2,
+                  log=lambda s: None)
+    # ResNet.train calls super().train once per switch: one switch per mode and variant
+    assert calls == [True, True, False, False]
+
+
 def test_benchmark_variants_differ_only_by_implementation():
     from cbam_mmdet.benchmark import build_model, variant_config
     ref = build_model(variant_config('cbam-ref'), backbone_only=True)
