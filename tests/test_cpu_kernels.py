@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cbam_mmdet import CBAM
+from cbam_mmdet import CBAM, SE
 from cbam_mmdet.ops import cbam_cpu
 from test_fast_attention import pair
 
@@ -86,3 +86,68 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(kernel_calls):
     assert pooled[1, 1, 5] == float('inf')
     desc = kern.spatial_pool(x, torch.ones(3, 32))
     assert torch.isnan(desc[0, 0, 2, 2]) and desc[1, 0, 1, 4] == float('inf')
+
+
+@pytest.mark.parametrize('threads', [1, 2, 3, 5])
+@pytest.mark.parametrize('kernel', [3, 7])
+@pytest.mark.parametrize('shape', [(2, 24, 37, 13), (1, 40, 64, 9), (3, 8, 6, 5),
+                                   (1, 512, 41, 130)], ids=str)
+@pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
+def test_cpu_fused_gate_pass_matches_reference_across_row_ranges(threads, kernel, shape,
+                                                                 inplace, kernel_calls):
+    """BatchNorm in running statistics: the gate and scale run in one pass over bands of
+    rows, each thread on its own range of rows (boundary rows computed first); 512 x 130
+    values per row make bands of 4 rows (1 MB), several per range."""
+    ref, fast = pair(CBAM, shape[1], ratio=4, spatial_kernel=kernel, inplace=inplace)
+    truth = CBAM(shape[1], ratio=4, spatial_kernel=kernel, implementation='reference')
+    truth.load_state_dict(ref.state_dict())
+    truth.double()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2
+    x[0, 1, shape[2] // 2, 2] = 40.0  # the maximum, on a boundary between two ranges
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            want = ref.eval()(x)
+            exact = truth.eval()(x.double())
+            got = fast.eval()(x.clone())
+    finally:
+        torch.set_num_threads(previous)
+    assert kernel_calls == [shape]
+    err = (got.double() - exact).abs().max().item()
+    err_ref = (want.double() - exact).abs().max().item()
+    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_cpu_kernels_se_matches_reference(shape, monkeypatch):
+    calls = []
+    real = cbam_cpu._se_kernels
+    monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
+    ref, fast = pair(SE, shape[1], ratio=8)
+    truth = SE(shape[1], ratio=8, implementation='reference').double()
+    truth.load_state_dict(ref.state_dict())
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        want = ref.eval()(x)
+        got = fast.eval()(x)
+        exact = truth.eval()(x.double())
+    assert calls == [1]
+    err = (got.double() - exact).abs().max().item()
+    err_ref = (want.double() - exact).abs().max().item()
+    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+
+
+def test_cpu_kernels_mlp_gate_matches_the_mlp():
+    kern = cbam_cpu.kernels()
+    g = torch.Generator().manual_seed(1)
+    pooled = torch.randn(2, 3, 96, generator=g)
+    w1, b1 = torch.randn(6, 96, generator=g), torch.randn(6, generator=g)
+    w2, b2 = torch.randn(96, 6, generator=g), torch.randn(96, generator=g)
+    mlp = [w2 @ torch.relu(w1 @ p.T + b1[:, None]) + b2[:, None] for p in pooled]
+    want = torch.sigmoid(mlp[0] + mlp[1]).T
+    torch.testing.assert_close(kern.mlp_gate(pooled, w1, b1, w2, b2), want)
+    torch.testing.assert_close(kern.mlp_gate(pooled[:1], w1, b1, w2, b2),
+                               torch.sigmoid(mlp[0]).T)
+    with pytest.raises(RuntimeError, match='w1 must be a contiguous float32'):
+        kern.mlp_gate(pooled, w1.T, b1, w2, b2)

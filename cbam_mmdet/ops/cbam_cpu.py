@@ -1,13 +1,16 @@
 """The CPU fast path of CBAM and SE (and the PyTorch one on any device): the same
 equations in fewer passes.
 
-CBAM inference (autograd not recording) on a contiguous float32 CPU tensor runs the fused
-C++ kernels of ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp, built by
-``setup.py build_ext``): three passes over the feature map (pooling over H x W; the
-channel max and mean of ``M_c F``; ``F * M_c * M_s``, written once) instead of six, with
-the shared MLP, the 7x7 convolution and BatchNorm as PyTorch ops on the small maps.
-Everything else (training, other dtypes and layouts, CUDA without Triton, or the
-extension not built) runs the PyTorch fast path below, under autograd where it records.
+Inference (autograd not recording) on a contiguous float32 CPU tensor runs the C++
+kernels of ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp, built by
+``setup.py build_ext``): the pooling over H x W in one pass, the shared MLP and its
+sigmoid in one call (each weight read once; a dozen PyTorch ops before), then for SE the
+scale, and for CBAM, with BatchNorm in running statistics, one pass in bands of rows that
+forms the channel max and mean of ``M_c F``, the 7x7 convolution, BatchNorm and sigmoid,
+and writes ``F * M_c * M_s`` while the band is in cache (with batch statistics: two
+passes and the convolution and BatchNorm as PyTorch ops on the small maps). Everything
+else (training, other dtypes and layouts, CUDA without Triton, or the extension not
+built) runs the PyTorch fast path below, under autograd where it records.
 Differences of the PyTorch fast path from the reference ``forward`` (all exact up to
 float rounding):
 
@@ -28,6 +31,7 @@ in the reference, so fp16 activations as large as 1e4 give no inf or NaN.
 """
 import contextlib
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +84,9 @@ def spatial_logits(desc, spatial_attention):
 
 def se_forward(x, se, inplace=False):
     """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`)."""
+    kern = kernels()
+    if _kernels_apply(kern, x, se):
+        return _se_kernels(kern, x, se, inplace)
     n, c = x.shape[:2]
     cdt = compute_dtype(x)
     pooled = x.mean((2, 3), dtype=cdt)
@@ -94,11 +101,10 @@ def se_forward(x, se, inplace=False):
 def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     """CBAM, channel then spatial attention, avg+max channel pooling and the
     [max; mean] spatial descriptor (:class:`~cbam_mmdet.CBAM`'s defaults)."""
-    recording = records_grad(x, channel_attention, spatial_attention)
     kern = kernels()
-    if (kern is not None and not recording and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and x.is_contiguous()):
+    if _kernels_apply(kern, x, channel_attention, spatial_attention):
         return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace)
+    recording = records_grad(x, channel_attention, spatial_attention)
     n, c, h, w = x.shape
     cdt = compute_dtype(x)
     pooled = torch.stack((x.mean((2, 3), dtype=cdt), x.amax((2, 3)).to(cdt)))
@@ -124,14 +130,53 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     return y.mul_(s)
 
 
+def _mlp_gate(kern, pooled, mlp):
+    """sigmoid of the shared MLP summed over the descriptors ``pooled`` (K, N, C)."""
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    return kern.mlp_gate(pooled, fc1.weight.detach(), fc1.bias.detach(),
+                         fc2.weight.detach(), fc2.bias.detach())
+
+
+def _bn_affine(bn):
+    """(scale, shift) of BatchNorm with its running statistics: BN(z) = z scale + shift."""
+    scale = 1.0 / math.sqrt(float(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        scale *= float(bn.weight)
+    shift = -float(bn.running_mean) * scale
+    if bn.bias is not None:
+        shift += float(bn.bias)
+    return scale, shift
+
+
+def _kernels_apply(kern, x, *modules):
+    """Whether the C++ kernels take this call: inference on a contiguous float32 CPU
+    tensor with float32 parameters."""
+    return (kern is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.is_contiguous() and not records_grad(x, *modules)
+            and all(p.dtype == torch.float32 for m in modules for p in m.parameters()))
+
+
+def _se_kernels(kern, x, se, inplace):
+    """SE inference through the C++ kernels: one pass for the average, the MLP in one
+    call, and the scale (in place or into a new tensor)."""
+    n, c = x.shape[:2]
+    a = _mlp_gate(kern, kern.channel_pool(x)[:1], se).view(n, c, 1, 1)
+    return x.mul_(a) if inplace else x * a
+
+
 def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):
-    """CBAM inference through the C++ kernels: three passes over ``x``."""
+    """CBAM inference through the C++ kernels: with BatchNorm in running statistics, one
+    pass for the pooling and one fused pass for the spatial gate and the scale (each band
+    of rows read once from memory); with batch statistics, three passes."""
+    out = x if inplace else torch.empty_like(x)
+    bn = spatial_attention.bn
+    a = _mlp_gate(kern, kern.channel_pool(x), channel_attention)
+    conv_w = spatial_attention.conv.weight.detach()
+    if not bn.training and bn.running_mean is not None and conv_w.is_contiguous():
+        kern.cbam_eval(x, a, conv_w, *_bn_affine(bn), out)
+        return out
     with no_autocast(x):
-        logits = mlp_logits(kern.channel_pool(x), channel_attention.fc1,
-                            channel_attention.fc2)
-        a = torch.sigmoid(logits[0] + logits[1]).contiguous()
         desc = kern.spatial_pool(x, a)
         s = torch.sigmoid(spatial_logits(desc, spatial_attention)).contiguous()
-    out = x if inplace else torch.empty_like(x)
     kern.scale(x, a, s, out)
     return out

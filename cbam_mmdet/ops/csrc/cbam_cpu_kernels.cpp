@@ -1,9 +1,13 @@
-// CBAM inference on CPU in three passes over the feature map (float32, contiguous NCHW):
+// CBAM and SE inference on CPU (float32, contiguous NCHW), called from
+// cbam_mmdet/ops/cbam_cpu.py:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
+//   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
+//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_7x7([max_c ; mean_c](F * a)))),
+//                  BatchNorm in running statistics, in bands of rows     (one read, one write)
 //   spatial_pool:  [max_c a_c F_c ; mean_c a_c F_c] for every pixel      (one read)
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
-// The shared MLP, the 7x7 convolution, BatchNorm and the sigmoids run between them as
-// PyTorch ops on the small maps (cbam_mmdet/ops/cbam_cpu.py).
+// (spatial_pool and scale: CBAM with BatchNorm in batch statistics, whose convolution
+// and BatchNorm run as PyTorch ops in between.)
 //
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
 // the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
@@ -16,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define CBAM_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -54,18 +59,56 @@ void pool_row(const float* row, int64_t len, double* sum_out, float* max_out) {
   *max_out = best;
 }
 
-// mx = max(mx, a_c x_c), sm += a_c x_c over channels [0, c) of rows of hw values.
+// mx = max(mx, a_c x_c), sm += a_c x_c over channels [0, c) (channel stride hw) of
+// len consecutive values.
 CBAM_MULTIVERSION
-void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, float* mx, float* sm) {
+void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, int64_t len,
+                  float* mx, float* sm) {
   for (int64_t ci = 0; ci < c; ++ci) {
     const float av = a[ci];
     const float* row = x + ci * hw;
-    for (int64_t p = 0; p < hw; ++p) {
+    for (int64_t p = 0; p < len; ++p) {
       const float v = row[p] * av;
       mx[p] = mx[p] > v ? mx[p] : v;
       sm[p] += v;
     }
   }
+}
+
+// s = sigmoid(conv_KxK([dmax; dmean]) * scale + shift) for rows [r0, r1) of an h x wd map
+// (zero padding, weight (2, K, K)): the spatial gate with BatchNorm folded (running
+// statistics). s holds (r1 - r0) rows.
+CBAM_MULTIVERSION
+void gate_rows(const float* dmax, const float* dmean, int64_t h, int64_t wd, int64_t r0,
+               int64_t r1, const float* w, int64_t k, float scale, float shift, float* s) {
+  const int64_t pad = k / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    float* srow = s + (r - r0) * wd;
+    std::fill(srow, srow + wd, 0.0f);
+    for (int64_t ch = 0; ch < 2; ++ch) {
+      const float* d = ch == 0 ? dmax : dmean;
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t yy = r + ky - pad;
+        if (yy < 0 || yy >= h) continue;
+        const float* drow = d + yy * wd;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const float wv = w[(ch * k + ky) * k + kx];
+          const int64_t dx = kx - pad;
+          const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(wd, wd - dx);
+          for (int64_t p = lo; p < hi; ++p) srow[p] += wv * drow[p + dx];
+        }
+      }
+    }
+    for (int64_t p = 0; p < wd; ++p) srow[p] = 1.0f / (1.0f + std::exp(-(srow[p] * scale + shift)));
+  }
+}
+
+CBAM_MULTIVERSION
+float dot(const float* a, const float* b, int64_t len) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) sum += a[i] * b[i];
+  return sum;
 }
 
 CBAM_MULTIVERSION
@@ -145,7 +188,7 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
         float* sm = mx + hw;
         std::fill(mx, mx + hw, kNegInf);
         std::fill(sm, sm + hw, 0.0f);
-        spatial_rows(px + (s * c + c0) * hw, pa + s * c + c0, c1 - c0, hw, mx, sm);
+        spatial_rows(px + (s * c + c0) * hw, pa + s * c + c0, c1 - c0, hw, hw, mx, sm);
       }
     }
   });
@@ -175,10 +218,159 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   return out;
 }
 
+// [max_c ; mean_c] of a_c x_c for rows [r0, r1) of sample s into desc (N, 2, H, W).
+void desc_rows(const float* px, const float* pa, int64_t c, int64_t hw, int64_t wd, int64_t s,
+               int64_t r0, int64_t r1, float* pdesc) {
+  const int64_t len = (r1 - r0) * wd;
+  if (len <= 0) return;
+  const float* x = px + s * c * hw + r0 * wd;
+  const float* a = pa + s * c;
+  float* mx = pdesc + s * 2 * hw + r0 * wd;
+  float* sm = mx + hw;
+  std::fill(mx, mx + len, kNegInf);
+  std::fill(sm, sm + len, 0.0f);
+  spatial_rows(x, a, c, hw, len, mx, sm);
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (int64_t p = 0; p < len; ++p) {
+    sm[p] *= inv_c;
+    if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
+      float best = kNegInf;
+      for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, x[ci * hw + p] * a[ci]);
+      mx[p] = best;
+    }
+  }
+}
+
+// CBAM's spatial attention and scale in one pass over x for BatchNorm in running
+// statistics: out = (x a_c) sigmoid(conv([max_c ; mean_c](a_c x_c)) scale + shift).
+// Each thread owns a range of rows of a sample and walks it in bands of rows: it takes
+// the channel max and mean of a band (one read of the band), then gates and scales the
+// rows whose 7x7 neighbourhood is complete, while their values are still in cache (so x
+// is read from memory once here, not twice). The descriptor rows next to the boundaries
+// between ranges are computed first, so out may be x: no thread reads rows that another
+// writes.
+void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
+               double scale, double shift, at::Tensor& out) {
+  check_input(x, "x");
+  check_input(out, "out");
+  TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), hw = h * wd;
+  check_gate(a, n * c, "a");
+  const int64_t k = weight.size(-1);
+  check_gate(weight, 2 * k * k, "weight");
+  TORCH_CHECK(k % 2 == 1, "the convolution's kernel must be odd");
+  const int64_t pad = k / 2;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  // ranges of rows: at least 2 * pad rows each, so that boundary rows never overlap
+  const int64_t ranges = std::max<int64_t>(
+      1, std::min<int64_t>(threads, pad > 0 ? h / (2 * pad) : h));
+  const int64_t row_bytes = wd * c * static_cast<int64_t>(sizeof(float));
+  const int64_t band = std::max<int64_t>(1, (4 << 20) / std::max<int64_t>(row_bytes, 1));
+  auto desc = at::empty({n, 2, h, wd}, x.options());
+  const float* px = x.data_ptr<float>();
+  const float* pa = a.data_ptr<float>();
+  const float* pw = weight.data_ptr<float>();
+  float* pd = desc.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  auto range_begin = [&](int64_t t) { return h * t / ranges; };
+  // the rows within pad of each boundary between two ranges
+  if (ranges > 1) {
+    at::parallel_for(0, n * (ranges - 1), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t s = i / (ranges - 1), rb = range_begin(i % (ranges - 1) + 1);
+        desc_rows(px, pa, c, hw, wd, s, std::max<int64_t>(0, rb - pad),
+                  std::min<int64_t>(h, rb + pad), pd);
+      }
+    });
+  }
+  at::parallel_for(0, n * ranges, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> gate((band + 2 * pad + 1) * wd);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t s = i / ranges, t = i % ranges;
+      const int64_t r_begin = range_begin(t), r_end = range_begin(t + 1);
+      // rows whose descriptor this range computes (the others: boundary rows, done above)
+      const int64_t own_lo = r_begin + (t > 0 ? pad : 0);
+      const int64_t own_hi = std::max(own_lo, r_end - (t + 1 < ranges ? pad : 0));
+      const float* dmax = pd + s * 2 * hw;
+      const float* dmean = dmax + hw;
+      int64_t next = own_lo, done = r_begin;
+      while (done < r_end) {
+        if (next < own_hi) {
+          const int64_t r1 = std::min(own_hi, next + band);
+          desc_rows(px, pa, c, hw, wd, s, next, r1, pd);
+          next = r1;
+        }
+        const int64_t ready = next >= own_hi ? r_end : std::max(done, std::min(r_end, next - pad));
+        if (ready > done) {
+          for (int64_t r0 = done; r0 < ready; r0 += band + 2 * pad + 1) {
+            const int64_t r1 = std::min(ready, r0 + band + 2 * pad + 1);
+            gate_rows(dmax, dmean, h, wd, r0, r1, pw, k, static_cast<float>(scale),
+                      static_cast<float>(shift), gate.data());
+            const int64_t off = s * c * hw + r0 * wd, len = (r1 - r0) * wd;
+            for (int64_t ci = 0; ci < c; ++ci) {
+              scale_row(px + off + ci * hw, pa[s * c + ci], gate.data(), po + off + ci * hw, len);
+            }
+          }
+          done = ready;
+        }
+      }
+    }
+  });
+}
+
+// The channel gate of K descriptors p (K, N, C) through the shared MLP:
+// a (N, C) = sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2), which is
+// sigmoid(sum_k (W2 relu(W1 p_k + b1) + b2)). Each weight is read once per call.
+at::Tensor mlp_gate(const at::Tensor& pooled, const at::Tensor& w1, const at::Tensor& b1,
+                    const at::Tensor& w2, const at::Tensor& b2) {
+  TORCH_CHECK(pooled.dim() == 3, "pooled must be (K, N, C)");
+  const int64_t k = pooled.size(0), n = pooled.size(1), c = pooled.size(2);
+  const int64_t hid = w1.size(0);
+  check_gate(pooled, k * n * c, "pooled");
+  check_gate(w1, hid * c, "w1");
+  check_gate(b1, hid, "b1");
+  check_gate(w2, c * hid, "w2");
+  check_gate(b2, c, "b2");
+  auto hidden = at::empty({n, hid}, pooled.options());
+  auto gate = at::empty({n, c}, pooled.options());
+  const float* pp = pooled.data_ptr<float>();
+  const float* pw1 = w1.data_ptr<float>();
+  const float* pb1 = b1.data_ptr<float>();
+  const float* pw2 = w2.data_ptr<float>();
+  const float* pb2 = b2.data_ptr<float>();
+  float* ph = hidden.data_ptr<float>();
+  float* pg = gate.data_ptr<float>();
+  at::parallel_for(0, hid, std::max<int64_t>(1, 32768 / c), [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t s = 0; s < n; ++s) {
+        float total = 0.0f;
+        for (int64_t d = 0; d < k; ++d) {
+          const float v = dot(pw1 + j * c, pp + (d * n + s) * c, c) + pb1[j];
+          total += std::max(v, 0.0f);  // relu; NaN stays NaN
+        }
+        ph[s * hid + j] = total;
+      }
+    }
+  });
+  const float kf = static_cast<float>(k);
+  at::parallel_for(0, c, std::max<int64_t>(1, 32768 / hid), [&](int64_t begin, int64_t end) {
+    for (int64_t ci = begin; ci < end; ++ci) {
+      for (int64_t s = 0; s < n; ++s) {
+        const float z = dot(pw2 + ci * hid, ph + s * hid, hid) + kf * pb2[ci];
+        pg[s * c + ci] = 1.0f / (1.0f + std::exp(-z));
+      }
+    }
+  });
+  return gate;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W");
   m.def("spatial_pool", &spatial_pool, "(N, 2, H, W) [max_c ; mean_c] of F * a");
   m.def("scale", &scale, "out = (F * a_c) * s_p");
+  m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)");
+  m.def("cbam_eval", &cbam_eval,
+        "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift), one pass");
 }
