@@ -150,10 +150,11 @@ def _bn_affine(bn):
 
 def _kernels_apply(kern, x, *modules):
     """Whether the C++ kernels take this call: inference on a contiguous float32 CPU
-    tensor with float32 parameters."""
+    tensor with contiguous float32 parameters."""
     return (kern is not None and x.device.type == 'cpu' and x.dtype == torch.float32
             and x.is_contiguous() and not records_grad(x, *modules)
-            and all(p.dtype == torch.float32 for m in modules for p in m.parameters()))
+            and all(p.dtype == torch.float32 and p.is_contiguous()
+                    for m in modules for p in m.parameters()))
 
 
 def _se_kernels(kern, x, se, inplace):
