@@ -2,8 +2,9 @@
 // cbam_mmdet/ops/cbam_cpu.py:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
-//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_7x7([max_c ; mean_c](F * a)))),
-//                  BatchNorm in running statistics, in bands of rows     (one read, one write)
+//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
+//                  BatchNorm in running statistics, bands of rows read from memory once
+//                  and again from cache                                  (one read, one write)
 //   spatial_pool:  [max_c a_c F_c ; mean_c a_c F_c] for every pixel      (one read)
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
 // (spatial_pool and scale: CBAM with BatchNorm in batch statistics, whose convolution
