@@ -100,11 +100,30 @@ class Runner:
     optimizer: torch.optim.Optimizer = None
     scaler: object = None
     times: dict = field(default_factory=dict)
+    plugin_seconds: float = 0.0  # host time inside the plugins' forward (time_plugins)
 
     def __post_init__(self):
         self.optimizer = torch.optim.SGD(
             [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+
+    def time_plugins(self):
+        """Accumulate into ``plugin_seconds`` the wall time spent in the forward of every
+        CBAM and SE module (forward hooks). On CUDA this is host time: kernels run
+        asynchronously."""
+        from .models import CBAM, SE
+        starts = {}
+
+        def start(module, args):
+            starts[id(module)] = time.perf_counter()
+
+        def stop(module, args, output):
+            self.plugin_seconds += time.perf_counter() - starts.pop(id(module))
+
+        for module in self.model.modules():
+            if isinstance(module, (CBAM, SE)):
+                module.register_forward_pre_hook(start)
+                module.register_forward_hook(stop)
 
     def _autocast(self):
         dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
@@ -155,10 +174,14 @@ def time_steps(step, iters, device):
 def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
-                  log=print):
+                  time_plugins=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
-    baseline) and ``ratio_min``/``ratio_max`` (their spread)."""
+    baseline) and ``ratio_min``/``ratio_max`` (their spread). ``time_plugins``: also
+    ``plugin_ms``, the median over rounds of the time per step inside the plugins'
+    forward, and ``plugin_share``, the median of (that time / the rest of the step): the
+    ratio the plugins alone account for, steadier than ratios of whole steps where the
+    machine's speed drifts (on CPU; on CUDA host time)."""
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f'variant must be one of {list(VARIANTS)}, got {v!r}')
@@ -178,6 +201,8 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         model = build_model(variant_config(name, configs), backbone_only)
         model = model.to(device).to(memory_format=memory_format)
         runners.append(Runner(name, model, backbone_only, amp, device))
+        if time_plugins:
+            runners[-1].time_plugins()
     results = []
     for mode in modes:
         for r in runners:
@@ -188,10 +213,13 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
             for r in runners:
                 time_steps(steps[r.name], 1, device)
         per_round = {r.name: [] for r in runners}
+        plugin_round = {r.name: [] for r in runners}
         for i in range(rounds):
             order = runners if i % 2 == 0 else runners[::-1]
             for r in order:
+                r.plugin_seconds = 0.0
                 per_round[r.name].append(time_steps(steps[r.name], iters, device))
+                plugin_round[r.name].append(r.plugin_seconds / iters)
         base = per_round['baseline']
         for r in runners:
             ratios = [t / b for t, b in zip(per_round[r.name], base)]
@@ -199,17 +227,28 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
                 variant=r.name, mode=mode, ms=statistics.median(per_round[r.name]) * 1e3,
                 ratio=statistics.median(ratios), ratio_min=min(ratios),
                 ratio_max=max(ratios)))
+            if time_plugins:
+                results[-1].update(
+                    plugin_ms=statistics.median(plugin_round[r.name]) * 1e3,
+                    plugin_share=statistics.median(
+                        p / (t - p) for p, t in zip(plugin_round[r.name],
+                                                    per_round[r.name])))
         log(format_table([x for x in results if x['mode'] == mode]))
     return results
 
 
 def format_table(results):
+    plugins = any('plugin_ms' in r for r in results)
     lines = [f"{'mode':<6} {'variant':<10} {'ms':>9} {'x baseline':>11} "
-             f"{'(min..max over rounds)':>24}"]
+             f"{'(min..max over rounds)':>24}"
+             + (f" {'in plugins ms':>14} {'/ rest':>7}" if plugins else '')]
     for r in results:
-        lines.append(f"{r['mode']:<6} {r['variant']:<10} {r['ms']:9.2f} {r['ratio']:11.3f} "
-                     f"{'(' + format(r['ratio_min'], '.3f') + '..':>16}"
-                     f"{format(r['ratio_max'], '.3f') + ')':<8}")
+        line = (f"{r['mode']:<6} {r['variant']:<10} {r['ms']:9.2f} {r['ratio']:11.3f} "
+                f"{'(' + format(r['ratio_min'], '.3f') + '..':>16}"
+                f"{format(r['ratio_max'], '.3f') + ')':<8}")
+        if plugins:
+            line += f" {r['plugin_ms']:14.2f} {100 * r['plugin_share']:6.1f}%"
+        lines.append(line)
     return '\n'.join(lines)
 
 

@@ -443,6 +443,20 @@ def test_benchmark_sets_each_mode_once_outside_the_timed_steps(monkeypatch):
     assert calls == [True, True, False, False]
 
 
+def test_benchmark_times_the_plugins_with_forward_hooks():
+    from cbam_mmdet.benchmark import run_benchmark
+    logs = []
+    results = run_benchmark(variants=('baseline', 'se', 'cbam'), modes=('infer',),
+                            device='cpu', shape=(64, 64), backbone_only=True, rounds=2,
+                            warmup=0, iters=1, time_plugins=True, log=logs.append)
+    by_name = {r['variant']: r for r in results}
+    assert by_name['baseline']['plugin_ms'] == 0 and by_name['baseline']['plugin_share'] == 0
+    for name in ('se', 'cbam'):
+        r = by_name[name]
+        assert 0 < r['plugin_ms'] < r['ms'] and r['plugin_share'] > 0
+    assert 'in plugins ms' in logs[0]
+
+
 def test_benchmark_variants_differ_only_by_implementation():
     from cbam_mmdet.benchmark import build_model, variant_config
     ref = build_model(variant_config('cbam-ref'), backbone_only=True)
@@ -471,8 +485,9 @@ def test_benchmark_command_line_arguments():
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
     from benchmark import parse_args
     args = parse_args(['--device', 'cuda', '--amp', '--batch-size', '2', '--shape',
-                       '800x1216', '--channels-last', '--backbone-only'])
+                       '800x1216', '--channels-last', '--backbone-only', '--time-plugins'])
     assert args.shape == (800, 1216) and args.amp and args.channels_last
+    assert args.time_plugins and not parse_args([]).time_plugins
     assert parse_args(['--shape', '512']).shape == (512, 512)
     with pytest.raises(SystemExit):
         parse_args(['--shape', '10x10'])

@@ -4,7 +4,8 @@
     python tools/benchmark.py --device cpu --backbone-only --shape 512 --modes infer
 
 Prints each variant's median step time in ms and its ratio to the baseline (median of
-per-round ratios, with their min..max). Variants: baseline and, for se and cbam, the
+per-round ratios, with their min..max); with ``--time-plugins`` also the time per step
+inside the plugins and its share of the rest of the step. Variants: baseline and, for se and cbam, the
 plugins' default (no suffix), ``-ref`` (reference implementation), ``-eager`` (fast path
 without CUDA graphs) and ``-graph`` (fast path from CUDA graphs for CUDA inference).
 """
@@ -38,6 +39,10 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
     parser.add_argument('--iters', type=int, default=3, help='steps per variant per round')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
+    parser.add_argument('--time-plugins', action='store_true',
+                        help='also report the time inside the CBAM/SE modules per step and '
+                        'its share of the rest of the step (forward hooks; host time on '
+                        'CUDA)')
     parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args(argv)
     for name in ('batch_size', 'rounds', 'iters'):
@@ -60,7 +65,7 @@ def main(argv=None):
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
         backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
-        iters=args.iters)
+        iters=args.iters, time_plugins=args.time_plugins)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(args={k: v for k, v in vars(args).items()},
