@@ -1,7 +1,7 @@
 """cbam_mmdet: CBAM and SE attention plugins for mmdet detectors.
 
-Builds one optional C++ extension, ``cbam_mmdet.ops._cpu_kernels`` (CBAM inference on CPU
-in three passes, cbam_mmdet/ops/csrc). Where it cannot be built (no compiler, no OpenMP)
+Builds one optional C++ extension, ``cbam_mmdet.ops._cpu_kernels`` (CBAM and SE inference
+on CPU, cbam_mmdet/ops/csrc). Where it cannot be built (no compiler, no OpenMP)
 the install goes on without it and the PyTorch fast path runs instead; set
 ``CBAM_MMDET_CPU_KERNELS=0`` to skip it.
 """

@@ -5,9 +5,10 @@
 
 Prints each variant's median step time in ms and its ratio to the baseline (median of
 per-round ratios, with their min..max); with ``--time-plugins`` also the time per step
-inside the plugins and its share of the rest of the step. Variants: baseline and, for se and cbam, the
-plugins' default (no suffix), ``-ref`` (reference implementation), ``-eager`` (fast path
-without CUDA graphs) and ``-graph`` (fast path from CUDA graphs for CUDA inference).
+inside the plugins and its share of the rest of the step. Variants: baseline and, for
+se and cbam, the plugins' default (no suffix), ``-ref`` (reference implementation),
+``-eager`` (fast path without CUDA graphs) and ``-graph`` (fast path from CUDA graphs
+for CUDA inference).
 """
 import argparse
 import json

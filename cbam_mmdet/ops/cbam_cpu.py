@@ -151,10 +151,18 @@ def _bn_affine(bn):
 def _kernels_apply(kern, x, *modules):
     """Whether the C++ kernels take this call: inference on a contiguous float32 CPU
     tensor with contiguous float32 parameters."""
-    return (kern is not None and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.is_contiguous() and not records_grad(x, *modules)
-            and all(p.dtype == torch.float32 and p.is_contiguous()
-                    for m in modules for p in m.parameters()))
+    if not (kern is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.is_contiguous()):
+        return False
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
+        return False
+    for m in modules:  # one walk over the parameters
+        for p in m.parameters():
+            if (grad and p.requires_grad) or p.dtype != torch.float32 \
+                    or not p.is_contiguous():
+                return False
+    return True
 
 
 def _se_kernels(kern, x, se, inplace):

@@ -884,26 +884,25 @@ _counters = {}
 _accumulators = {}
 
 
-def _counters_for(x, stream, size):
-    """Zeroed int32 counters for the kernels' last-program-finishes steps, one set per
-    device and stream (the kernels reset them to zero after use)."""
+def _zeroed_for(cache, x, stream, size, minimum, dtype):
+    """A zeroed buffer of at least ``size`` values kept in ``cache`` per device and
+    stream: the kernels that use it leave it zeroed after use."""
     key = (x.get_device(), stream)
-    counters = _counters.get(key)
-    if counters is None or counters.numel() < size:
-        counters = _counters[key] = torch.zeros(max(size, 64), dtype=torch.int32,
-                                                device=x.device)
-    return counters
+    buf = cache.get(key)
+    if buf is None or buf.numel() < size:
+        buf = cache[key] = torch.zeros(max(size, minimum), dtype=dtype, device=x.device)
+    return buf
+
+
+def _counters_for(x, stream, size):
+    """int32 counters for the kernels' last-program-finishes steps."""
+    return _zeroed_for(_counters, x, stream, size, 64, torch.int32)
 
 
 def _accumulators_for(x, stream, size):
-    """Zeroed float32 accumulators for the pooling pass's MLP layer, one set per device
-    and stream (the last program of each sample zeroes its part after use)."""
-    key = (x.get_device(), stream)
-    acc = _accumulators.get(key)
-    if acc is None or acc.numel() < size:
-        acc = _accumulators[key] = torch.zeros(max(size, 1024), dtype=torch.float32,
-                                               device=x.device)
-    return acc
+    """float32 accumulators for the pooling pass's MLP layer (the last program of each
+    sample zeroes its part after use)."""
+    return _zeroed_for(_accumulators, x, stream, size, 1024, torch.float32)
 
 
 # ---- the passes ------------------------------------------------------------------------

@@ -36,6 +36,14 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 
+// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, stride hw):
+// taken again where the vector loops' sum is NaN.
+float nan_aware_channel_max(const float* x, const float* a, int64_t c, int64_t hw) {
+  float best = kNegInf;
+  for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, x[ci * hw] * a[ci]);
+  return best;
+}
+
 // Sum (double) and NaN-propagating maximum of row[0:len].
 CBAM_MULTIVERSION
 void pool_row(const float* row, int64_t len, double* sum_out, float* max_out) {
@@ -210,9 +218,7 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
     for (int64_t p = 0; p < hw; ++p) {
       sm[p] *= inv_c;
       if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
-        float best = kNegInf;
-        for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, px[(s * c + ci) * hw + p] * pa[s * c + ci]);
-        mx[p] = best;
+        mx[p] = nan_aware_channel_max(px + s * c * hw + p, pa + s * c, c, hw);
       }
     }
   }
@@ -234,11 +240,7 @@ void desc_rows(const float* px, const float* pa, int64_t c, int64_t hw, int64_t 
   const float inv_c = 1.0f / static_cast<float>(c);
   for (int64_t p = 0; p < len; ++p) {
     sm[p] *= inv_c;
-    if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
-      float best = kNegInf;
-      for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, x[ci * hw + p] * a[ci]);
-      mx[p] = best;
-    }
+    if (std::isnan(sm[p])) mx[p] = nan_aware_channel_max(x + p, a, c, hw);
   }
 }
 
