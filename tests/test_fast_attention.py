@@ -155,7 +155,7 @@ def test_state_dict_and_parameters_do_not_depend_on_the_implementation():
 
 # ---- CUDA: the Triton kernels (skipped without CUDA and Triton) ------------------------
 
-def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-5):
+def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-4):
     """Every tensor of ``got`` (fast path) is within ``factor`` times the largest error
     of ``want`` (the float32 reference) against ``truth`` (the reference in float64),
     plus ``floor`` times the tensor's largest value.
@@ -163,8 +163,12 @@ def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-5):
     Sums over thousands of terms (gradients of the pooled descriptors, of the MLP
     weights) round differently in another order; where their terms cancel, the float32
     reference itself is more than 1e-3 (relative) away from float64 at some elements
-    (e.g. C=2048, 25x38). A wrong gradient is off by the gradient's size, far above this
-    bound."""
+    (e.g. C=2048, 25x38). The reference's own error moves by 10x from one random input to
+    the next, so the factor needs a floor of its own: on an H200, over 24 random inputs of
+    shape 2x1024x25x38 (CBAM, train and eval), the fast path's largest error was at most
+    4.3e-5 of the tensor's largest value (the reference's at most 5.1e-5), while a floor
+    of 1e-5 failed this shape once in eval. A wrong gradient is off by the gradient's
+    size, far above this bound."""
     names = ['output', 'dx'] + [f'grad {k}' for k in got[2]]
     triples = [(got[0], want[0], truth[0]), (got[1], want[1], truth[1])] + [
         (got[2][k], want[2][k], truth[2][k]) for k in got[2]]
