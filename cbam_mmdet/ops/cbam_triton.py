@@ -10,12 +10,12 @@ other PyTorch ops:
   values into a per-sample accumulator; for small ones the last program of each sample
   runs the whole MLP; it also zeroes the backward's accumulators), ``_spatial_pool``
   (``M_c`` for the channels each program reads, by the MLP's second layer where the
-  pooling pass left it, then [max; mean] over C of ``M_c F``, never stored), then for
-  inference ``_gate_scale`` computing the 7x7 convolution, BatchNorm (running
-  statistics) and sigmoid per pixel and ``out = F M_c M_s`` in one pass (three
-  launches); with autograd or BatchNorm in training mode, ``_spatial_conv`` (the
-  convolution and per-block statistics; the last program combines them per Chan et al.
-  and updates the running statistics) comes before ``_gate_scale`` (four launches).
+  pooling pass left it, then [max; mean] over C of ``M_c F``, never stored),
+  ``_spatial_conv`` (the 7x7 convolution; with BatchNorm in running statistics also
+  BatchNorm and the sigmoid, ``M_s``; in training mode per-block statistics, which the
+  last program combines per Chan et al., updating the running statistics) and
+  ``_cbam_scale`` (``out = F M_c M_s`` over tiles of channels x pixels, forming ``M_s``
+  from the batch statistics in training mode): four launches.
 - CBAM backward: ``_bwd_pixels`` (``dL/dM_s`` per pixel and the output's share of
   ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, the descriptor's
   share of ``dL/dM_c``), ``_mlp_bwd`` (the MLP's weight gradients and ``dL/d pooled``),
@@ -23,9 +23,10 @@ other PyTorch ops:
 - SE: ``_pool_mlp``, ``_scale_channels`` (with the MLP's second layer) forward;
   ``_bwd_reduce``, ``_mlp_bwd``, ``_bwd_dx`` backward.
 
-Passes over blocks of pixels own all channels of their pixels; where the pixels are few
-(ResNet's late stages) the channels are split over programs too, and sums and maxima
-over channels are combined by atomics (:func:`_channel_split`).
+Passes that reduce over channels (``_spatial_pool``, the backward's ``_bwd_pixels`` and
+``_bwd_spatial``) run over blocks of pixels and own all channels of their pixels; where
+the pixels are few (ResNet's late stages) the channels are split over programs too, and
+sums and maxima over channels are combined by atomics (:func:`_channel_split`).
 
 "Last program to finish" steps count finished programs in an int32 counter per device
 and stream (reset by the last program), after a barrier so that every thread's partial
@@ -328,71 +329,80 @@ def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
 
 
 @triton.jit
-def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_DESC, OFF_Z,
-                  OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
-                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, K: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """z[n, hw] = conv_KxK(desc[n]) (no bias) and this block's (count, mean, M2) of z;
-    the last program to finish (counter SLOT, reset after use) computes the BatchNorm
-    statistics (:func:`_bn_stats`)."""
+def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_ptr, OFF_DESC,
+                  OFF_Z, OFF_S, OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
+                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, RUNNING: tl.constexpr,
+                  SAVE_Z: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+    """z[n, hw] = conv_KxK(desc[n]) (no bias). RUNNING (BatchNorm in running statistics):
+    s = sigmoid(BN(z)) is stored here, and with SAVE_Z also z and the statistics (mean,
+    1 / std) for a backward. Else this block's (count, mean, M2) of z are stored with z
+    and the last program to finish (counter SLOT, reset after use) computes the BatchNorm
+    statistics (:func:`_bn_stats`); :func:`_cbam_scale` then forms s."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     HW = H * W
     mask = offs < HW
     acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K, BLOCK)
-    tl.store(ws_ptr + OFF_Z + n * HW + offs, acc, mask=mask)
-    cnt = tl.sum(mask.to(tl.float32), axis=0)
-    mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / cnt
-    dev = tl.where(mask, acc - mean, 0.0)
-    part = ws_ptr + OFF_CPART + (n * tl.num_programs(1) + pid) * 3
-    tl.store(part, cnt)
-    tl.store(part + 1, mean)
-    tl.store(part + 2, tl.sum(dev * dev, axis=0))
-    tl.debug_barrier()
-    done = tl.atomic_add(cnt_ptr + SLOT, 1, sem='acq_rel')
-    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
-        _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART,
-                  tl.num_programs(0) * tl.num_programs(1), OFF_STATS, eps, momentum,
-                  TRAIN, UPDATE, 256)
-        tl.store(cnt_ptr + SLOT, 0)
+    if RUNNING:
+        mean = tl.load(rm_ptr)
+        rstd = 1.0 / tl.sqrt(tl.load(rv_ptr) + eps)
+        t = (acc - mean) * rstd * tl.load(bw_ptr) + tl.load(bb_ptr)
+        tl.store(ws_ptr + OFF_S + n * HW + offs, tl.sigmoid(t), mask=mask)
+        if SAVE_Z:
+            tl.store(ws_ptr + OFF_Z + n * HW + offs, acc, mask=mask)
+            first = (n == 0) & (pid == 0)
+            tl.store(ws_ptr + OFF_STATS, mean, mask=first)
+            tl.store(ws_ptr + OFF_STATS + 1, rstd, mask=first)
+    else:
+        tl.store(ws_ptr + OFF_Z + n * HW + offs, acc, mask=mask)
+        cnt = tl.sum(mask.to(tl.float32), axis=0)
+        mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / cnt
+        dev = tl.where(mask, acc - mean, 0.0)
+        part = ws_ptr + OFF_CPART + (n * tl.num_programs(1) + pid) * 3
+        tl.store(part, cnt)
+        tl.store(part + 1, mean)
+        tl.store(part + 2, tl.sum(dev * dev, axis=0))
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + SLOT, 1, sem='acq_rel')
+        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+            _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART,
+                      tl.num_programs(0) * tl.num_programs(1), OFF_STATS, eps, momentum,
+                      TRAIN, UPDATE, 256)
+            tl.store(cnt_ptr + SLOT, 0)
 
 
 @triton.jit
-def _gate_scale(x_ptr, ws_ptr, out_ptr, w_ptr, rm_ptr, rv_ptr, bw_ptr, bb_ptr,
-                OFF_A, OFF_DESC, OFF_Z, OFF_STATS, OFF_S, C, H, W, CPS, sxn, sxc, sxhw, eps,
-                FROM_Z: tl.constexpr, SAVE_S: tl.constexpr, K: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """s[n, hw] = sigmoid(BN(conv(desc))) (from z and the stats when FROM_Z, else the
-    convolution here and BatchNorm in running statistics), then over the program's CPS
-    channels out[n, c, hw] = x a[n, c] s[n, hw]; out has x's strides."""
-    n, cs, c_begin, c_end = _channel_span(C, CPS)
-    HW = H * W
+def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS, OFF_S, C,
+                HW, sxn, sxc, sxhw, S_READY: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_HW: tl.constexpr):
+    """out[n, c, hw] = x a[n, c] s[n, hw] over one tile (channel block x pixel block);
+    s stored by :func:`_spatial_conv` (S_READY) or formed here from z and the batch
+    statistics, sigmoid((z - mean) / std gamma + beta), and stored by the first channel
+    block. out has x's strides."""
+    pid_nc = tl.program_id(0)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // num_cb
+    cb = pid_nc % num_cb
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_c = offs_c < C
     mask_hw = offs_hw < HW
-    gamma = tl.load(bw_ptr)
-    beta = tl.load(bb_ptr)
-    if FROM_Z:
-        z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
-        t = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1) * gamma + beta
+    mask = mask_c[:, None] & mask_hw[None, :]
+    offs = (n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
+            + offs_hw[None, :].to(tl.int64) * sxhw)
+    xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+    if S_READY:
+        s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)
     else:
-        acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs_hw, mask_hw, H, W, K, BLOCK_HW)
-        scale = gamma / tl.sqrt(tl.load(rv_ptr) + eps)
-        t = acc * scale + (beta - tl.load(rm_ptr) * scale)
-    s = tl.sigmoid(t)
-    if SAVE_S:
-        tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw & (cs == 0))
-    hw64 = offs_hw[None, :].to(tl.int64) * sxhw
-    n64 = n.to(tl.int64) * sxn
-    for start in range(c_begin, c_end, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < c_end
-        mask = mask_c[:, None] & mask_hw[None, :]
-        offs = n64 + offs_c[:, None].to(tl.int64) * sxc + hw64
-        xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
-        y = xv.to(tl.float32) * a[:, None] * s[None, :]
-        tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
+        z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
+        t = (z - tl.load(ws_ptr + OFF_STATS)) * tl.load(ws_ptr + OFF_STATS + 1) \
+            * tl.load(bw_ptr) + tl.load(bb_ptr)
+        s = tl.sigmoid(t)
+        tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw & (cb == 0))
+    y = xv.to(tl.float32) * a[:, None] * s[None, :]
+    tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
 
 
 @triton.jit
@@ -916,9 +926,9 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
-    """The forward passes. bn_mode: 'eval' (running statistics, nothing saved for a
-    backward: three launches), 'eval_saved' (running statistics, z and s saved) or
-    'train' (batch statistics, running statistics updated, z and s saved): four."""
+    """The forward passes (four launches). bn_mode: 'eval' (running statistics, nothing
+    saved for a backward), 'eval_saved' (running statistics, z, s and the statistics
+    saved) or 'train' (batch statistics, running statistics updated, z and s saved)."""
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
     counters = _counters_for(x, stream, plan.n + 2)
@@ -931,19 +941,18 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
         rm = rv = ws
-    from_z = bn_mode != 'eval'
-    if from_z:
-        train = bn_mode == 'train'
-        update = train and rm is not ws
-        launch(_spatial_conv, plan.conv_grid, plan.compiled, ('conv', train, update), stream,
-               ws, conv_w, counters, rm, rv,
-               buffers['num_batches_tracked'] if update else ws, o['desc'], o['z'],
-               o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
-               bn.momentum if update else 0.0, train, update, plan.k, plan.conv_block)
-    launch(_gate_scale, plan.pix_grid, plan.compiled, ('gate', from_z), stream,
-           x, ws, out, conv_w, rm, rv, bn_w, bn_b,
-           o['a'], o['desc'], o['z'], o['stats'], o['s'], plan.c, plan.h, plan.w,
-           plan.pix_cps, *st, bn.eps, from_z, from_z, plan.k, plan.pix_bc, plan.pix_bhw)
+    train = bn_mode == 'train'
+    update = train and rm is not ws
+    save_z = bn_mode != 'eval'
+    launch(_spatial_conv, plan.conv_grid, plan.compiled, ('conv', train, update, save_z),
+           stream, ws, conv_w, counters, rm, rv,
+           buffers['num_batches_tracked'] if update else ws, bn_w, bn_b, o['desc'], o['z'],
+           o['s'], o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
+           bn.momentum if update else 0.0, train, update, not train, save_z, plan.k,
+           plan.conv_block)
+    launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train), stream,
+           x, ws, out, bn_w, bn_b, o['a'], o['z'], o['stats'], o['s'], plan.c, plan.hw, *st,
+           not train, plan.tile_bc, plan.tile_bhw)
 
 
 def _se_passes(plan, stream, x, ws, out, params, zero_grads):
