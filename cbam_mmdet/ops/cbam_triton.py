@@ -17,14 +17,15 @@ other PyTorch ops:
   ``_cbam_scale`` (``out = F M_c M_s`` over tiles of channels x pixels, forming ``M_s``
   from the batch statistics in training mode): four launches.
 - CBAM backward: ``_bwd_pixels`` (``dL/dM_s`` per pixel and the output's share of
-  ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, the descriptor's
-  share of ``dL/dM_c``), ``_mlp_bwd`` (the MLP's weight gradients and ``dL/d pooled``),
-  ``_bwd_dx`` (``dL/dF``): four launches. Parameter gradients are views of the workspace.
+  ``dL/dM_c``), ``_bwd_spatial`` (BatchNorm and convolution backward, on the small maps),
+  ``_bwd_desc_reduce`` (the descriptor's share of ``dL/dM_c``, over tiles), ``_mlp_bwd``
+  (the MLP's weight gradients and ``dL/d pooled``), ``_bwd_dx`` (``dL/dF``): five
+  launches. Parameter gradients are views of the workspace.
 - SE: ``_pool_mlp``, ``_scale_channels`` (with the MLP's second layer) forward;
   ``_bwd_reduce``, ``_mlp_bwd``, ``_bwd_dx`` backward.
 
-Passes that reduce over channels (``_spatial_pool``, the backward's ``_bwd_pixels`` and
-``_bwd_spatial``) run over blocks of pixels and own all channels of their pixels; where
+Passes that reduce over channels (``_spatial_pool``, the backward's ``_bwd_pixels``) run
+over blocks of pixels and own all channels of their pixels; where
 the pixels are few (ResNet's late stages) the channels are split over programs too, and
 sums and maxima over channels are combined by atomics (:func:`_channel_split`).
 
@@ -495,16 +496,14 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
 
 
 @triton.jit
-def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, OFF_STATS,
-                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DA, B_DDESC, N, C, H, W, CPS,
-                 sxn, sxc, sxhw, TRAIN: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr,
-                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """BatchNorm backward (batch statistics when TRAIN) to dzin, the convolution's
-    backward (ddesc of this block's pixels; dW by atomics, one row of taps at a time),
-    then the descriptor's share of dL/da over the program's CPS channels:
-    da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]). The programs of
-    the first channel split store ddesc and add dW."""
-    n, cs, c_begin, c_end = _channel_span(C, CPS)
+def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
+                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DDESC, N, H, W,
+                 TRAIN: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
+    backward for this block's pixels: ddesc stored, dW added by atomics one row of taps
+    at a time. Grid: samples x blocks of pixels."""
+    n = tl.program_id(0)
     pid = tl.program_id(1)
     HW = H * W
     offs_p = tl.arange(0, BLOCK_P)
@@ -517,7 +516,7 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
         acc1 += tl.load(bws_ptr + B_BNPART + o * 2 + 1, mask=m, other=0.0)
     sum_dz = tl.sum(acc0, axis=0)
     sum_dzz = tl.sum(acc1, axis=0)
-    if (n == 0) & (pid == 0) & (cs == 0):
+    if (n == 0) & (pid == 0):
         tl.store(bws_ptr + B_DBN, sum_dzz)  # dL/d gamma
         tl.store(bws_ptr + B_DBN + 1, sum_dz)  # dL/d beta
     mean = tl.load(ws_ptr + OFF_STATS)
@@ -550,38 +549,55 @@ def _bwd_spatial(x_ptr, ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_A, OFF_DESC, OFF_Z, 
             dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
             d0 += tl.load(w_ptr + ky * K + kx) * dzin
             d1 += tl.load(w_ptr + K * K + ky * K + kx) * dzin
-    if cs == 0:
-        ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
-        tl.store(ddesc, d0, mask=mask_hw)
-        tl.store(ddesc + HW, d1, mask=mask_hw)
-        dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
-        zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
-        dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
-        offs_k = tl.arange(0, K_P)
-        mask_k = offs_k < K
-        xs = xx0[None, :] + (offs_k[:, None] - K // 2)
-        col_ok = mask_k[:, None] & mask_hw[None, :] & (xs >= 0) & (xs < W)
-        for ch in tl.static_range(2):
-            dbase = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
-            for row in tl.static_range(K):
-                ys = yy0[None, :] + (row - K // 2)
-                tap_ok = col_ok & (ys >= 0) & (ys < H)
-                dv = tl.load(dbase + ys * W + xs, mask=tap_ok, other=0.0)
-                tl.atomic_add(bws_ptr + B_DW + (ch * K + row) * K + offs_k,
-                              tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k)
-    mx = tl.load(ws_ptr + OFF_DESC + n * 2 * HW + offs_hw, mask=mask_hw, other=0.0)
-    gmean = d1 / C
-    xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
-    for start in range(c_begin, c_end, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < c_end
+    ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
+    tl.store(ddesc, d0, mask=mask_hw)
+    tl.store(ddesc + HW, d1, mask=mask_hw)
+    dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
+    zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
+    dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
+    offs_k = tl.arange(0, K_P)
+    mask_k = offs_k < K
+    xs = xx0[None, :] + (offs_k[:, None] - K // 2)
+    col_ok = mask_k[:, None] & mask_hw[None, :] & (xs >= 0) & (xs < W)
+    for ch in tl.static_range(2):
+        dbase = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
+        for row in tl.static_range(K):
+            ys = yy0[None, :] + (row - K // 2)
+            tap_ok = col_ok & (ys >= 0) & (ys < H)
+            dv = tl.load(dbase + ys * W + xs, mask=tap_ok, other=0.0)
+            tl.atomic_add(bws_ptr + B_DW + (ch * K + row) * K + offs_k,
+                          tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k)
+
+
+@triton.jit
+def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, HW,
+                     sxn, sxc, sxhw, hw_per_prog, BLOCK_C: tl.constexpr,
+                     BLOCK_HW: tl.constexpr):
+    """The descriptor's share of dL/da over one channel block and a span of pixels:
+    da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]) (one atomic per
+    channel and program)."""
+    pid_nc = tl.program_id(0)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // num_cb
+    offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)[:, None]
+    xbase = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
+    dbase = n * 2 * HW
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
+    hw_begin = tl.program_id(1) * hw_per_prog
+    for step in range(0, hw_per_prog, BLOCK_HW):
+        offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
+        mask_hw = offs_hw < HW
         mask = mask_c[:, None] & mask_hw[None, :]
-        xv = tl.load(xbase + offs_c[:, None].to(tl.int64) * sxc, mask=mask,
+        xv = tl.load(xbase + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
                      other=0.0).to(tl.float32)
-        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
-        wv = gmean[None, :] + tl.where(xv * a[:, None] == mx[None, :], d0[None, :], 0.0)
-        tl.atomic_add(bws_ptr + B_DA + n * C + offs_c,
-                      tl.sum(tl.where(mask, xv * wv, 0.0), axis=1), mask=mask_c)
+        mx = tl.load(ws_ptr + OFF_DESC + dbase + offs_hw, mask=mask_hw, other=0.0)[None, :]
+        gmx = tl.load(bws_ptr + B_DDESC + dbase + offs_hw, mask=mask_hw, other=0.0)[None, :]
+        gmean = tl.load(bws_ptr + B_DDESC + dbase + HW + offs_hw, mask=mask_hw,
+                        other=0.0)[None, :] / C
+        acc += tl.where(mask, xv * (gmean + tl.where(xv * a == mx, gmx, 0.0)), 0.0)
+    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
 
 
 @triton.jit
@@ -809,6 +825,7 @@ class _Plan:
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
+        self.conv_bwd_grid = (n, pix_blocks, 1)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (16, 128)
         sp_blocks = triton.cdiv(hw, self.sp_bhw)
         self.sp_cps, self.sp_splits = _channel_split(n * sp_blocks, n, hw, c, self.sp_bc)
@@ -1016,11 +1033,14 @@ class _CBAMFunction(torch.autograd.Function):
                g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
                b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
                *st, *sg, split, plan.pix_bc, plan.pix_bhw)
-        launch(_bwd_spatial, plan.pix_grid, plan.compiled, ('bwdsp', ctx.bn_train), stream,
-               x, ws, ws, conv_w, bn_w, o['a'], o['desc'], o['z'], o['stats'], b['dz'],
-               b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['da'], b['ddesc'],
-               plan.n, plan.c, plan.h, plan.w, plan.pix_cps, *st, ctx.bn_train, plan.k,
-               triton.next_power_of_2(plan.k), 256, plan.pix_bc, plan.pix_bhw)
+        launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', ctx.bn_train),
+               stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
+               b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
+               plan.w, ctx.bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
+               plan.pix_bhw)
+        launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
+               x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
+               plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
         _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
         needs = ctx.needs_input_grad
         dx = None
