@@ -267,43 +267,39 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
 
 @triton.jit
 def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, momentum,
-              TRAIN: tl.constexpr, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
-    """stats = (mean, 1 / sqrt(var + eps)): of the batch (TRAIN, combined from the
-    blocks' (count, mean, M2) as in Chan et al.; the running statistics updated when
-    UPDATE, with the unbiased variance, as BatchNorm does) or the running ones."""
-    if TRAIN:
-        offs = tl.arange(0, BLOCK)
-        acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
-        acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range(0, P, BLOCK):
-            o = start + offs
-            m = o < P
-            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
-            acc_c += c
-            acc_cm += c * tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
-                                  cache_modifier='.cg')
-        count = tl.sum(acc_c, axis=0)
-        mean = tl.sum(acc_cm, axis=0) / count
-        acc_m2 = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range(0, P, BLOCK):
-            o = start + offs
-            m = o < P
-            c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
-            d = tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
-                        cache_modifier='.cg') - mean
-            acc_m2 += tl.load(ws_ptr + OFF_CPART + o * 3 + 2, mask=m, other=0.0,
-                              cache_modifier='.cg') + c * d * d
-        m2 = tl.sum(acc_m2, axis=0)
-        var = m2 / count
-        if UPDATE:
-            rm = tl.load(rm_ptr)
-            rv = tl.load(rv_ptr)
-            tl.store(rm_ptr, (1.0 - momentum) * rm + momentum * mean)
-            tl.store(rv_ptr, (1.0 - momentum) * rv + momentum * (m2 / (count - 1.0)))
-            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
-    else:
-        mean = tl.load(rm_ptr)
-        var = tl.load(rv_ptr)
+              UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+    """stats = (mean, 1 / sqrt(var + eps)) of the batch, combined from the blocks'
+    (count, mean, M2) as in Chan et al.; the running statistics updated when UPDATE, with
+    the unbiased variance, as BatchNorm does."""
+    offs = tl.arange(0, BLOCK)
+    acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, P, BLOCK):
+        o = start + offs
+        m = o < P
+        c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
+        acc_c += c
+        acc_cm += c * tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
+                              cache_modifier='.cg')
+    count = tl.sum(acc_c, axis=0)
+    mean = tl.sum(acc_cm, axis=0) / count
+    acc_m2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, P, BLOCK):
+        o = start + offs
+        m = o < P
+        c = tl.load(ws_ptr + OFF_CPART + o * 3, mask=m, other=0.0, cache_modifier='.cg')
+        d = tl.load(ws_ptr + OFF_CPART + o * 3 + 1, mask=m, other=0.0,
+                    cache_modifier='.cg') - mean
+        acc_m2 += tl.load(ws_ptr + OFF_CPART + o * 3 + 2, mask=m, other=0.0,
+                          cache_modifier='.cg') + c * d * d
+    m2 = tl.sum(acc_m2, axis=0)
+    var = m2 / count
+    if UPDATE:
+        rm = tl.load(rm_ptr)
+        rv = tl.load(rv_ptr)
+        tl.store(rm_ptr, (1.0 - momentum) * rm + momentum * mean)
+        tl.store(rv_ptr, (1.0 - momentum) * rv + momentum * (m2 / (count - 1.0)))
+        tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
     tl.store(ws_ptr + OFF_STATS, mean)
     tl.store(ws_ptr + OFF_STATS + 1, 1.0 / tl.sqrt(var + eps))
 
@@ -332,20 +328,20 @@ def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
 @triton.jit
 def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_ptr, OFF_DESC,
                   OFF_Z, OFF_S, OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
-                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, RUNNING: tl.constexpr,
-                  SAVE_Z: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
-    """z[n, hw] = conv_KxK(desc[n]) (no bias). RUNNING (BatchNorm in running statistics):
-    s = sigmoid(BN(z)) is stored here, and with SAVE_Z also z and the statistics (mean,
-    1 / std) for a backward. Else this block's (count, mean, M2) of z are stored with z
-    and the last program to finish (counter SLOT, reset after use) computes the BatchNorm
-    statistics (:func:`_bn_stats`); :func:`_cbam_scale` then forms s."""
+                  TRAIN: tl.constexpr, UPDATE: tl.constexpr, SAVE_Z: tl.constexpr,
+                  K: tl.constexpr, BLOCK: tl.constexpr):
+    """z[n, hw] = conv_KxK(desc[n]) (no bias). BatchNorm in running statistics (not
+    TRAIN): s = sigmoid(BN(z)) is stored here, and with SAVE_Z also z and the statistics
+    (mean, 1 / std) for a backward. TRAIN (batch statistics): this block's (count, mean,
+    M2) of z are stored with z and the last program to finish (counter SLOT, reset after
+    use) computes the statistics (:func:`_bn_stats`); :func:`_cbam_scale` then forms s."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     HW = H * W
     mask = offs < HW
     acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K, BLOCK)
-    if RUNNING:
+    if not TRAIN:
         mean = tl.load(rm_ptr)
         rstd = 1.0 / tl.sqrt(tl.load(rv_ptr) + eps)
         t = (acc - mean) * rstd * tl.load(bw_ptr) + tl.load(bb_ptr)
@@ -369,7 +365,7 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_pt
         if done == tl.num_programs(0) * tl.num_programs(1) - 1:
             _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART,
                       tl.num_programs(0) * tl.num_programs(1), OFF_STATS, eps, momentum,
-                      TRAIN, UPDATE, 256)
+                      UPDATE, 256)
             tl.store(cnt_ptr + SLOT, 0)
 
 
@@ -965,8 +961,7 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
            stream, ws, conv_w, counters, rm, rv,
            buffers['num_batches_tracked'] if update else ws, bn_w, bn_b, o['desc'], o['z'],
            o['s'], o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
-           bn.momentum if update else 0.0, train, update, not train, save_z, plan.k,
-           plan.conv_block)
+           bn.momentum if update else 0.0, train, update, save_z, plan.k, plan.conv_block)
     launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train), stream,
            x, ws, out, bn_w, bn_b, o['a'], o['z'], o['stats'], o['s'], plan.c, plan.hw, *st,
            not train, plan.tile_bc, plan.tile_bhw)
