@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.setup-complete
 .PHONY: setup test test-all demo
 setup: $(STAMP)
 
-$(STAMP): setup.py tools/setup_env.sh cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp
+$(STAMP): setup.py tools/setup_env.sh cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp \
+		cbam_mmdet/ops/csrc/triton_programs.cpp
 	bash tools/setup_env.sh
 	@touch $(STAMP)
 

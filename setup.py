@@ -1,9 +1,10 @@
 """cbam_mmdet: CBAM and SE attention plugins for mmdet detectors.
 
-Builds one optional C++ extension, ``cbam_mmdet.ops._cpu_kernels`` (CBAM and SE inference
-on CPU, cbam_mmdet/ops/csrc). Where it cannot be built (no compiler, no OpenMP)
-the install goes on without it and the PyTorch fast path runs instead; set
-``CBAM_MMDET_CPU_KERNELS=0`` to skip it.
+Builds two optional C++ extensions (cbam_mmdet/ops/csrc): ``cbam_mmdet.ops._cpu_kernels``
+(CBAM and SE inference on CPU) and ``cbam_mmdet.ops._triton_programs`` (replays the CUDA
+Triton paths' recorded launches from C++; needs no CUDA headers). Where one cannot be built
+(no compiler, no OpenMP) the install goes on without it and the Python paths run instead;
+set ``CBAM_MMDET_CPU_KERNELS=0`` to skip both.
 """
 import os
 import warnings
@@ -11,6 +12,7 @@ import warnings
 from setuptools import find_packages, setup
 
 CPU_KERNELS = 'cbam_mmdet.ops._cpu_kernels'
+TRITON_PROGRAMS = 'cbam_mmdet.ops._triton_programs'
 
 
 def extension_options():
@@ -31,9 +33,11 @@ def extension_options():
                 warnings.warn(f'{ext.name} was not built ({error}); the PyTorch fast path '
                               'runs instead')
 
-    ext = CppExtension(CPU_KERNELS, ['cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp'],
+    cpu = CppExtension(CPU_KERNELS, ['cbam_mmdet/ops/csrc/cbam_cpu_kernels.cpp'],
                        extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
-    return dict(ext_modules=[ext], cmdclass={'build_ext': OptionalBuildExtension})
+    programs = CppExtension(TRITON_PROGRAMS, ['cbam_mmdet/ops/csrc/triton_programs.cpp'],
+                            extra_compile_args=['-O2'], extra_link_args=['-ldl'])
+    return dict(ext_modules=[cpu, programs], cmdclass={'build_ext': OptionalBuildExtension})
 
 
 setup(

@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_programs
 from .triton_launch import current_stream, launch
 
 # ---- kernels ---------------------------------------------------------------------------
@@ -876,6 +877,9 @@ class _Plan:
                 self.atomic_regions.append((self.bws['dz'], n * hw))
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
+        # recorded programs (inference) and C++ training states by call kind, or None
+        # where a recording cannot be replayed (triton_programs)
+        self.native = {}
         o, b = self.ws, self.bws
         pair = cbam
         self.poolmlp_tail = {zero: (
@@ -930,7 +934,7 @@ def _accumulators_for(x, stream, size):
 
 # ---- the passes ------------------------------------------------------------------------
 
-def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
+def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch=launch):
     """Pooling and the MLP (where ``plan.direct``, only its first layer: the next pass
     runs the second)."""
     acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
@@ -938,14 +942,14 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads):
            x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads])
 
 
-def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
+def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, launch=launch):
     """The forward passes (four launches). bn_mode: 'eval' (running statistics, nothing
     saved for a backward), 'eval_saved' (running statistics, z, s and the statistics
     saved) or 'train' (batch statistics, running statistics updated, z and s saved)."""
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
     counters = _counters_for(x, stream, plan.n + 2)
-    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
            plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
@@ -967,10 +971,10 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads):
            not train, plan.tile_bc, plan.tile_bhw)
 
 
-def _se_passes(plan, stream, x, ws, out, params, zero_grads):
+def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
     w1, b1, w2, b2 = params
     counters = _counters_for(x, stream, plan.n)
-    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads)
+    _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
            *plan.st, not plan.direct, plan.hid_p, plan.tile_bc, plan.tile_bhw)
@@ -993,9 +997,47 @@ def _backward_common(ctx, g):
     return plan, current_stream(g.get_device()), g, sg, extra
 
 
-def _mlp_backward(plan, stream, ws, w1, w2):
+def _mlp_backward(plan, stream, ws, w1, w2, launch=launch):
     launch(_mlp_bwd, plan.mlp_bwd_grid, plan.compiled,
            'mlpbwd', stream, ws, ws, w1, w2, *plan.mlpbwd_tail)
+
+
+def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters, bn_train,
+                          launch=launch):
+    """The backward passes (five launches; four where ``dx`` is None)."""
+    o, b, st = plan.ws, plan.bws, plan.st
+    fc1_w, fc2_w, conv_w, bn_w = params[0], params[2], params[4], params[5]
+    launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
+           g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
+           b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
+           *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw)
+    launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
+           stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
+           b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
+           plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
+           plan.pix_bhw)
+    launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
+           x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
+           plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
+    _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
+    if dx is not None:
+        launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
+               g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
+               b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
+               plan.tile_bhw)
+
+
+def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=launch):
+    """The backward passes (three launches; two where ``dx`` is None)."""
+    o, b, st = plan.ws, plan.bws, plan.st
+    launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
+           g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
+           plan.tile_bc, plan.tile_bhw)
+    _mlp_backward(plan, stream, ws, params[0], params[2], launch)
+    if dx is not None:
+        launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
+               g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
+               plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
 
 
 def _param_grads(plan, ws, needs):
@@ -1004,79 +1046,59 @@ def _param_grads(plan, ws, needs):
             for g, shape, need in zip(grads, plan.grad_shapes, needs)]
 
 
-class _CBAMFunction(torch.autograd.Function):
+class _AttentionFunction(torch.autograd.Function):
+    """CBAM or SE (``ctx.kind``) through the Triton passes, run from Python. Where
+    :mod:`.triton_programs` is enabled it records the forward and the backward launches
+    of the call, and once both are recorded the plan's later calls with the same
+    ``native_key`` run as the C++ autograd Function instead."""
 
     @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b, plan, bn, bn_train):
+    def forward(ctx, x, *inputs):
+        *params, plan, bn, bn_train, rest, native_key = inputs
+        cbam = bn is not None
         ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
-        bn_mode = 'train' if bn_train else 'eval_saved'
-        _cbam_passes(plan, current_stream(x.get_device()), x, ws, out,
-                     (fc1_w, fc1_b, fc2_w, fc2_b, conv_w, bn_w, bn_b), bn, bn_mode, True)
-        ctx.save_for_backward(x, ws, fc1_w, fc2_w, conv_w, bn_w)
-        ctx.plan, ctx.bn_train, ctx.backward_done = plan, bn_mode == 'train', False
+        stream = current_stream(x.get_device())
+        recorder = triton_programs.Recorder() if native_key is not None else None
+        run = recorder or launch
+        if cbam:
+            bn_mode = 'train' if bn_train else 'eval_saved'
+            _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, True, run)
+        else:
+            _se_passes(plan, stream, x, ws, out, params, True, run)
+        ctx.save_for_backward(x, ws, *params)
+        ctx.plan, ctx.cbam, ctx.bn_train, ctx.backward_done = plan, cbam, bn_train, False
+        ctx.rest, ctx.native_key, ctx.forward_program = rest, native_key, None
+        if recorder is not None:
+            ctx.forward_program = recorder.program([x, ws, out, *params, *rest])
+            if ctx.forward_program is None:
+                plan.native[native_key] = None  # not replayable: stay in Python
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ws, fc1_w, fc2_w, conv_w, bn_w = ctx.saved_tensors
+        x, ws, *params = ctx.saved_tensors
         plan, stream, g, sg, extra = _backward_common(ctx, g)
-        o, b, st = plan.ws, plan.bws, plan.st
-        counters = _counters_for(x, stream, plan.n + 2)
-        split = plan.pix_splits > 1
-        launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
-               g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
-               b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
-               *st, *sg, split, plan.pix_bc, plan.pix_bhw)
-        launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', ctx.bn_train),
-               stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
-               b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
-               plan.w, ctx.bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
-               plan.pix_bhw)
-        launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
-               x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
-               plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
-        _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
         needs = ctx.needs_input_grad
-        dx = None
-        if needs[0]:
-            dx = torch.empty_like(x)
-            launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
-                   g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
-                   b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
-                   plan.tile_bhw)
-        return (dx, *_param_grads(plan, ws, needs[1:8]), None, None, None)
-
-
-class _SEFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x, fc1_w, fc1_b, fc2_w, fc2_b, plan):
-        ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
-        out = torch.empty_like(x)
-        _se_passes(plan, current_stream(x.get_device()), x, ws, out,
-                   (fc1_w, fc1_b, fc2_w, fc2_b), True)
-        ctx.save_for_backward(x, ws, fc1_w, fc2_w)
-        ctx.plan, ctx.backward_done = plan, False
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, ws, fc1_w, fc2_w = ctx.saved_tensors
-        plan, stream, g, sg, extra = _backward_common(ctx, g)
-        o, b, st = plan.ws, plan.bws, plan.st
-        launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
-               g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
-               plan.tile_bc, plan.tile_bhw)
-        _mlp_backward(plan, stream, ws, fc1_w, fc2_w)
-        needs = ctx.needs_input_grad
-        dx = None
-        if needs[0]:
-            dx = torch.empty_like(x)
-            launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
-                   g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
-                   plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
-        return (dx, *_param_grads(plan, ws, needs[1:5]), None)
+        dx = torch.empty_like(x) if needs[0] else None
+        # a program is recorded where the C++ Function would launch the same kernels: the
+        # gradient laid out as x and aligned, dx computed
+        record = (ctx.forward_program is not None and dx is not None and sg == plan.st
+                  and g.dtype == x.dtype and extra[2] and x.stride() == dx.stride())
+        recorder = triton_programs.Recorder() if record else None
+        run = recorder or launch
+        if ctx.cbam:
+            counters = ctx.rest[3]
+            _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters,
+                                  ctx.bn_train, run)
+        else:
+            _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, run)
+        if recorder is not None:
+            backward = recorder.program([g, x, ws, dx, *params, *ctx.rest])
+            plan.native[ctx.native_key] = None if backward is None else \
+                triton_programs.train_state(ctx.forward_program, backward, plan)
+        return (dx, *_param_grads(plan, ws, needs[1:1 + len(params)]),
+                None, None, None, None, None)
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -1098,6 +1120,34 @@ def _records_grad(x, params):
         x.requires_grad or any(p.requires_grad for p in params))
 
 
+def _run(plan, x, params, bn, bn_train, inplace, rest, key_extra, passes):
+    """One call on ``plan``: the C++ replay of its recorded program where there is one,
+    else the Python passes (``passes(stream, ws, out, launch)``), recording them."""
+    native = triton_programs.enabled()
+    stream = current_stream(x.get_device())
+    if _records_grad(x, params):
+        key = ('train', bn_train) + key_extra
+        state = plan.native.get(key) if native else None
+        if state is not None:
+            return triton_programs.train(state, x, list(params), stream, rest)
+        return _AttentionFunction.apply(x, *params, plan, bn, bn_train, rest,
+                                        key if native and key not in plan.native else None)
+    key = ('infer', bn_train, inplace) + key_extra
+    program = plan.native.get(key) if native else None
+    if program is not None:
+        return triton_programs.infer(program, x, inplace, plan.ws_size, stream, rest)
+    # inference: the last pass reads each element of x before it writes it (inplace)
+    out = x if inplace else torch.empty_like(x)
+    ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
+    if native and key not in plan.native:
+        recorder = triton_programs.Recorder()
+        passes(stream, ws, out, recorder)
+        plan.native[key] = recorder.program([x, ws, out, *params, *rest])
+    else:
+        passes(stream, ws, out, launch)
+    return out
+
+
 def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     """CBAM with the default options, or None where these kernels do not apply (the
     caller then runs the PyTorch fast path)."""
@@ -1115,14 +1165,20 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     plan = _plan('cbam', x, params[0].shape[0], params[4].shape[-1])
     if bn_train and plan.n * plan.hw < 2:
         return None  # BatchNorm's own error for one value per channel
-    if _records_grad(x, params):
-        return _CBAMFunction.apply(x, *params, plan, bn, bn_train)
-    # inference: the last pass reads each element of x before it writes it (inplace)
-    out = x if inplace else torch.empty_like(x)
-    ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
-    _cbam_passes(plan, current_stream(x.get_device()), x, ws, out, params, bn,
-                 'train' if bn_train else 'eval', False)
-    return out
+    buffers = bn._buffers
+    rm, rv, nbt = buffers['running_mean'], buffers['running_var'], \
+        buffers['num_batches_tracked']
+    stream = current_stream(x.get_device())
+    # the tensors a recorded program may name besides x, the workspace, out and params
+    # (x stands in for absent buffers: the kernels then read the workspace instead)
+    rest = [x if rm is None else rm, x if rv is None else rv, x if nbt is None else nbt,
+            _counters_for(x, stream, plan.n + 2),
+            _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
+    key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum)
+    return _run(plan, x, params, bn, bn_train, inplace, rest, key_extra,
+                lambda stream, ws, out, run: _cbam_passes(
+                    plan, stream, x, ws, out, params, bn, 'train' if bn_train else 'eval',
+                    False, run))
 
 
 def se_forward(x, se, inplace=False):
@@ -1135,9 +1191,9 @@ def se_forward(x, se, inplace=False):
     if _strides(x) is None:
         x = x.contiguous()
     plan = _plan('se', x, params[0].shape[0], 0)
-    if _records_grad(x, params):
-        return _SEFunction.apply(x, *params, plan)
-    out = x if inplace else torch.empty_like(x)
-    ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
-    _se_passes(plan, current_stream(x.get_device()), x, ws, out, params, False)
-    return out
+    stream = current_stream(x.get_device())
+    rest = [_counters_for(x, stream, plan.n),
+            _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
+    return _run(plan, x, params, None, False, inplace, rest, ('se',),
+                lambda stream, ws, out, run: _se_passes(
+                    plan, stream, x, ws, out, params, False, run))
