@@ -1135,7 +1135,8 @@ def _run(plan, x, params, bn, bn_train, inplace, rest, key_extra, passes):
     key = ('infer', bn_train, inplace) + key_extra
     program = plan.native.get(key) if native else None
     if program is not None:
-        return triton_programs.infer(program, x, inplace, plan.ws_size, stream, rest)
+        return triton_programs.infer(program, x, inplace, plan.ws_size, stream,
+                                     [*params, *rest])
     # inference: the last pass reads each element of x before it writes it (inplace)
     out = x if inplace else torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)

@@ -114,7 +114,8 @@ struct Program {
 };
 
 // Inference: out = program(x) with a fresh float32 workspace; the slots are
-// [x, workspace, out, *rest]. inplace: out is x.
+// [x, workspace, out, *rest] (rest: the parameters, then the other tensors the program
+// names). inplace: out is x.
 at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
                  uint64_t stream, const std::vector<at::Tensor>& rest) {
   c10::DeviceGuard guard(x.device());
