@@ -62,16 +62,19 @@ def test_triton_programs_refuse_what_the_launcher_cannot_replay(metadata):
         triton_programs.launch_spec(compiled, (1, 1, 1), (0.5,), [])
 
 
-@needs_triton
-@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-@pytest.mark.parametrize('shape', [(2, 48, 9, 11), (2, 1024, 25, 38)], ids=str)
-@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
-@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
-def test_triton_programs_replay_matches_the_python_path(cls, shape, channels_last,
-                                                        training, monkeypatch):
-    """The first call records, later calls replay from C++ (counted); outputs, dx,
-    parameter gradients and BatchNorm's running statistics match the Python path's on
-    the same module, in fp32 and in fp16 under autocast, with and without autograd."""
+def assert_close_but_rare_flips(a, b, tol, max_fraction=1e-4):
+    """``a`` and ``b`` agree within ``tol`` but at a fraction ``max_fraction`` of the
+    elements. Sums by atomics (the MLP's first layer where it is spread over the pooling
+    programs) change ``M_c`` by an ulp from call to call, which can move the channel
+    maximum of ``M_c F`` between two near-tied channels, and the gradient of a maximum
+    with it; a wrong launch argument changes most elements."""
+    assert a.shape == b.shape and a.stride() == b.stride()
+    far = ~torch.isclose(a, b, **tol)
+    assert far.float().mean().item() <= max_fraction, \
+        f'{far.sum().item()} of {far.numel()} differ, largest {(a - b).abs().max().item():.3g}'
+
+
+def count_replays(monkeypatch):
     replays = {'infer': 0, 'train': 0}
     for name in replays:
         real = getattr(triton_programs, name)
@@ -80,21 +83,33 @@ def test_triton_programs_replay_matches_the_python_path(cls, shape, channels_las
             replays[_name] += 1
             return _real(*args)
         monkeypatch.setattr(triton_programs, name, counted)
-    _, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
+    return replays
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_triton_programs_replay_matches_the_python_path(cls, channels_last, training,
+                                                        monkeypatch):
+    """The first call records, later calls replay from C++ (counted); outputs, dx,
+    parameter gradients and BatchNorm's running statistics match the Python path's on
+    the same module, in fp32 and in fp16 under autocast, with and without autograd
+    (a shape without sums by atomics, so both paths compute the same values)."""
+    replays = count_replays(monkeypatch)
+    _, fast = pair(cls, 48, device='cuda', implementation='auto', ratio=8)
     python = copy.deepcopy(fast)
     for dtype in (None, torch.float16):
-        x, grad = make_input(shape, channels_last, device='cuda',
+        x, grad = make_input((2, 48, 9, 11), channels_last, device='cuda',
                              dtype=torch.float32 if dtype is None else torch.float16)
-        # sums by atomics run in another order from call to call; fp16 outputs round
-        tol = dict(rtol=1e-3, atol=1e-4) if dtype is None else dict(rtol=1e-2, atol=1e-2)
+        tol = dict(rtol=1e-4, atol=1e-5) if dtype is None else dict(rtol=1e-2, atol=1e-2)
         for _ in range(3):
             monkeypatch.setenv(triton_programs.ENV_VAR, '1')
             got = run(fast, x, grad, training, autocast_dtype=dtype)
             monkeypatch.setenv(triton_programs.ENV_VAR, '0')
             want = run(python, x, grad, training, autocast_dtype=dtype)
             for a, b in zip(got[:2], want[:2]):
-                torch.testing.assert_close(a, b, **tol)
-                assert a.stride() == b.stride()
+                assert_close_but_rare_flips(a, b, tol, max_fraction=0)
             for k in got[2]:
                 torch.testing.assert_close(got[2][k], want[2][k], **tol,
                                            msg=lambda m: f'{k}: {m}')
@@ -107,8 +122,36 @@ def test_triton_programs_replay_matches_the_python_path(cls, shape, channels_las
                 out = fast.train(training)(x)
             monkeypatch.setenv(triton_programs.ENV_VAR, '0')
             with torch.no_grad():
-                torch.testing.assert_close(out, python.train(training)(x), **tol)
+                assert_close_but_rare_flips(out, python.train(training)(x), tol,
+                                            max_fraction=0)
     assert replays['train'] >= 4 and replays['infer'] >= 4, replays
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_last, training,
+                                                                monkeypatch):
+    """A late-stage shape (channel splits, the MLP spread over the pooling programs with
+    atomics, so that two calls may differ by an ulp of M_c and route a maximum's gradient
+    to another of two near-tied channels): replayed calls meet the accuracy bound of the
+    Python path's own test against the reference in float64."""
+    from test_fast_attention import assert_as_accurate_as_reference
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    replays = count_replays(monkeypatch)
+    ref, fast = pair(cls, 1024, device='cuda', implementation='auto', ratio=8)
+    initial = copy.deepcopy(ref.state_dict())
+    ref64 = copy.deepcopy(ref).double()
+    x, grad = make_input((2, 1024, 25, 38), channels_last, device='cuda')
+    want = run(ref, x, grad, training)
+    truth = run(ref64, x.double(), grad.double(), training)
+    for _ in range(3):
+        fast.load_state_dict(initial)  # BatchNorm's running statistics as ref's were
+        got = run(fast, x, grad, training)
+        fast.zero_grad(set_to_none=True)
+        assert_as_accurate_as_reference(got, want, truth)
+    assert replays['train'] >= 2, replays
 
 
 @needs_triton
