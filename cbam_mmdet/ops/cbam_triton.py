@@ -3,7 +3,9 @@
 A detector step on a fast GPU is bound by host time (docs/speed.md), so these paths are
 built to launch few kernels, each through :mod:`.triton_launch` (about 5 us of host time
 instead of 15-40 us for ``kernel[grid]``), with one workspace allocation per call and no
-other PyTorch ops:
+other PyTorch ops. The first call of an input signature runs the passes below from
+Python and records their launches; later calls replay the recording from C++
+(:mod:`.triton_programs`: inference in one call, training as a C++ autograd Function):
 
 - CBAM forward: ``_pool_mlp`` (avg and max over H, W and the shared MLP's first layer:
   for large MLPs every program adds ``W1[:, its channels]`` times its channels' pooled
