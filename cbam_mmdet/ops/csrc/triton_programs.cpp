@@ -134,6 +134,8 @@ at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int6
 // [grad_out, x, workspace, dx, *params, *rest], its last launch writing dx), the workspace
 // size, where the parameters' gradients lie in it, and the regions that atomics
 // accumulate into (zeroed by the forward; zeroed again for a second backward).
+// The state is owned by its plan on the Python side (kept for the process's life), so the
+// autograd graph may hold its address.
 struct TrainState {
   Program forward;
   Program backward;
@@ -175,6 +177,7 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto* state = reinterpret_cast<const TrainState*>(ctx->saved_data["state"].toInt());
+    // the forward's stream: autograd runs a node's backward on its forward's stream
     const uint64_t stream = static_cast<uint64_t>(ctx->saved_data["stream"].toInt());
     auto saved = ctx->get_saved_variables();
     const at::Tensor& x = saved[0];
