@@ -1122,11 +1122,10 @@ def _records_grad(x, params):
         x.requires_grad or any(p.requires_grad for p in params))
 
 
-def _run(plan, x, params, bn, bn_train, inplace, rest, key_extra, passes):
+def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes):
     """One call on ``plan``: the C++ replay of its recorded program where there is one,
     else the Python passes (``passes(stream, ws, out, launch)``), recording them."""
     native = triton_programs.enabled()
-    stream = current_stream(x.get_device())
     if _records_grad(x, params):
         key = ('train', bn_train) + key_extra
         state = plan.native.get(key) if native else None
@@ -1178,7 +1177,7 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
             _counters_for(x, stream, plan.n + 2),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
     key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum)
-    return _run(plan, x, params, bn, bn_train, inplace, rest, key_extra,
+    return _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra,
                 lambda stream, ws, out, run: _cbam_passes(
                     plan, stream, x, ws, out, params, bn, 'train' if bn_train else 'eval',
                     False, run))
@@ -1197,6 +1196,6 @@ def se_forward(x, se, inplace=False):
     stream = current_stream(x.get_device())
     rest = [_counters_for(x, stream, plan.n),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
-    return _run(plan, x, params, None, False, inplace, rest, ('se',),
+    return _run(plan, x, stream, params, None, False, inplace, rest, ('se',),
                 lambda stream, ws, out, run: _se_passes(
                     plan, stream, x, ws, out, params, False, run))
