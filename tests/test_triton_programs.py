@@ -26,6 +26,100 @@ def test_triton_programs_extension_is_built():
         program.add(function=1, grid=[2, 3], block=128, smem=0, slots=[], values=[])
 
 
+def bound_se(train=False, inplace=False):
+    """An SE module on CPU with one binding of an empty program (no launches: a bound
+    inference call returns a new tensor of x's layout, or x where ``inplace``), so that
+    whether a binding applies can be checked without a GPU."""
+    se = SE(32, ratio=8)
+    x = torch.randn(2, 32, 5, 6)
+    params = [se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias]
+    ext = triton_programs._ext
+    if train:
+        owner = ext.TrainState(ext.Program(), ext.Program(), 2000, [0, 300, 400, 700],
+                               [list(p.shape) for p in params], [])
+    else:
+        owner = ext.Program()
+    modules, f1 = se._modules, se.fc1._parameters
+    checks = [(modules, 'fc1', se.fc1, False), (f1, 'weight', f1['weight'], False),
+              (se.__dict__, 'training', True, True)]
+    triton_programs.bind(se, owner, train, x, inplace, 64, 0, params, [], checks)
+    return se, x
+
+
+def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
+    from cbam_mmdet.ops import ENV_VAR
+    se, x = bound_se()
+    bindings = se._bindings
+    assert len(bindings) == 1
+
+    def applies(t):
+        with torch.no_grad():
+            out = bindings(t)
+        if out is not None:
+            assert out.shape == t.shape and out.stride() == t.stride()
+        return out is not None
+
+    assert applies(x) and applies(torch.randn_like(x)) and bindings.infer_hits == 2
+    # another signature
+    assert not applies(x[:1]) and not applies(x.double())
+    assert not applies(x.contiguous(memory_format=torch.channels_last))
+    assert not applies(torch.randn(x.numel() + 1)[1:].view_as(x))  # not 16-byte aligned
+    assert bindings('not a tensor') is None
+    # autograd recording: an inference binding does not apply
+    assert bindings(x.clone().requires_grad_()) is None
+    assert bindings(x) is None  # a parameter requires grad
+    # the environment variables of the backend choice and of the programs
+    for name, value in ((ENV_VAR, 'reference'), (triton_programs.ENV_VAR, '0')):
+        monkeypatch.setenv(name, value)
+        assert not applies(x)
+        monkeypatch.delenv(name)
+        assert applies(x)
+    # a replaced submodule or parameter, a changed setting
+    fc1 = se.fc1
+    se.fc1 = copy.deepcopy(fc1)
+    assert not applies(x)
+    se.fc1 = fc1
+    assert applies(x)
+    weight = se.fc1.weight
+    se.fc1.weight = torch.nn.Parameter(weight.detach().clone())
+    assert not applies(x)
+    se.fc1.weight = weight
+    se.eval()
+    assert not applies(x)
+    se.train()
+    assert applies(x)
+    # parameters the kernels do not read (converted in place: the same tensors)
+    se.double()
+    assert not applies(x)
+    se.float()
+    assert applies(x)
+    assert bindings.train_hits == 0
+    # kept out of copies; dropped when the implementation or inplace is set
+    assert copy.deepcopy(se)._bindings is None and se._bindings is bindings
+    se.inplace = False
+    assert se._bindings is None
+    se, _ = bound_se()
+    se.implementation = 'auto'
+    assert se._bindings is None
+    with pytest.raises(ValueError, match='implementation must be one of'):
+        se.implementation = 'fastest'
+
+
+def test_bindings_replay_training_as_an_autograd_function_and_inplace_inference():
+    se, x = bound_se(train=True)
+    bindings = se._bindings
+    with torch.no_grad():
+        assert bindings(x) is None
+    out = bindings(x)
+    assert out is not None and out.grad_fn is not None and bindings.train_hits == 1
+    out.sum().backward()  # parameter gradients: views of the (empty program's) workspace
+    assert [tuple(p.grad.shape) for p in se.parameters()] == \
+        [tuple(p.shape) for p in se.parameters()]
+    se, x = bound_se(inplace=True)
+    with torch.no_grad():
+        assert se._bindings(x) is x
+
+
 def fake_compiled(signature, **metadata):
     md = dict(num_warps=4, shared=512, num_ctas=1)
     md.update(metadata)
@@ -68,7 +162,9 @@ def assert_close_with_layout(a, b, tol):
     torch.testing.assert_close(a, b, **tol)
 
 
-def count_replays(monkeypatch):
+def count_replays(monkeypatch, module):
+    """A function giving the replays so far of ``module``'s calls: through the Python
+    wrappers and through the module's bindings."""
     replays = {'infer': 0, 'train': 0}
     for name in replays:
         real = getattr(triton_programs, name)
@@ -77,7 +173,12 @@ def count_replays(monkeypatch):
             replays[_name] += 1
             return _real(*args)
         monkeypatch.setattr(triton_programs, name, counted)
-    return replays
+
+    def total():
+        bindings = module._bindings
+        return {name: count + (getattr(bindings, f'{name}_hits') if bindings else 0)
+                for name, count in replays.items()}
+    return total
 
 
 @needs_triton
@@ -90,9 +191,9 @@ def test_triton_programs_replay_matches_the_python_path(cls, channels_last, trai
     parameter gradients and BatchNorm's running statistics match the Python path's on
     the same module, in fp32 and in fp16 under autocast, with and without autograd
     (a shape without sums by atomics, so both paths compute the same values)."""
-    replays = count_replays(monkeypatch)
     _, fast = pair(cls, 48, device='cuda', implementation='auto', ratio=8)
     python = copy.deepcopy(fast)
+    replays = count_replays(monkeypatch, fast)
     for dtype in (None, torch.float16):
         x, grad = make_input((2, 48, 9, 11), channels_last, device='cuda',
                              dtype=torch.float32 if dtype is None else torch.float16)
@@ -117,7 +218,9 @@ def test_triton_programs_replay_matches_the_python_path(cls, channels_last, trai
             monkeypatch.setenv(triton_programs.ENV_VAR, '0')
             with torch.no_grad():
                 assert_close_with_layout(out, python.train(training)(x), tol)
+    replays = replays()
     assert replays['train'] >= 4 and replays['infer'] >= 4, replays
+    assert fast._bindings.train_hits > 0 and fast._bindings.infer_hits > 0
 
 
 @needs_triton
@@ -132,8 +235,8 @@ def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_la
     Python path's own test against the reference in float64."""
     from test_fast_attention import assert_as_accurate_as_reference
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
-    replays = count_replays(monkeypatch)
     ref, fast = pair(cls, 1024, device='cuda', implementation='auto', ratio=8)
+    replays = count_replays(monkeypatch, fast)
     initial = copy.deepcopy(ref.state_dict())
     ref64 = copy.deepcopy(ref).double()
     x, grad = make_input((2, 1024, 25, 38), channels_last, device='cuda')
@@ -144,7 +247,7 @@ def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_la
         got = run(fast, x, grad, training)
         fast.zero_grad(set_to_none=True)
         assert_as_accurate_as_reference(got, want, truth)
-    assert replays['train'] >= 2, replays
+    assert replays()['train'] >= 2, replays()
 
 
 @needs_triton
@@ -172,3 +275,31 @@ def test_triton_programs_second_backward_and_no_input_grad():
     m(x).backward(g)  # x without requires_grad: parameters only
     for p, want in zip(m.parameters(), first):
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_bound_calls_follow_reloaded_and_replaced_parameters_and_modes(cls):
+    """After a module's calls are bound, loading new weights, replacing a parameter and
+    switching between training and evaluation modes give the reference's outputs."""
+    from test_fast_attention import randomize_
+    ref, fast = pair(cls, 64, device='cuda', implementation='auto', ratio=8)
+    x = torch.randn(2, 64, 10, 12, device='cuda')
+    with torch.no_grad():
+        for _ in range(3):
+            fast.eval()(x)
+        assert fast._bindings.infer_hits >= 1
+        torch.testing.assert_close(fast(x), ref.eval()(x))
+        randomize_(ref)
+        fast.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(fast(x), ref(x))
+        name, p = next(iter(fast.named_parameters()))
+        path, _, attr = name.rpartition('.')
+        new = torch.randn_like(p)
+        for m in (fast, ref):
+            setattr(m.get_submodule(path), attr, torch.nn.Parameter(new.clone()))
+        torch.testing.assert_close(fast(x), ref(x))
+        for _ in range(3):
+            torch.testing.assert_close(fast.train()(x), ref.train()(x))
+            torch.testing.assert_close(fast.eval()(x), ref.eval()(x))
+    assert fast._bindings.infer_hits >= 6

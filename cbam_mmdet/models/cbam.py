@@ -2,7 +2,8 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ..ops import cbam_forward, check_implementation, select_backend
+from ..ops import bindable, cbam_forward, check_implementation, select_backend
+from ._bound_calls import BoundCalls
 from ._validate import check_choice, check_odd_kernel, check_positive_int
 from .channel_attention import CHANNEL_POOLS, ChannelAttention
 from .spatial_attention import SPATIAL_DESCRIPTORS, SpatialAttention
@@ -11,7 +12,7 @@ ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel')
 
 
 @MODELS.register_module()
-class CBAM(nn.Module):
+class CBAM(BoundCalls, nn.Module):
     """Convolutional Block Attention Module (Woo et al., ECCV 2018), Eq. (1).
 
     .. math::
@@ -134,10 +135,16 @@ class CBAM(nn.Module):
         return [g for g in gates if g is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bindings = self._bindings
+        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
+            out = bindings(x)
+            if out is not None:
+                return out
         backend = select_backend(self.implementation, x, self.has_fast_path)
         if backend != 'reference':
             return cbam_forward(backend, x, self.channel_attention, self.spatial_attention,
-                                module=self, inplace=self.inplace)
+                                module=self, inplace=self.inplace,
+                                bind=backend == 'triton' and bindable(self.implementation))
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:

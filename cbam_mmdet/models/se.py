@@ -1,13 +1,13 @@
 import torch
 from mmdet.registry import MODELS
 
-from ..ops import check_implementation, se_forward, select_backend
-from ._validate import check_choice
+from ..ops import bindable, se_forward, select_backend
+from ._bound_calls import BoundCalls
 from .channel_attention import ChannelAttention
 
 
 @MODELS.register_module()
-class SE(ChannelAttention):
+class SE(BoundCalls, ChannelAttention):
     """Squeeze-and-Excitation (Hu et al., CVPR 2018).
 
     .. math::
@@ -38,15 +38,19 @@ class SE(ChannelAttention):
     def __init__(self, in_channels: int, ratio: int = 16, implementation: str = 'auto',
                  inplace: bool = False):
         super().__init__(in_channels, ratio=ratio, pool='avg')
-        check_implementation(implementation)
-        check_choice('inplace', inplace, (True, False))
-        self.implementation = implementation
+        self.implementation = implementation  # checked by the setter
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bindings = self._bindings
+        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
+            out = bindings(x)
+            if out is not None:
+                return out
         backend = select_backend(self.implementation, x, has_fast_path=True)
         if backend != 'reference':
-            return se_forward(backend, x, self, inplace=self.inplace)
+            return se_forward(backend, x, self, inplace=self.inplace,
+                              bind=backend == 'triton' and bindable(self.implementation))
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:

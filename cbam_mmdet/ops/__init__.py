@@ -5,15 +5,16 @@ CUDA) compute the same outputs and gradients as the plugins' reference ``forward
 :mod:`.cuda_graph` replays either of them from a CUDA graph for CUDA inference.
 """
 from . import cuda_graph  # noqa: F401
-from .dispatch import (ENV_VAR, GRAPH_BY_DEFAULT, IMPLEMENTATIONS, check_implementation,
-                       eager_backend, select_backend, triton_available)
+from .dispatch import (ENV_VAR, GRAPH_BY_DEFAULT, IMPLEMENTATIONS, bindable,
+                       check_implementation, eager_backend, select_backend, triton_available)
 
 
 def cbam_forward(backend, x, channel_attention, spatial_attention, module=None,
-                 inplace=False):
+                 inplace=False, bind=False):
     """CBAM (default options) on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'``
     (a CUDA graph of :func:`eager_backend`'s path, cached on ``module``). ``inplace``:
-    inference writes the output into ``x`` (not for ``'graph'``)."""
+    inference writes the output into ``x`` (not for ``'graph'``). ``bind``: the Triton
+    path binds replayed calls to ``module`` (:func:`.triton_programs.bind`)."""
     if backend == 'graph':
         from . import cuda_graph
         eager = eager_backend(x)
@@ -21,28 +22,30 @@ def cbam_forward(backend, x, channel_attention, spatial_attention, module=None,
             module, x, lambda t: cbam_forward(eager, t, channel_attention, spatial_attention))
     if backend == 'triton':
         from . import cbam_triton
-        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention, inplace)
+        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention, inplace,
+                                       module if bind else None)
         if out is not None:
             return out
     from . import cbam_cpu
     return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention, inplace)
 
 
-def se_forward(backend, x, se, inplace=False):
-    """SE on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'`` (cached on ``se``)."""
+def se_forward(backend, x, se, inplace=False, bind=False):
+    """SE on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'`` (cached on ``se``).
+    ``bind``: the Triton path binds replayed calls to ``se``."""
     if backend == 'graph':
         from . import cuda_graph
         eager = eager_backend(x)
         return cuda_graph.run(se, x, lambda t: se_forward(eager, t, se))
     if backend == 'triton':
         from . import cbam_triton
-        out = cbam_triton.se_forward(x, se, inplace)
+        out = cbam_triton.se_forward(x, se, inplace, bind)
         if out is not None:
             return out
     from . import cbam_cpu
     return cbam_cpu.se_forward(x, se, inplace)
 
 
-__all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'check_implementation',
+__all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'bindable', 'check_implementation',
            'eager_backend', 'select_backend', 'triton_available', 'cbam_forward',
            'se_forward']

@@ -1122,20 +1122,26 @@ def _records_grad(x, params):
         x.requires_grad or any(p.requires_grad for p in params))
 
 
-def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes):
+def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes,
+         bind=None):
     """One call on ``plan``: the C++ replay of its recorded program where there is one,
-    else the Python passes (``passes(stream, ws, out, launch)``), recording them."""
+    else the Python passes (``passes(stream, ws, out, launch)``), recording them.
+    ``bind(owner, train)``, where given, binds a replayed call to its module."""
     native = triton_programs.enabled()
     if _records_grad(x, params):
         key = ('train', bn_train) + key_extra
         state = plan.native.get(key) if native else None
         if state is not None:
+            if bind is not None:
+                bind(state, True)
             return triton_programs.train(state, x, list(params), stream, rest)
         return _AttentionFunction.apply(x, *params, plan, bn, bn_train, rest,
                                         key if native and key not in plan.native else None)
     key = ('infer', bn_train, inplace) + key_extra
     program = plan.native.get(key) if native else None
     if program is not None:
+        if bind is not None:
+            bind(program, False)
         return triton_programs.infer(program, x, inplace, plan.ws_size, stream,
                                      [*params, *rest])
     # inference: the last pass reads each element of x before it writes it (inplace)
@@ -1150,9 +1156,23 @@ def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes
     return out
 
 
-def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
+def _same(container, *keys):
+    """Checks for :func:`.triton_programs.bind`: ``container[key]`` stays this object."""
+    return [(container, key, container[key], False) for key in keys]
+
+
+def _binder(module, inplace, x, stream, params, rest, plan, checks):
+    """``bind`` for :func:`_run`, or None without a module to bind to."""
+    if module is None:
+        return None
+    return lambda owner, train: triton_programs.bind(
+        module, owner, train, x, inplace, plan.ws_size, stream, params, rest, checks())
+
+
+def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=None):
     """CBAM with the default options, or None where these kernels do not apply (the
-    caller then runs the PyTorch fast path)."""
+    caller then runs the PyTorch fast path). ``module``: the CBAM module to bind
+    replayed calls to (:func:`.triton_programs.bind`), or None."""
     ca_modules, sa_modules = channel_attention._modules, spatial_attention._modules
     bn = sa_modules['bn']
     f1, f2 = ca_modules['fc1']._parameters, ca_modules['fc2']._parameters
@@ -1177,14 +1197,25 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
             _counters_for(x, stream, plan.n + 2),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
     key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum)
+
+    def checks():
+        return (_same(module._modules, 'channel_attention', 'spatial_attention')
+                + _same(ca_modules, 'fc1', 'fc2') + _same(sa_modules, 'conv', 'bn')
+                + _same(f1, 'weight', 'bias') + _same(f2, 'weight', 'bias')
+                + _same(cv, 'weight') + _same(bp, 'weight', 'bias')
+                + _same(buffers, 'running_mean', 'running_var', 'num_batches_tracked')
+                + [(bn.__dict__, name, bn.__dict__[name], True)
+                   for name in ('training', 'eps', 'momentum')])
     return _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra,
                 lambda stream, ws, out, run: _cbam_passes(
                     plan, stream, x, ws, out, params, bn, 'train' if bn_train else 'eval',
-                    False, run))
+                    False, run),
+                _binder(module, inplace, x, stream, params, rest, plan, checks))
 
 
-def se_forward(x, se, inplace=False):
-    """SE, or None where these kernels do not apply."""
+def se_forward(x, se, inplace=False, bind=False):
+    """SE, or None where these kernels do not apply. ``bind``: bind replayed calls to
+    ``se`` (:func:`.triton_programs.bind`)."""
     modules = se._modules
     f1, f2 = modules['fc1']._parameters, modules['fc2']._parameters
     params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'])
@@ -1196,6 +1227,12 @@ def se_forward(x, se, inplace=False):
     stream = current_stream(x.get_device())
     rest = [_counters_for(x, stream, plan.n),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
+
+    def checks():
+        return (_same(modules, 'fc1', 'fc2') + _same(f1, 'weight', 'bias')
+                + _same(f2, 'weight', 'bias'))
     return _run(plan, x, stream, params, None, False, inplace, rest, ('se',),
                 lambda stream, ws, out, run: _se_passes(
-                    plan, stream, x, ws, out, params, False, run))
+                    plan, stream, x, ws, out, params, False, run),
+                _binder(se if bind else None, inplace, x, stream, params, rest, plan,
+                        checks))

@@ -107,6 +107,19 @@ def select_backend(implementation: str, x: torch.Tensor, has_fast_path: bool) ->
     return 'triton' if use_triton else 'torch'
 
 
+def bindable(implementation: str) -> bool:
+    """Whether a module's Triton call may be bound for replay from C++
+    (:func:`.triton_programs.bind`): where a later call with the same input signature,
+    autograd mode and environment would choose ``'triton'`` again. Not for choices
+    that may replay CUDA graphs."""
+    choice = implementation
+    if implementation == 'auto':
+        choice = env_override() or 'auto'
+    if choice in ('auto', 'fast'):
+        return not GRAPH_BY_DEFAULT
+    return choice in ('eager', 'triton')
+
+
 def eager_backend(x: torch.Tensor) -> str:
     """The fast path a CUDA graph captures for inference: ``'triton'`` where the
     kernels take ``x``, else ``'torch'``."""

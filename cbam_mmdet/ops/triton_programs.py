@@ -126,6 +126,26 @@ def train_state(forward, backward, plan):
                            [tuple(r) for r in plan.atomic_regions])
 
 
+# entries a module's Bindings keep (input signatures and modes: one training and one
+# inference signature per image size in a typical loop)
+MAX_BINDINGS = 4
+
+
+def bind(module, owner, train, x, inplace, ws_size, stream, params, rest, checks):
+    """Bind a call to ``module``: later calls that :meth:`Bindings.__call__` finds
+    unchanged (``x``'s signature, the autograd mode, the stream, ``checks``: tuples
+    ``(dict, key, value, equal)`` of what the call was chosen for, and this module's and
+    :mod:`.dispatch`'s environment variables) replay ``owner`` (the recorded inference
+    ``Program`` or the ``TrainState``) from C++ without running Python (the plugins'
+    ``forward`` tries ``module._bindings`` first)."""
+    from .dispatch import ENV_VAR as ATTENTION_ENV_VAR
+    bindings = module.__dict__.get('_bindings')
+    if bindings is None:
+        bindings = module.__dict__['_bindings'] = _ext.Bindings(MAX_BINDINGS)
+    bindings.add(owner, train, x, inplace, ws_size, stream, list(params), list(rest),
+                 checks, [ATTENTION_ENV_VAR, ENV_VAR])
+
+
 def infer(program, x, inplace, ws_size, stream, rest):
     return _ext.infer(program, x, inplace, ws_size, stream, rest)
 

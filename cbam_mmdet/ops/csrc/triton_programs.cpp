@@ -22,11 +22,15 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace {
+
+namespace py = pybind11;
 
 using CUresult = int;
 using LaunchKernel = CUresult (*)(void* f, unsigned gx, unsigned gy, unsigned gz,
@@ -87,6 +91,7 @@ struct Program {
   void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count) const {
     TORCH_CHECK(static_cast<int64_t>(slots.size()) >= num_slots, "program needs ", num_slots,
                 " tensors, got ", slots.size());
+    if (count == 0 || launches.empty()) return;
     const Driver& d = driver();
     std::array<uint64_t, kMaxParams> storage;
     std::array<void*, kMaxParams> params;
@@ -201,7 +206,8 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     std::vector<at::Tensor> slots{g, x, ws, needs_dx ? dx : x};
     slots.insert(slots.end(), saved.begin() + 1, saved.end());
     slots.insert(slots.end(), rest.begin(), rest.end());
-    const size_t count = state->backward.launches.size() - (needs_dx ? 0 : 1);
+    const size_t launches = state->backward.launches.size();
+    const size_t count = needs_dx || launches == 0 ? launches : launches - 1;
     state->backward.run(slots, stream, count);
     variable_list grads{dx};
     const size_t num_params = saved.size() - 1;
@@ -230,10 +236,178 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
                                   reinterpret_cast<int64_t>(&state), stream, std::move(rest))[0];
 }
 
+// A module's bound calls: per entry, the input signature, mode and everything else a
+// recorded program was chosen for, checked in C++ on every call, so that a plugin's
+// forward runs no Python between its first line and the launches. An entry applies when
+//
+//   - x has the recorded device, dtype, sizes, strides and 16-byte alignment (or not);
+//   - autograd records (grad mode on and x or a parameter requiring grad) as recorded;
+//   - the current stream is the recorded one;
+//   - the parameters are contiguous, 16-byte aligned float32 (what the kernels read);
+//   - every check holds: an entry of a Python dict (a module's _parameters, _buffers,
+//     _modules or __dict__) is the recorded object (kind 0) or equals it (kind 1), so a
+//     replaced parameter, submodule or BatchNorm setting is noticed;
+//   - the environment variables named at binding time have their values of then.
+//
+// Otherwise the call returns None and the caller takes its Python path (which chooses
+// again and may bind again). Parameters and buffers moved or converted in place (.to(),
+// load_state_dict) need no check: the entry holds the same tensors and reads their
+// current addresses.
+struct Check {
+  py::object dict;
+  py::object key;
+  py::object expected;
+  bool equal;  // compare with ==, else by identity
+};
+
+struct Entry {
+  py::object owner;  // the Program or TrainState, kept alive
+  const Program* program = nullptr;
+  const TrainState* state = nullptr;
+  bool train = false;
+  bool inplace = false;
+  int64_t ws_size = 0;
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+  bool aligned = false;
+  c10::Stream stream_id{c10::Stream::DEFAULT, at::Device(at::kCPU)};
+  uint64_t stream = 0;
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> rest;
+  std::vector<bool> rest_is_x;  // slots that take the call's x (absent BatchNorm buffers)
+  std::vector<Check> checks;
+  std::vector<std::pair<std::string, std::optional<std::string>>> env;
+};
+
+std::optional<std::string> getenv_value(const std::string& name) {
+  const char* value = std::getenv(name.c_str());
+  if (value == nullptr) return std::nullopt;
+  return std::string(value);
+}
+
+bool aligned16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+c10::Stream current_stream(const at::Device& device) {
+  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
+}
+
+struct Bindings {
+  explicit Bindings(int64_t capacity) : capacity(capacity) {
+    TORCH_CHECK(capacity >= 1, "Bindings: capacity must be >= 1, got ", capacity);
+  }
+
+  int64_t capacity;
+  std::vector<Entry> entries;
+  size_t next = 0;  // the entry replaced when full
+  int64_t infer_hits = 0;
+  int64_t train_hits = 0;
+
+  void add(py::object owner, bool train, const at::Tensor& x, bool inplace, int64_t ws_size,
+           uint64_t stream, std::vector<at::Tensor> params, std::vector<at::Tensor> rest,
+           py::list checks, std::vector<std::string> env) {
+    Entry e;
+    e.owner = owner;
+    if (train) {
+      e.state = owner.cast<const TrainState*>();
+      TORCH_CHECK(params.size() == e.state->grad_offsets.size(), "Bindings.add: expected ",
+                  e.state->grad_offsets.size(), " parameters, got ", params.size());
+    } else {
+      e.program = owner.cast<const Program*>();
+    }
+    e.train = train;
+    e.inplace = inplace;
+    e.ws_size = ws_size;
+    e.device = x.device();
+    e.dtype = x.scalar_type();
+    e.sizes = x.sizes().vec();
+    e.strides = x.strides().vec();
+    e.aligned = aligned16(x);
+    e.stream_id = current_stream(x.device());
+    e.stream = stream;
+    e.params = std::move(params);
+    for (const auto& t : rest) e.rest_is_x.push_back(t.unsafeGetTensorImpl() == x.unsafeGetTensorImpl());
+    e.rest = std::move(rest);
+    for (const auto& item : checks) {
+      auto t = item.cast<py::tuple>();
+      TORCH_CHECK(t.size() == 4, "Bindings.add: a check is (dict, key, value, equal)");
+      TORCH_CHECK(PyDict_Check(t[0].ptr()), "Bindings.add: a check's container must be a dict");
+      e.checks.push_back(Check{t[0], t[1], t[2], t[3].cast<bool>()});
+    }
+    for (const auto& name : env) e.env.emplace_back(name, getenv_value(name));
+    if (static_cast<int64_t>(entries.size()) < capacity) {
+      entries.push_back(std::move(e));
+    } else {
+      entries[next] = std::move(e);
+      next = (next + 1) % entries.size();
+    }
+  }
+
+  static bool holds(const Entry& e) {
+    for (const auto& c : e.checks) {
+      PyObject* value = PyDict_GetItemWithError(c.dict.ptr(), c.key.ptr());
+      if (value == nullptr) {
+        PyErr_Clear();
+        return false;
+      }
+      if (value == c.expected.ptr()) continue;
+      if (!c.equal) return false;
+      const int same = PyObject_RichCompareBool(value, c.expected.ptr(), Py_EQ);
+      if (same != 1) {
+        PyErr_Clear();
+        return false;
+      }
+    }
+    for (const auto& [name, value] : e.env) {
+      if (getenv_value(name) != value) return false;
+    }
+    for (const auto& p : e.params) {
+      if (p.scalar_type() != at::kFloat || !p.is_contiguous() || !aligned16(p)) return false;
+    }
+    return current_stream(e.device) == e.stream_id;
+  }
+
+  // The output of the bound call for x, or None where no entry applies.
+  py::object call(py::handle obj) {
+    if (!THPVariable_Check(obj.ptr())) return py::none();
+    const at::Tensor& x = THPVariable_Unpack(obj.ptr());
+    const bool grad_mode = at::GradMode::is_enabled();
+    for (const auto& e : entries) {
+      if (x.device() != e.device || x.scalar_type() != e.dtype || x.sizes() != e.sizes ||
+          x.strides() != e.strides || aligned16(x) != e.aligned) {
+        continue;
+      }
+      bool records = grad_mode && x.requires_grad();
+      for (size_t i = 0; grad_mode && !records && i < e.params.size(); ++i) {
+        records = e.params[i].requires_grad();
+      }
+      if (records != e.train || !holds(e)) continue;
+      std::vector<at::Tensor> rest = e.rest;
+      for (size_t i = 0; i < rest.size(); ++i) {
+        if (e.rest_is_x[i]) rest[i] = x;
+      }
+      if (e.train) {
+        ++train_hits;
+        return py::cast(AttentionFunction::apply(x, at::TensorList(e.params),
+                                                 reinterpret_cast<int64_t>(e.state),
+                                                 static_cast<int64_t>(e.stream),
+                                                 std::move(rest))[0]);
+      }
+      ++infer_hits;
+      std::vector<at::Tensor> tail(e.params);
+      tail.insert(tail.end(), rest.begin(), rest.end());
+      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail));
+    }
+    return py::none();
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace py = pybind11;
   py::class_<Program>(m, "Program")
       .def(py::init<>())
       .def("add", &Program::add, py::arg("function"), py::arg("grid"), py::arg("block"),
@@ -260,6 +434,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            }),
            py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
            py::arg("grad_shapes"), py::arg("atomic_regions"));
+  py::class_<Bindings>(m, "Bindings")
+      .def(py::init<int64_t>(), py::arg("capacity"))
+      .def("add", &Bindings::add, py::arg("owner"), py::arg("train"), py::arg("x"),
+           py::arg("inplace"), py::arg("ws_size"), py::arg("stream"), py::arg("params"),
+           py::arg("rest"), py::arg("checks"), py::arg("env"),
+           "Bind a call: its Program (inference) or TrainState (training), the input it "
+           "was made for, and what must still hold for a later call to take it")
+      .def("__call__", &Bindings::call, py::arg("x"),
+           "The bound call's output for x, or None where no entry applies")
+      .def("__len__", [](const Bindings& b) { return b.entries.size(); })
+      .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
+      .def_readonly("train_hits", &Bindings::train_hits, "Training calls replayed");
   m.def("infer", &infer, "Replay an inference program: returns the output",
         py::arg("program"), py::arg("x"), py::arg("inplace"), py::arg("ws_size"),
         py::arg("stream"), py::arg("rest"));
