@@ -282,7 +282,7 @@ def test_triton_programs_second_backward_and_no_input_grad():
 def test_bound_calls_follow_reloaded_and_replaced_parameters_and_modes(cls):
     """After a module's calls are bound, loading new weights, replacing a parameter and
     switching between training and evaluation modes give the reference's outputs."""
-    from test_fast_attention import randomize_
+    from test_attention_modules import randomize_
     ref, fast = pair(cls, 64, device='cuda', implementation='auto', ratio=8)
     x = torch.randn(2, 64, 10, 12, device='cuda')
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_bound_calls_follow_reloaded_and_replaced_parameters_and_modes(cls):
             fast.eval()(x)
         assert fast._bindings.infer_hits >= 1
         torch.testing.assert_close(fast(x), ref.eval()(x))
-        randomize_(ref)
+        randomize_(ref, seed=1)
         fast.load_state_dict(ref.state_dict())
         torch.testing.assert_close(fast(x), ref(x))
         name, p = next(iter(fast.named_parameters()))
