@@ -626,12 +626,13 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
 @triton.jit
 def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA, B_DPRE,
              B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID, CPB,
-             PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr):
+             PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+             BLOCK_DH: tl.constexpr):
     """The shared MLP's backward for one block of hidden units (grid axis 0) and CPB
     channels (axis 1): dL/d hpre of the block (every program computes it over all
-    channels; the first channel block stores it and db1), then for its channels the rows
-    of dW2 and columns of dW1, db2 (first hidden block) and dL/d pooled (atomics over the
-    hidden blocks)."""
+    channels, BLOCK_DH at a time; the first channel block stores it and db1), then for
+    its channels the rows of dW2 and columns of dW1, db2 (first hidden block) and
+    dL/d pooled (atomics over the hidden blocks)."""
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -640,8 +641,8 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
     db1 = tl.zeros((BLOCK_J,), dtype=tl.float32)
     for n in range(0, N):
         dh = tl.zeros((BLOCK_J,), dtype=tl.float32)
-        for start in range(0, C, BLOCK_C):
-            offs_c = start + tl.arange(0, BLOCK_C)
+        for start in range(0, C, BLOCK_DH):
+            offs_c = start + tl.arange(0, BLOCK_DH)
             mask_c = offs_c < C
             av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
             dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
@@ -894,7 +895,8 @@ class _Plan:
             for zero in (False, True)}
         self.mlpbwd_tail = (
             o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
-            b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair, self.mlp_bwd_bj, 64)
+            b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair, self.mlp_bwd_bj, 64,
+            min(256, triton.next_power_of_2(c)))
 
 
 _plans = {}
