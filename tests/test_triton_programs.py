@@ -1,5 +1,6 @@
 """Recorded Triton launches replayed from C++ (cbam_mmdet/ops/triton_programs.py)."""
 import copy
+import pickle
 import struct
 import types
 
@@ -94,8 +95,16 @@ def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
     se.float()
     assert applies(x)
     assert bindings.train_hits == 0
-    # kept out of copies; dropped when the implementation or inplace is set
+    # kept out of copies and pickles; dropped when the implementation or inplace is set
     assert copy.deepcopy(se)._bindings is None and se._bindings is bindings
+    restored = pickle.loads(pickle.dumps(se))
+    assert restored._bindings is None and restored.implementation == 'auto'
+    old_state = {k: v for k, v in se.__getstate__().items() if k[0] != '_' or
+                 k in ('_parameters', '_buffers', '_modules')}  # as pickled before
+    old_state.update(implementation='reference', inplace=True)
+    old = SE.__new__(SE)
+    old.__setstate__(old_state)
+    assert (old.implementation, old.inplace) == ('reference', True)
     se.inplace = False
     assert se._bindings is None
     se, _ = bound_se()

@@ -39,3 +39,10 @@ class BoundCalls:
         state = self.__dict__.copy()
         state.pop('_bindings', None)
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name in ('implementation', 'inplace'):  # pickled before these were properties
+            if name in state:
+                state['_' + name] = state.pop(name)
+        super().__setstate__(state)
