@@ -114,6 +114,24 @@ def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
         se.implementation = 'fastest'
 
 
+def test_bindings_do_not_keep_the_input_that_stands_in_for_absent_buffers():
+    """CBAM passes x in place of BatchNorm buffers it lacks (track_running_stats=False);
+    an entry puts each call's own x there and keeps no input alive."""
+    import gc
+    import weakref
+    se = SE(32, ratio=8)
+    x = torch.randn(2, 32, 5, 6)
+    params = [se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias]
+    triton_programs.bind(se, triton_programs._ext.Program(), False, x, False, 64, 0, params,
+                         [x], [])
+    alive = weakref.ref(x)
+    del x
+    gc.collect()
+    assert alive() is None
+    with torch.no_grad():
+        assert se._bindings(torch.randn(2, 32, 5, 6)) is not None
+
+
 def test_bindings_replay_training_as_an_autograd_function_and_inplace_inference():
     se, x = bound_se(train=True)
     bindings = se._bindings

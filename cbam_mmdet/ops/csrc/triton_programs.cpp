@@ -329,7 +329,11 @@ struct Bindings {
     e.stream_id = current_stream(x.device());
     e.stream = stream;
     e.params = std::move(params);
-    for (const auto& t : rest) e.rest_is_x.push_back(t.unsafeGetTensorImpl() == x.unsafeGetTensorImpl());
+    for (auto& t : rest) {
+      const bool is_x = t.unsafeGetTensorImpl() == x.unsafeGetTensorImpl();
+      e.rest_is_x.push_back(is_x);
+      if (is_x) t = at::Tensor();  // not kept: each call puts its own x there
+    }
     e.rest = std::move(rest);
     for (const auto& item : checks) {
       auto t = item.cast<py::tuple>();
