@@ -776,9 +776,11 @@ DIRECT_MLP_WEIGHTS = 32768
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
-# channels per step of the passes over blocks of pixels (contiguous NCHW)
-PIX_BLOCK_C = 32
-# pixels per program of those passes: 128 from this many pixels per sample on, else 64
+# The passes over blocks of pixels (contiguous NCHW): 128-pixel blocks where that gives
+# at least WIDE_PROGRAMS programs, else 64-pixel blocks (more programs in flight: at
+# 2x512x100x152 on an H200, 238 programs of 128 pixels left the GPU half idle); 64
+# channels per step from PIX_WIDE_HW pixels per sample on, else 32 (docs/speed.md, v10).
+WIDE_PROGRAMS = 512
 PIX_WIDE_HW = 8192
 
 
@@ -820,13 +822,16 @@ class _Plan:
         self.direct = self.direct or self.split == 1
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
-        self.pix_bc, self.pix_bhw = (64, 32) if cl else (PIX_BLOCK_C,
-                                                         128 if hw >= PIX_WIDE_HW else 64)
+        wide = n * triton.cdiv(hw, 128) >= WIDE_PROGRAMS
+        self.pix_bc, self.pix_bhw = (64, 32) if cl else (
+            64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
         self.conv_bwd_grid = (n, pix_blocks, 1)
-        self.sp_bc, self.sp_bhw = (64, 32) if cl else (16, 128)
+        # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS)
+        self.sp_bc, self.sp_bhw = (64, 32) if cl else (
+            (16, 128) if wide or n * hw <= MAX_SPLIT_PIXELS else (32, 64))
         sp_blocks = triton.cdiv(hw, self.sp_bhw)
         self.sp_cps, self.sp_splits = _channel_split(n * sp_blocks, n, hw, c, self.sp_bc)
         self.sp_grid = (n * self.sp_splits, sp_blocks, 1)
