@@ -12,6 +12,12 @@ the fallback: without the extension, under Triton's interpreter, with
 extension supports (cluster launches, scratch memory, argument types), calls keep
 running in Python.
 
+A replayed call is then bound to its module (:func:`bind`): the module's ``forward``
+hands later inputs straight to a C++ ``Bindings`` object, which replays the program
+without any Python while the input signature, autograd mode, stream, parameters,
+settings and environment variables are those of the bound call, and otherwise returns
+None (the Python path then runs and may bind again).
+
 A program names every tensor argument by its position in the call's tensor list
 ("slot"): ``[x, workspace, out, *params, *rest]`` forward, ``[grad_out, x, workspace,
 dx, *params, *rest]`` backward. Every other argument is an immediate value, packed as the
@@ -20,6 +26,7 @@ compiled kernel's signature types it.
 import os
 import struct
 
+from .dispatch import ENV_VAR as ATTENTION_ENV_VAR
 from .triton_launch import _INTERPRET, launch
 
 try:
@@ -138,7 +145,6 @@ def bind(module, owner, train, x, inplace, ws_size, stream, params, rest, checks
     :mod:`.dispatch`'s environment variables) replay ``owner`` (the recorded inference
     ``Program`` or the ``TrainState``) from C++ without running Python (the plugins'
     ``forward`` tries ``module._bindings`` first)."""
-    from .dispatch import ENV_VAR as ATTENTION_ENV_VAR
     bindings = module.__dict__.get('_bindings')
     if bindings is None:
         bindings = module.__dict__['_bindings'] = _ext.Bindings(MAX_BINDINGS)
