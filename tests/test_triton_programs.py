@@ -95,8 +95,11 @@ def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
     se.float()
     assert applies(x)
     assert bindings.train_hits == 0
-    # kept out of copies and pickles; dropped when the implementation or inplace is set
+    # kept out of copies, pickles and replicas; dropped when the implementation or
+    # inplace is set
     assert copy.deepcopy(se)._bindings is None and se._bindings is bindings
+    replica = se._replicate_for_data_parallel()  # as nn.DataParallel makes them
+    assert replica._bindings is None and se._bindings is bindings
     restored = pickle.loads(pickle.dumps(se))
     assert restored._bindings is None and restored.implementation == 'auto'
     old_state = {k: v for k, v in se.__getstate__().items() if k[0] != '_' or

@@ -11,7 +11,8 @@ from ._validate import check_choice
 
 class BoundCalls:
     """Mixin of :class:`~cbam_mmdet.CBAM` and :class:`~cbam_mmdet.SE`: the bindings, dropped
-    when ``implementation`` or ``inplace`` is set and left out of copies and pickles."""
+    when ``implementation`` or ``inplace`` is set and left out of copies, pickles and
+    ``nn.DataParallel``'s replicas."""
 
     _bindings = None
 
@@ -34,6 +35,13 @@ class BoundCalls:
         check_choice('inplace', value, (True, False))
         self.__dict__['_inplace'] = value
         self.__dict__['_bindings'] = None
+
+    def _replicate_for_data_parallel(self):
+        # nn.DataParallel's replicas share a copy of this module's __dict__ but hold
+        # their own parameters: each binds its own calls
+        replica = super()._replicate_for_data_parallel()
+        replica.__dict__['_bindings'] = None
+        return replica
 
     def __getstate__(self):
         state = self.__dict__.copy()
