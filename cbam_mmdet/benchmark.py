@@ -4,7 +4,9 @@ Every variant is built from a config, runs on the same synthetic batch, and the 
 take turns (interleaved) inside each round, after warm-up rounds, so that drifts of the
 machine (clocks, other processes) hit them alike. A variant's time is the median over the
 rounds of its mean step time in that round; its ratio is the median over the rounds of
-(its time / the baseline's time in the same round), with the spread of those ratios.
+(its time / the baseline's time in the same round), with a 95% confidence interval of
+that median (:func:`median_interval`: order statistics, no assumption on how the
+ratios are distributed) and the spread of those ratios.
 
 Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``)
 and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
@@ -12,6 +14,7 @@ path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graph
 inference).
 """
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -171,13 +174,35 @@ def time_steps(step, iters, device):
     return (time.perf_counter() - start) / iters
 
 
+def median_interval(values, confidence=0.95):
+    """A distribution-free confidence interval of the median of ``values`` (independent
+    draws): the order statistics ``(X_(j), X_(n+1-j))`` with the largest ``j`` for which
+    ``P(Binomial(n, 1/2) <= j - 1) <= (1 - confidence) / 2``, which cover the true
+    median with probability at least ``confidence``. With too few values for that
+    (fewer than 6 at 95%) the whole range, whose coverage is lower."""
+    xs = sorted(values)
+    n = len(xs)
+    tail = (1 - confidence) / 2
+    below, j = 0.0, 0  # below = P(B <= j - 1)
+    while j < n:
+        p = math.comb(n, j) / 2 ** n
+        if below + p > tail:
+            break
+        below += p
+        j += 1
+    if j == 0:
+        return xs[0], xs[-1]
+    return xs[j - 1], xs[n - j]
+
+
 def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
                   time_plugins=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
-    baseline) and ``ratio_min``/``ratio_max`` (their spread). ``time_plugins``: also
+    baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
+    :func:`median_interval`) and ``ratio_min``/``ratio_max`` (their spread). ``time_plugins``: also
     ``plugin_ms``, the median over rounds of the time per step inside the plugins'
     forward, and ``plugin_share``, the median of (that time / the rest of the step): the
     ratio the plugins alone account for, steadier than ratios of whole steps where the
@@ -223,10 +248,11 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         base = per_round['baseline']
         for r in runners:
             ratios = [t / b for t, b in zip(per_round[r.name], base)]
+            lo, hi = median_interval(ratios)
             results.append(dict(
                 variant=r.name, mode=mode, ms=statistics.median(per_round[r.name]) * 1e3,
-                ratio=statistics.median(ratios), ratio_min=min(ratios),
-                ratio_max=max(ratios)))
+                ratio=statistics.median(ratios), ratio_lo=lo, ratio_hi=hi,
+                ratio_min=min(ratios), ratio_max=max(ratios)))
             if time_plugins:
                 results[-1].update(
                     plugin_ms=statistics.median(plugin_round[r.name]) * 1e3,
@@ -240,10 +266,12 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
 def format_table(results):
     plugins = any('plugin_ms' in r for r in results)
     lines = [f"{'mode':<6} {'variant':<10} {'ms':>9} {'x baseline':>11} "
-             f"{'(min..max over rounds)':>24}"
+             f"{'[95% CI of median]':>19} {'(min..max over rounds)':>24}"
              + (f" {'in plugins ms':>14} {'/ rest':>7}" if plugins else '')]
     for r in results:
         line = (f"{r['mode']:<6} {r['variant']:<10} {r['ms']:9.2f} {r['ratio']:11.3f} "
+                f"{'[' + format(r['ratio_lo'], '.3f') + '..':>11}"
+                f"{format(r['ratio_hi'], '.3f') + ']':<8} "
                 f"{'(' + format(r['ratio_min'], '.3f') + '..':>16}"
                 f"{format(r['ratio_max'], '.3f') + ')':<8}")
         if plugins:
