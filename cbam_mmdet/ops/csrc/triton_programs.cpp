@@ -245,8 +245,8 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
 //   - the current stream is the recorded one;
 //   - the parameters are contiguous, 16-byte aligned float32 (what the kernels read);
 //   - every check holds: an entry of a Python dict (a module's _parameters, _buffers,
-//     _modules or __dict__) is the recorded object (kind 0) or equals it (kind 1), so a
-//     replaced parameter, submodule or BatchNorm setting is noticed;
+//     _modules or __dict__) is the recorded object (or, for checks with `equal`, equals
+//     it), so a replaced parameter, submodule or BatchNorm setting is noticed;
 //   - the environment variables named at binding time have their values of then.
 //
 // Otherwise the call returns None and the caller takes its Python path (which chooses
@@ -266,7 +266,7 @@ struct Entry {
   const TrainState* state = nullptr;
   bool train = false;
   bool inplace = false;
-  int64_t ws_size = 0;
+  int64_t ws_size = 0;  // inference (a TrainState has its own)
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
   std::vector<int64_t> sizes;
@@ -395,10 +395,8 @@ struct Bindings {
       }
       if (e.train) {
         ++train_hits;
-        return py::cast(AttentionFunction::apply(x, at::TensorList(e.params),
-                                                 reinterpret_cast<int64_t>(e.state),
-                                                 static_cast<int64_t>(e.stream),
-                                                 std::move(rest))[0]);
+        return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
+                              std::move(rest)));
       }
       ++infer_hits;
       std::vector<at::Tensor> tail(e.params);
