@@ -13,7 +13,9 @@ and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the
 path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graphs for CUDA
 inference).
 """
+import contextlib
 import copy
+import gc
 import math
 import statistics
 import time
@@ -164,14 +166,39 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, iters, device):
-    """Mean seconds per call of ``step`` over ``iters`` calls."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / iters
+def time_steps(step, iters, device, collect_outside=False):
+    """Mean seconds per call of ``step`` over ``iters`` calls. ``collect_outside``: Python's
+    cyclic garbage collector is paused while the calls are timed and collects once
+    after them, untimed (see :func:`collector_frozen`)."""
+    paused = collect_outside and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        _sync(device)
+        return (time.perf_counter() - start) / iters
+    finally:
+        if paused:
+            gc.enable()
+            gc.collect()
+
+
+@contextlib.contextmanager
+def collector_frozen():
+    """Move every object alive now (the models, optimisers, compiled kernels) out of the
+    garbage collector's reach (``gc.freeze``) for the duration, so that a collection
+    walks only what the steps allocate. With :func:`time_steps`' ``collect_outside``,
+    the collections fall between the timed blocks instead of pausing, for tens of
+    milliseconds, whichever variant happens to run when a threshold is crossed."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def median_interval(values, confidence=0.95):
@@ -198,7 +225,7 @@ def median_interval(values, confidence=0.95):
 def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
-                  time_plugins=False, log=print):
+                  time_plugins=False, collect_in_steps=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
@@ -206,7 +233,9 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     ``plugin_ms``, the median over rounds of the time per step inside the plugins'
     forward, and ``plugin_share``, the median of (that time / the rest of the step): the
     ratio the plugins alone account for, steadier than ratios of whole steps where the
-    machine's speed drifts (on CPU; on CUDA host time)."""
+    machine's speed drifts (on CPU; on CUDA host time). Python's garbage collector runs
+    between the timed blocks, over what the steps allocated (:func:`collector_frozen`);
+    ``collect_in_steps`` leaves it to run wherever its thresholds fall, inside them."""
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f'variant must be one of {list(VARIANTS)}, got {v!r}')
@@ -228,6 +257,13 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         runners.append(Runner(name, model, backbone_only, amp, device))
         if time_plugins:
             runners[-1].time_plugins()
+    with contextlib.nullcontext() if collect_in_steps else collector_frozen():
+        return _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
+                           time_plugins, not collect_in_steps, log)
+
+
+def _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
+                time_plugins, collect_outside, log):
     results = []
     for mode in modes:
         for r in runners:
@@ -236,14 +272,17 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
                  for r in runners}
         for _ in range(warmup):
             for r in runners:
-                time_steps(steps[r.name], 1, device)
+                time_steps(steps[r.name], 1, device, collect_outside)
+        if collect_outside:  # what the warm-up built (kernels, plans) stays too
+            gc.freeze()
         per_round = {r.name: [] for r in runners}
         plugin_round = {r.name: [] for r in runners}
         for i in range(rounds):
             order = runners if i % 2 == 0 else runners[::-1]
             for r in order:
                 r.plugin_seconds = 0.0
-                per_round[r.name].append(time_steps(steps[r.name], iters, device))
+                per_round[r.name].append(
+                    time_steps(steps[r.name], iters, device, collect_outside))
                 plugin_round[r.name].append(r.plugin_seconds / iters)
         base = per_round['baseline']
         for r in runners:

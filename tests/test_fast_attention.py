@@ -449,6 +449,46 @@ def test_benchmark_median_interval_is_the_order_statistics_interval():
     assert 0.94 <= covered / 2000 <= 0.975
 
 
+def test_benchmark_collects_garbage_between_timed_blocks_not_inside():
+    """The collector is paused while steps are timed and collects once after the
+    block; a cycle made by a step is gone when the block returns."""
+    import gc
+    import weakref
+    from cbam_mmdet.benchmark import collector_frozen, time_steps
+
+    class Node:
+        pass
+
+    seen, refs = [], []
+
+    def step():
+        seen.append(gc.isenabled())
+        node = Node()
+        node.self = node  # a cycle: only the collector frees it
+        refs.append(weakref.ref(node))
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    with collector_frozen():
+        assert gc.get_freeze_count() > frozen_before
+        time_steps(step, 3, torch.device('cpu'), collect_outside=True)
+        assert seen == [False] * 3 and gc.isenabled()
+        assert all(r() is None for r in refs)
+        seen.clear()
+        time_steps(step, 1, torch.device('cpu'))
+        assert seen == [True]
+    assert gc.get_freeze_count() == 0
+
+
+def test_benchmark_runs_with_the_collector_inside_the_steps():
+    from cbam_mmdet.benchmark import run_benchmark
+    results = run_benchmark(variants=('baseline', 'se'), modes=('infer',), device='cpu',
+                            shape=(64, 64), backbone_only=True, rounds=2, warmup=1,
+                            iters=1, collect_in_steps=True, log=lambda s: None)
+    assert [r['variant'] for r in results] == ['baseline', 'se']
+    assert all(r['ms'] > 0 for r in results)
+
+
 def test_benchmark_sets_each_mode_once_outside_the_timed_steps(monkeypatch):
     """model.train() / eval() walk every module (more of them with plugins): the
     benchmark switches modes once per mode, as mmengine's loops do, not in every step."""

@@ -44,6 +44,10 @@ def parse_args(argv=None):
                         help='also report the time inside the CBAM/SE modules per step and '
                         'its share of the rest of the step (forward hooks; host time on '
                         'CUDA)')
+    parser.add_argument('--collect-in-steps', action='store_true',
+                        help="let Python's garbage collector run inside the timed steps "
+                        '(default: it collects between the timed blocks, untimed, over '
+                        'what the steps allocated)')
     parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args(argv)
     for name in ('batch_size', 'rounds', 'iters'):
@@ -66,7 +70,8 @@ def main(argv=None):
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
         backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
-        iters=args.iters, time_plugins=args.time_plugins)
+        iters=args.iters, time_plugins=args.time_plugins,
+        collect_in_steps=args.collect_in_steps)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(args={k: v for k, v in vars(args).items()},
