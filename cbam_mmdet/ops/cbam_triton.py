@@ -439,9 +439,9 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
     """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
     ds = sum_c p a. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
     stored with the block's (sum dz, sum dz zhat) for BatchNorm's backward. ATOMIC: ds is
-    added into the dz region (zeroed by the forward) and the last program to finish
-    (counter SLOT, reset after use) turns it into dz for all pixels and stores the two
-    sums as the only block."""
+    added into the dz region (zeroed by the forward) and the last of a pixel block's
+    channel splits to finish (its counter, SLOT + the block's index, reset after use)
+    turns the block's ds into dz and stores the block's two sums."""
     n, _, c_begin, c_end = _channel_span(C, CPS)
     pid = tl.program_id(1)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -465,25 +465,21 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
     mean = tl.load(ws_ptr + OFF_STATS)
     rstd = tl.load(ws_ptr + OFF_STATS + 1)
     if ATOMIC:
-        tl.atomic_add(bws_ptr + B_DZ + n * HW + offs_hw, ds, mask=mask_hw)
+        dzb = bws_ptr + B_DZ + n * HW + offs_hw
+        tl.atomic_add(dzb, ds, mask=mask_hw)
         tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + SLOT, 1, sem='acq_rel')
-        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
-            acc0 = tl.zeros((1024,), dtype=tl.float32)
-            acc1 = tl.zeros((1024,), dtype=tl.float32)
-            for p0 in range(0, N * HW, 1024):
-                o = p0 + tl.arange(0, 1024)
-                m = o < N * HW
-                dsv = tl.load(bws_ptr + B_DZ + o, mask=m, other=0.0, cache_modifier='.cg')
-                sv = tl.load(ws_ptr + OFF_S + o, mask=m, other=0.0)
-                z = tl.load(ws_ptr + OFF_Z + o, mask=m, other=0.0)
-                dz = dsv * sv * (1.0 - sv)
-                tl.store(bws_ptr + B_DZ + o, dz, mask=m)
-                acc0 += dz
-                acc1 += tl.where(m, dz * (z - mean) * rstd, 0.0)
-            tl.store(bws_ptr + B_BNPART, tl.sum(acc0, axis=0))
-            tl.store(bws_ptr + B_BNPART + 1, tl.sum(acc1, axis=0))
-            tl.store(cnt_ptr + SLOT, 0)
+        slot = cnt_ptr + SLOT + n * tl.num_programs(1) + pid
+        done = tl.atomic_add(slot, 1, sem='acq_rel')
+        if done == tl.num_programs(0) // N - 1:  # the block's last channel split
+            dsv = tl.load(dzb, mask=mask_hw, other=0.0, cache_modifier='.cg')
+            dz = dsv * s * (1.0 - s)
+            tl.store(dzb, dz, mask=mask_hw)
+            z = tl.load(ws_ptr + OFF_Z + n * HW + offs_hw, mask=mask_hw, other=0.0)
+            zhat = (z - mean) * rstd
+            part = bws_ptr + B_BNPART + (n * tl.num_programs(1) + pid) * 2
+            tl.store(part, tl.sum(dz, axis=0))
+            tl.store(part + 1, tl.sum(tl.where(mask_hw, dz * zhat, 0.0), axis=0))
+            tl.store(slot, 0)
     else:
         dz = ds * s * (1.0 - s)
         tl.store(bws_ptr + B_DZ + n * HW + offs_hw, dz, mask=mask_hw)
@@ -782,6 +778,13 @@ POOL_BLOCK_HW = 1024
 # channels per step from PIX_WIDE_HW pixels per sample on, else 32 (docs/speed.md, v10).
 WIDE_PROGRAMS = 512
 PIX_WIDE_HW = 8192
+# pixels per program of the spatial convolution's backward (None: the pixel blocks');
+# 128 measured best of 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
+CONV_BWD_BLOCK_HW = 128
+# the MLP's backward: hidden units per program, channels per step of its serial phase
+# (1024: fewer dependent steps; 256 -> 1024 took the four stages' sum 509 -> 424 us)
+MLP_BWD_BLOCK_J = 16
+MLP_BWD_BLOCK_DH = 1024
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -828,7 +831,8 @@ class _Plan:
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
-        self.conv_bwd_grid = (n, pix_blocks, 1)
+        self.conv_bwd_bhw = CONV_BWD_BLOCK_HW or self.pix_bhw
+        self.conv_bwd_grid = (n, triton.cdiv(hw, self.conv_bwd_bhw), 1)
         # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
             (16, 128) if wide or n * hw <= MAX_SPLIT_PIXELS else (32, 64))
@@ -838,15 +842,18 @@ class _Plan:
         self.conv_block = 256
         self.conv_grid = (n, triton.cdiv(hw, self.conv_block), 1)
         self.conv_parts = n * self.conv_grid[1]
-        # BatchNorm's backward partials: one per pixel block, or one in all (split)
-        self.bnpart = 1 if self.pix_splits > 1 else n * pix_blocks
+        # BatchNorm's backward partials: one per pixel block
+        self.bnpart = n * pix_blocks
+        # counters: one per sample (pooling), the convolution's, and with channel splits
+        # one per pixel block (_bwd_pixels)
+        self.counter_slots = n + 1 + (n * pix_blocks if self.pix_splits > 1 else 0)
         # tiles (channel block x pixel block)
         self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
         self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
         self.red_hw_per_prog = min(max(1, self.tile_grid[0] * self.tile_grid[1] // 1024),
                                    self.tile_grid[1]) * self.tile_bhw
         self.red_grid = (self.tile_grid[0], triton.cdiv(hw, self.red_hw_per_prog), 1)
-        self.mlp_bwd_bj, self.mlp_bwd_cpb = 16, 128
+        self.mlp_bwd_bj, self.mlp_bwd_cpb = MLP_BWD_BLOCK_J, 128
         self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj),
                              triton.cdiv(c, self.mlp_bwd_cpb), 1)
         self.ws, self.ws_size = _layout([
@@ -901,7 +908,7 @@ class _Plan:
         self.mlpbwd_tail = (
             o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
             b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair, self.mlp_bwd_bj, 64,
-            min(256, triton.next_power_of_2(c)))
+            min(MLP_BWD_BLOCK_DH, triton.next_power_of_2(c)))
 
 
 _plans = {}
@@ -957,7 +964,7 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     saved) or 'train' (batch statistics, running statistics updated, z and s saved)."""
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
-    counters = _counters_for(x, stream, plan.n + 2)
+    counters = _counters_for(x, stream, plan.counter_slots)
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
@@ -1024,7 +1031,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
            plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
-           plan.pix_bhw)
+           plan.conv_bwd_bhw)
     launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
            plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
@@ -1201,7 +1208,7 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
     # the tensors a recorded program may name besides x, the workspace, out and params
     # (x stands in for absent buffers: the kernels then read the workspace instead)
     rest = [x if rm is None else rm, x if rv is None else rv, x if nbt is None else nbt,
-            _counters_for(x, stream, plan.n + 2),
+            _counters_for(x, stream, plan.counter_slots),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
     key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum)
 
