@@ -147,6 +147,7 @@ struct TrainState {
   int64_t ws_size = 0;
   std::vector<int64_t> grad_offsets;
   std::vector<std::vector<int64_t>> grad_shapes;
+  std::vector<std::vector<int64_t>> grad_strides;  // contiguous, from grad_shapes
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
 };
 
@@ -216,10 +217,10 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
         grads.emplace_back();
         continue;
       }
-      const auto& shape = state->grad_shapes[i];
-      int64_t numel = 1;
-      for (int64_t s : shape) numel *= s;
-      grads.push_back(ws.narrow(0, state->grad_offsets[i], numel).view(shape));
+      // one view op per gradient (as_strided), not narrow + view: autograd takes it as
+      // the parameter's .grad where that is None (the layout is the parameter's)
+      grads.push_back(ws.as_strided(state->grad_shapes[i], state->grad_strides[i],
+                                    ws.storage_offset() + state->grad_offsets[i]));
     }
     grads.emplace_back();  // state_address
     grads.emplace_back();  // stream
@@ -429,6 +430,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              s->ws_size = ws_size;
              s->grad_offsets = std::move(grad_offsets);
              s->grad_shapes = std::move(grad_shapes);
+             for (const auto& shape : s->grad_shapes) {
+               std::vector<int64_t> strides(shape.size(), 1);
+               for (size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
+               s->grad_strides.push_back(std::move(strides));
+             }
              s->atomic_regions = std::move(atomic_regions);
              TORCH_CHECK(s->grad_offsets.size() == s->grad_shapes.size(),
                          "one gradient offset per gradient shape");
