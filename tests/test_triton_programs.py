@@ -145,8 +145,13 @@ def test_bindings_replay_training_as_an_autograd_function_and_inplace_inference(
     out = bindings(x)
     assert out is not None and out.grad_fn is not None and bindings.train_hits == 1
     out.sum().backward()  # parameter gradients: views of the (empty program's) workspace
-    assert [tuple(p.grad.shape) for p in se.parameters()] == \
-        [tuple(p.shape) for p in se.parameters()]
+    grads = [p.grad for p in se.parameters()]
+    assert [tuple(g.shape) for g in grads] == [tuple(p.shape) for p in se.parameters()]
+    # contiguous views of one workspace at the recorded offsets (0, 300, 400, 700)
+    assert all(g.is_contiguous() for g in grads)
+    base = grads[0].data_ptr()
+    assert [(g.data_ptr() - base) // 4 for g in grads] == [0, 300, 400, 700]
+    assert len({g.untyped_storage().data_ptr() for g in grads}) == 1
     se, x = bound_se(inplace=True)
     with torch.no_grad():
         assert se._bindings(x) is x
