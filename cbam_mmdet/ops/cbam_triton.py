@@ -782,7 +782,8 @@ PIX_WIDE_HW = 8192
 # 128 measured best of 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
 CONV_BWD_BLOCK_HW = 128
 # the MLP's backward: hidden units per program, channels per step of its serial phase
-# (1024: fewer dependent steps; 256 -> 1024 took the four stages' sum 509 -> 424 us)
+# (1024: fewer dependent steps; 256 -> 1024 took a step's 16 CBAM and 16 SE modules
+# 509 -> 424 us on an H200, docs/speed.md, v11)
 MLP_BWD_BLOCK_J = 16
 MLP_BWD_BLOCK_DH = 1024
 
