@@ -778,8 +778,8 @@ POOL_BLOCK_HW = 1024
 # channels per step from PIX_WIDE_HW pixels per sample on, else 32 (docs/speed.md, v10).
 WIDE_PROGRAMS = 512
 PIX_WIDE_HW = 8192
-# pixels per program of the spatial convolution's backward (None: the pixel blocks');
-# 128 measured best of 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
+# pixels per program of the spatial convolution's backward: 128 measured best of
+# 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
 CONV_BWD_BLOCK_HW = 128
 # the MLP's backward: hidden units per program, channels per step of its serial phase
 # (1024: fewer dependent steps; 256 -> 1024 took a step's 16 CBAM and 16 SE modules
@@ -832,8 +832,7 @@ class _Plan:
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
-        self.conv_bwd_bhw = CONV_BWD_BLOCK_HW or self.pix_bhw
-        self.conv_bwd_grid = (n, triton.cdiv(hw, self.conv_bwd_bhw), 1)
+        self.conv_bwd_grid = (n, triton.cdiv(hw, CONV_BWD_BLOCK_HW), 1)
         # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
             (16, 128) if wide or n * hw <= MAX_SPLIT_PIXELS else (32, 64))
@@ -1032,7 +1031,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
            plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
-           plan.conv_bwd_bhw)
+           CONV_BWD_BLOCK_HW)
     launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
            plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
