@@ -1,12 +1,15 @@
 """Speed of the attention plugins: baseline vs SE vs CBAM, in one process.
 
-Every variant is built from a config, runs on the same synthetic batch, and the variants
-take turns (interleaved) inside each round, after warm-up rounds, so that drifts of the
-machine (clocks, other processes) hit them alike. A variant's time is the median over the
-rounds of its mean step time in that round; its ratio is the median over the rounds of
-(its time / the baseline's time in the same round), with a 95% confidence interval of
-that median (:func:`median_interval`: order statistics, no assumption on how the
-ratios are distributed) and the spread of those ratios.
+Every variant is built from a config, as one or more models that differ only in the seed
+of their random weights (:func:`default_seeds`), runs on the same synthetic batch, and
+all models take turns (interleaved, in an order drawn anew each round:
+:func:`round_order`) inside each round, after warm-up rounds, so that drifts of the
+machine (clocks, other processes) hit them alike. A variant's time in a round is the mean
+step time of its models; its time is the median of that over the rounds, and its ratio
+is the median over the rounds of (its time / the baseline's time in the same round),
+with a 95% confidence interval of that median (:func:`median_interval`: order
+statistics, no assumption on how the ratios are distributed) and the spread of those
+ratios.
 
 Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``)
 and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
@@ -17,6 +20,7 @@ import contextlib
 import copy
 import gc
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -96,12 +100,14 @@ def synthetic_batch(batch_size, shape, device, num_boxes=8, seed=0):
 
 @dataclass
 class Runner:
-    """One variant's model, optimiser and step functions."""
+    """One model of a variant (built from the seed ``seed``): the model, its optimiser
+    and step functions."""
     name: str
     model: torch.nn.Module
     backbone_only: bool
     amp: bool
     device: torch.device
+    seed: int = 0
     optimizer: torch.optim.Optimizer = None
     scaler: object = None
     times: dict = field(default_factory=dict)
@@ -222,19 +228,51 @@ def median_interval(values, confidence=0.95):
     return xs[j - 1], xs[n - j]
 
 
+def round_order(count, rng, previous_last=None):
+    """The order in which ``count`` models run in one round: a random permutation (from
+    ``rng``), whose first model is not ``previous_last``, the last of the round before.
+
+    A fixed order, or one that alternates with its reverse, gives every model a fixed
+    place and fixed neighbours; with alternation the first and the last model run twice
+    in a row at every turn of the rounds and the others never. A drawn order gives every
+    model every place and neighbour alike, on average over the rounds."""
+    order = list(range(count))
+    rng.shuffle(order)
+    if count > 1 and order[0] == previous_last:
+        order[0], order[1] = order[1], order[0]
+    return order
+
+
+def default_seeds(backbone_only):
+    """Models per variant: 3 for detectors, 1 for backbones. A detector's step time
+    depends on the model it runs, not only on its architecture: its steps do
+    data-dependent work (proposals, NMS, assignment) that follows its random weights, and
+    on an H200 (Faster R-CNN R50-FPN training steps, batch 2, 800x1216) baselines built
+    from other seeds took 1.015-1.035 x the seed-0 baseline's time, and even copies of
+    it with the same weights 0.97-1.02 x. A variant's time is the mean over its models,
+    so that no single model's offset decides a ratio. A backbone's work does not depend
+    on its weights."""
+    return 1 if backbone_only else 3
+
+
 def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
-                  time_plugins=False, collect_in_steps=False, log=print):
+                  seeds=None, time_plugins=False, collect_in_steps=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
-    :func:`median_interval`) and ``ratio_min``/``ratio_max`` (their spread). ``time_plugins``: also
-    ``plugin_ms``, the median over rounds of the time per step inside the plugins'
-    forward, and ``plugin_share``, the median of (that time / the rest of the step): the
-    ratio the plugins alone account for, steadier than ratios of whole steps where the
-    machine's speed drifts (on CPU; on CUDA host time). Python's garbage collector runs
-    between the timed blocks, over what the steps allocated (:func:`collector_frozen`);
+    :func:`median_interval`) and ``ratio_min``/``ratio_max`` (their spread).
+
+    Each variant is ``seeds`` models (built from the seeds ``seed``, ``seed + 1``, ...;
+    default :func:`default_seeds`); every round runs ``iters`` steps of every model, in
+    an order drawn anew each round (:func:`round_order`), and a variant's time in a
+    round is the mean over its models. ``time_plugins``: also ``plugin_ms``, the median
+    over rounds of the time per step inside the plugins' forward, and ``plugin_share``,
+    the median of (that time / the rest of the step): the ratio the plugins alone
+    account for, steadier than ratios of whole steps where the machine's speed drifts
+    (on CPU; on CUDA host time). Python's garbage collector runs between the timed
+    blocks, over what the steps allocated (:func:`collector_frozen`);
     ``collect_in_steps`` leaves it to run wherever its thresholds fall, inside them."""
     for v in variants:
         if v not in VARIANTS:
@@ -242,6 +280,10 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     for m in modes:
         if m not in MODES:
             raise ValueError(f'mode must be one of {list(MODES)}, got {m!r}')
+    if seeds is None:
+        seeds = default_seeds(backbone_only)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f'seeds (models per variant) must be an integer >= 1, got {seeds!r}')
     if 'baseline' not in variants:
         variants = ('baseline',) + tuple(variants)
     device = torch.device(device)
@@ -251,53 +293,61 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     images = images.contiguous(memory_format=memory_format)
     runners = []
     for name in variants:
-        torch.manual_seed(seed)
-        model = build_model(variant_config(name, configs), backbone_only)
-        model = model.to(device).to(memory_format=memory_format)
-        runners.append(Runner(name, model, backbone_only, amp, device))
-        if time_plugins:
-            runners[-1].time_plugins()
+        cfg = variant_config(name, configs)
+        for model_seed in range(seed, seed + seeds):
+            torch.manual_seed(model_seed)
+            model = build_model(cfg, backbone_only)
+            model = model.to(device).to(memory_format=memory_format)
+            runners.append(Runner(name, model, backbone_only, amp, device, model_seed))
+            if time_plugins:
+                runners[-1].time_plugins()
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
         return _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
-                           time_plugins, not collect_in_steps, log)
+                           time_plugins, not collect_in_steps, log, seed)
 
 
 def _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
-                time_plugins, collect_outside, log):
+                time_plugins, collect_outside, log, seed=0):
     results = []
+    names = list(dict.fromkeys(r.name for r in runners))
     for mode in modes:
         for r in runners:
             r.set_mode(mode)
-        steps = {r.name: (lambda r=r: getattr(r, f'{mode}_step')(images, samples))
-                 for r in runners}
+        steps = [(lambda r=r: getattr(r, f'{mode}_step')(images, samples)) for r in runners]
         for _ in range(warmup):
-            for r in runners:
-                time_steps(steps[r.name], 1, device, collect_outside)
+            for step in steps:
+                time_steps(step, 1, device, collect_outside)
         if collect_outside:  # what the warm-up built (kernels, plans) stays too
             gc.freeze()
-        per_round = {r.name: [] for r in runners}
-        plugin_round = {r.name: [] for r in runners}
-        for i in range(rounds):
-            order = runners if i % 2 == 0 else runners[::-1]
-            for r in order:
-                r.plugin_seconds = 0.0
-                per_round[r.name].append(
-                    time_steps(steps[r.name], iters, device, collect_outside))
-                plugin_round[r.name].append(r.plugin_seconds / iters)
+        rng = random.Random(seed)
+        per_round = {name: [] for name in names}
+        plugin_round = {name: [] for name in names}
+        last = None
+        for _ in range(rounds):
+            seconds, plugin = [0.0] * len(runners), [0.0] * len(runners)
+            order = round_order(len(runners), rng, last)
+            for i in order:
+                runners[i].plugin_seconds = 0.0
+                seconds[i] = time_steps(steps[i], iters, device, collect_outside)
+                plugin[i] = runners[i].plugin_seconds / iters
+            last = order[-1]
+            for name in names:
+                mine = [i for i, r in enumerate(runners) if r.name == name]
+                per_round[name].append(statistics.fmean(seconds[i] for i in mine))
+                plugin_round[name].append(statistics.fmean(plugin[i] for i in mine))
         base = per_round['baseline']
-        for r in runners:
-            ratios = [t / b for t, b in zip(per_round[r.name], base)]
+        for name in names:
+            ratios = [t / b for t, b in zip(per_round[name], base)]
             lo, hi = median_interval(ratios)
             results.append(dict(
-                variant=r.name, mode=mode, ms=statistics.median(per_round[r.name]) * 1e3,
+                variant=name, mode=mode, ms=statistics.median(per_round[name]) * 1e3,
                 ratio=statistics.median(ratios), ratio_lo=lo, ratio_hi=hi,
                 ratio_min=min(ratios), ratio_max=max(ratios)))
             if time_plugins:
                 results[-1].update(
-                    plugin_ms=statistics.median(plugin_round[r.name]) * 1e3,
+                    plugin_ms=statistics.median(plugin_round[name]) * 1e3,
                     plugin_share=statistics.median(
-                        p / (t - p) for p, t in zip(plugin_round[r.name],
-                                                    per_round[r.name])))
+                        p / (t - p) for p, t in zip(plugin_round[name], per_round[name])))
         log(format_table([x for x in results if x['mode'] == mode]))
     return results
 

@@ -430,6 +430,52 @@ def test_benchmark_backbones_interleaved_with_ratios():
     assert len(logs) == 2 and 'cbam-ref' in logs[0]
 
 
+def test_benchmark_round_order_draws_every_place_and_never_repeats_a_model():
+    """Every round runs every model once; over the rounds each model takes each place
+    about equally often (a fixed or alternating order gives each a fixed place), and no
+    model runs twice in a row across the turn of two rounds."""
+    import random
+    from cbam_mmdet.benchmark import round_order
+    rng, last = random.Random(0), None
+    places = [[0] * 4 for _ in range(4)]
+    for _ in range(400):
+        order = round_order(4, rng, last)
+        assert sorted(order) == [0, 1, 2, 3] and order[0] != last
+        for place, model in enumerate(order):
+            places[model][place] += 1
+        last = order[-1]
+    assert all(70 <= count <= 130 for row in places for count in row), places
+    assert round_order(1, rng, 0) == [0]
+
+
+def test_benchmark_builds_each_variant_from_consecutive_seeds(monkeypatch):
+    """A variant is ``seeds`` models built after torch.manual_seed(seed + i), the same
+    seeds for every variant; detectors default to 3 models, backbones to 1."""
+    from cbam_mmdet import benchmark
+    built = []
+    real = benchmark.build_model
+
+    def recording(cfg, backbone_only):
+        built.append(torch.initial_seed())
+        return real(cfg, backbone_only)
+
+    monkeypatch.setattr(benchmark, 'build_model', recording)
+    results = benchmark.run_benchmark(
+        variants=('baseline', 'se'), modes=('infer',), device='cpu', shape=(64, 64),
+        backbone_only=True, rounds=2, warmup=0, iters=1, seed=5, seeds=2,
+        log=lambda s: None)
+    assert built == [5, 6, 5, 6]
+    assert [r['variant'] for r in results] == ['baseline', 'se']
+    assert results[0]['ratio'] == 1.0 and results[1]['ms'] > 0
+    assert benchmark.default_seeds(backbone_only=False) == 3
+    assert benchmark.default_seeds(backbone_only=True) == 1
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=r'seeds \(models per variant\) must be'):
+            benchmark.run_benchmark(variants=('baseline',), modes=('infer',), seeds=bad,
+                                    backbone_only=True, shape=(64, 64), rounds=1,
+                                    warmup=0, iters=1, log=lambda s: None)
+
+
 def test_benchmark_median_interval_is_the_order_statistics_interval():
     """The distribution-free interval of the median: for 30 rounds the 10th and 21st
     smallest ratios (coverage 95.7%); too few rounds for 95% give the whole range."""
@@ -556,6 +602,9 @@ def test_benchmark_command_line_arguments():
     assert args.shape == (800, 1216) and args.amp and args.channels_last
     assert args.time_plugins and not parse_args([]).time_plugins
     assert parse_args(['--shape', '512']).shape == (512, 512)
+    assert parse_args(['--seeds', '2']).seeds == 2 and parse_args([]).seeds is None
+    with pytest.raises(SystemExit):
+        parse_args(['--seeds', '0'])
     with pytest.raises(SystemExit):
         parse_args(['--shape', '10x10'])
     with pytest.raises(SystemExit):

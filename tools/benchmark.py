@@ -20,7 +20,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 from cbam_mmdet.benchmark import (DEFAULT_VARIANTS, MODES, VARIANTS,  # noqa: E402
-                                  describe_device, parse_shape, run_benchmark)
+                                  default_seeds, describe_device, parse_shape,
+                                  run_benchmark)
 
 
 def parse_args(argv=None):
@@ -38,6 +39,10 @@ def parse_args(argv=None):
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--seeds', type=int,
+                        help='models per variant, built from the seeds 0..N-1 (default: 3 '
+                        'for detectors, whose step time depends on their random weights; '
+                        '1 with --backbone-only)')
     parser.add_argument('--iters', type=int, default=3, help='steps per variant per round')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
     parser.add_argument('--time-plugins', action='store_true',
@@ -50,8 +55,8 @@ def parse_args(argv=None):
                         'what the steps allocated)')
     parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args(argv)
-    for name in ('batch_size', 'rounds', 'iters'):
-        if getattr(args, name) < 1:
+    for name in ('batch_size', 'rounds', 'iters', 'seeds'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
@@ -62,15 +67,17 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    seeds = args.seeds or default_seeds(args.backbone_only)
     print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
           f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, '
           f'channels_last={args.channels_last}, backbone_only={args.backbone_only}, '
-          f'{args.rounds} rounds x {args.iters} steps after {args.warmup} warm-up rounds')
+          f'{args.rounds} rounds x {args.iters} steps per model after {args.warmup} warm-up '
+          f'rounds, {seeds} model(s) per variant')
     results = run_benchmark(
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
         backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
-        iters=args.iters, time_plugins=args.time_plugins,
+        iters=args.iters, seeds=seeds, time_plugins=args.time_plugins,
         collect_in_steps=args.collect_in_steps)
     if args.json:
         with open(args.json, 'w') as f:
