@@ -760,10 +760,11 @@ def _layout(sizes):
 
 
 # Passes over pixels split the channels over programs where the pixels alone give fewer
-# than about PIXEL_PROGRAMS programs (two per SM of an H100 / H200), each program keeping
+# than about PIXEL_PROGRAMS programs (four per SM of an H100 / H200), each program keeping
 # at least MIN_SPLIT_CHANNELS channels, and only for at most MAX_SPLIT_PIXELS pixels
-# (N x H x W: the backward's last program then walks them once).
-PIXEL_PROGRAMS = 264
+# (N x H x W). Of the settings swept on an H200 (264 / 528 / 1056 / 2112 programs, 32 /
+# 64 channels, 16384 / 65536 pixels; docs/speed.md, v12) these were the best.
+PIXEL_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64
 MAX_SPLIT_PIXELS = 16384
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
