@@ -594,6 +594,20 @@ def test_benchmark_detector_steps_run():
     assert len(results) == 4 and all(r['ms'] > 0 for r in results)
 
 
+def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, capsys):
+    import json
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
+    from benchmark import main
+    out = tmp_path / 'speed.json'
+    main(['--backbone-only', '--shape', '64', '--modes', 'infer', '--rounds', '1',
+          '--warmup', '0', '--iters', '1', '--variants', 'baseline', 'se', '--json',
+          str(out)])
+    data = json.loads(out.read_text())
+    assert data['args']['seeds'] == 1  # backbones: one model per variant
+    assert [r['variant'] for r in data['results']] == ['baseline', 'se']
+    assert '1 model(s) per variant' in capsys.readouterr().out
+
+
 def test_benchmark_command_line_arguments():
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
     from benchmark import parse_args

@@ -81,7 +81,7 @@ def main(argv=None):
         collect_in_steps=args.collect_in_steps)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(args={k: v for k, v in vars(args).items()},
+            json.dump(dict(args={**vars(args), 'seeds': seeds},
                            device=describe_device(args.device), results=results), f,
                       indent=1)
 
