@@ -762,8 +762,9 @@ def _layout(sizes):
 # Passes over pixels split the channels over programs where the pixels alone give fewer
 # than about PIXEL_PROGRAMS programs (four per SM of an H100 / H200), each program keeping
 # at least MIN_SPLIT_CHANNELS channels, and only for at most MAX_SPLIT_PIXELS pixels
-# (N x H x W). Of the settings swept on an H200 (264 / 528 / 1056 / 2112 programs, 32 /
-# 64 channels, 16384 / 65536 pixels; docs/speed.md, v12) these were the best.
+# (N x H x W). Swept on an H200 (264 / 528 / 1056 / 2112 programs, 32 / 64 channels,
+# 16384 / 65536 pixels; docs/speed.md, v12): 528 programs took the least kernel time
+# (with 32 or 64 channels alike), and splitting 65536 pixels slowed stage 2.
 PIXEL_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64
 MAX_SPLIT_PIXELS = 16384
