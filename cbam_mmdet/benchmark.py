@@ -23,7 +23,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -100,17 +100,14 @@ def synthetic_batch(batch_size, shape, device, num_boxes=8, seed=0):
 
 @dataclass
 class Runner:
-    """One model of a variant (built from the seed ``seed``): the model, its optimiser
-    and step functions."""
+    """One model of a variant: the model, its optimiser and step functions."""
     name: str
     model: torch.nn.Module
     backbone_only: bool
     amp: bool
     device: torch.device
-    seed: int = 0
     optimizer: torch.optim.Optimizer = None
     scaler: object = None
-    times: dict = field(default_factory=dict)
     plugin_seconds: float = 0.0  # host time inside the plugins' forward (time_plugins)
 
     def __post_init__(self):
@@ -298,7 +295,7 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
             torch.manual_seed(model_seed)
             model = build_model(cfg, backbone_only)
             model = model.to(device).to(memory_format=memory_format)
-            runners.append(Runner(name, model, backbone_only, amp, device, model_seed))
+            runners.append(Runner(name, model, backbone_only, amp, device))
             if time_plugins:
                 runners[-1].time_plugins()
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
@@ -309,7 +306,10 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
 def _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
                 time_plugins, collect_outside, log, seed=0):
     results = []
-    names = list(dict.fromkeys(r.name for r in runners))
+    models_of = {}  # variant name -> indices of its runners
+    for i, r in enumerate(runners):
+        models_of.setdefault(r.name, []).append(i)
+    names = list(models_of)
     for mode in modes:
         for r in runners:
             r.set_mode(mode)
@@ -331,8 +331,7 @@ def _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
                 seconds[i] = time_steps(steps[i], iters, device, collect_outside)
                 plugin[i] = runners[i].plugin_seconds / iters
             last = order[-1]
-            for name in names:
-                mine = [i for i, r in enumerate(runners) if r.name == name]
+            for name, mine in models_of.items():
                 per_round[name].append(statistics.fmean(seconds[i] for i in mine))
                 plugin_round[name].append(statistics.fmean(plugin[i] for i in mine))
         base = per_round['baseline']
