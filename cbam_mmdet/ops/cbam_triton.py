@@ -44,6 +44,8 @@ Maxima: the gradient of a max goes to every element equal to it (the reference g
 to one element or splits it between ties; ties have probability zero for real-valued
 activations).
 """
+import collections
+
 import torch
 import triton
 import triton.language as tl
@@ -788,6 +790,13 @@ CONV_BWD_BLOCK_HW = 128
 # 509 -> 424 us on an H200, docs/speed.md, v11)
 MLP_BWD_BLOCK_J = 16
 MLP_BWD_BLOCK_DH = 1024
+# warps per program, by kernel, for contiguous NCHW inputs (Triton's default, 4, for the
+# other kernels and for channels_last). Swept over 1 / 2 / 4 / 8 / 16 warps per kernel on
+# an H200 (docs/speed.md, v13): the passes over tiles of 8 channels x 128 pixels ran
+# fastest with one warp (each thread then keeps 32 values in flight), the descriptors'
+# reduction with two; 8 warps helped none of the backward passes, although they would
+# need fewer registers per thread.
+NUM_WARPS = dict(_bwd_dx=1, _cbam_scale=1, _scale_channels=1, _bwd_desc_reduce=2)
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -894,6 +903,7 @@ class _Plan:
                 self.atomic_regions.append((self.bws['dz'], n * hw))
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
+        self.warps = collections.defaultdict(lambda: 4, {} if cl else NUM_WARPS)
         # recorded programs (inference) and C++ training states by call kind, or None
         # where a recording cannot be replayed (triton_programs)
         self.native = {}
@@ -957,7 +967,8 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, laun
     runs the second)."""
     acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
-           x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads])
+           x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads],
+           num_warps=plan.warps['_pool_mlp'])
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, launch=launch):
@@ -971,7 +982,7 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
            plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
-           plan.sp_bhw)
+           plan.sp_bhw, num_warps=plan.warps['_spatial_pool'])
     buffers = bn._buffers
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
@@ -983,10 +994,11 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
            stream, ws, conv_w, counters, rm, rv,
            buffers['num_batches_tracked'] if update else ws, bn_w, bn_b, o['desc'], o['z'],
            o['s'], o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
-           bn.momentum if update else 0.0, train, update, save_z, plan.k, plan.conv_block)
+           bn.momentum if update else 0.0, train, update, save_z, plan.k, plan.conv_block,
+           num_warps=plan.warps['_spatial_conv'])
     launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train), stream,
            x, ws, out, bn_w, bn_b, o['a'], o['z'], o['stats'], o['s'], plan.c, plan.hw, *st,
-           not train, plan.tile_bc, plan.tile_bhw)
+           not train, plan.tile_bc, plan.tile_bhw, num_warps=plan.warps['_cbam_scale'])
 
 
 def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
@@ -995,7 +1007,8 @@ def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
-           *plan.st, not plan.direct, plan.hid_p, plan.tile_bc, plan.tile_bhw)
+           *plan.st, not plan.direct, plan.hid_p, plan.tile_bc, plan.tile_bhw,
+           num_warps=plan.warps['_scale_channels'])
 
 
 def _backward_common(ctx, g):
@@ -1017,7 +1030,8 @@ def _backward_common(ctx, g):
 
 def _mlp_backward(plan, stream, ws, w1, w2, launch=launch):
     launch(_mlp_bwd, plan.mlp_bwd_grid, plan.compiled,
-           'mlpbwd', stream, ws, ws, w1, w2, *plan.mlpbwd_tail)
+           'mlpbwd', stream, ws, ws, w1, w2, *plan.mlpbwd_tail,
+           num_warps=plan.warps['_mlp_bwd'])
 
 
 def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters, bn_train,
@@ -1028,21 +1042,23 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
     launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
            g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
            b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
-           *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw)
+           *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
+           num_warps=plan.warps['_bwd_pixels'])
     launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
            plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
-           CONV_BWD_BLOCK_HW)
+           CONV_BWD_BLOCK_HW, num_warps=plan.warps['_bwd_spatial'])
     launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
-           plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw)
+           plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw,
+           num_warps=plan.warps['_bwd_desc_reduce'])
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
         launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
                g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
                b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
-               plan.tile_bhw)
+               plan.tile_bhw, num_warps=plan.warps['_bwd_dx'])
 
 
 def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=launch):
@@ -1050,12 +1066,13 @@ def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=la
     o, b, st = plan.ws, plan.bws, plan.st
     launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
            g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
-           plan.tile_bc, plan.tile_bhw)
+           plan.tile_bc, plan.tile_bhw, num_warps=plan.warps['_bwd_reduce'])
     _mlp_backward(plan, stream, ws, params[0], params[2], launch)
     if dx is not None:
         launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
                g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
-               plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw)
+               plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw,
+               num_warps=plan.warps['_bwd_dx'])
 
 
 def _param_grads(plan, ws, needs):

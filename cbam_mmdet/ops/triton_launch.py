@@ -30,18 +30,19 @@ def current_stream(device_index):
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
-def launch(kernel, grid, cache, key, stream, *args):
+def launch(kernel, grid, cache, key, stream, *args, num_warps=4):
     """Launch ``kernel`` (a ``triton.jit`` function) on ``grid`` (a 3-tuple) and the
     current stream (``stream``, from :func:`current_stream`) with ``args`` (all of them,
-    ``tl.constexpr`` ones included, positionally); ``cache`` (a dict) keeps the compiled
-    kernel under ``key``."""
+    ``tl.constexpr`` ones included, positionally) in programs of ``num_warps`` warps;
+    ``cache`` (a dict) keeps the compiled kernel under ``key``, which must determine
+    ``num_warps`` too."""
     compiled = cache.get(key)
     if compiled is None or not _direct[0] or _INTERPRET:
-        cache[key] = kernel[grid](*args)
+        cache[key] = kernel[grid](*args, num_warps=num_warps)
         return
     try:
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,
                      compiled.packed_metadata, None, None, None, *args)
     except (TypeError, AttributeError):  # another Triton version's launcher
         _direct[0] = False
-        kernel[grid](*args)
+        kernel[grid](*args, num_warps=num_warps)

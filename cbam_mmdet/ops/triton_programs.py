@@ -104,8 +104,8 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, kernel, grid, cache, key, stream, *args):
-        launch(kernel, grid, cache, key, stream, *args)
+    def __call__(self, kernel, grid, cache, key, stream, *args, num_warps=4):
+        launch(kernel, grid, cache, key, stream, *args, num_warps=num_warps)
         self.calls.append((cache.get(key), grid, args))
 
     def program(self, slots):
