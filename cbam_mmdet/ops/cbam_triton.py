@@ -776,6 +776,10 @@ DIRECT_MLP_WEIGHTS = 32768
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
+# programs of the pooling pass where it runs over spans of H x W (not direct). 512
+# programs, 1024 pixels per step and 4 warps took the least time of 512 / 1024 / 2048
+# programs, 512 / 1024 / 2048 pixels and 4 / 8 warps (H200, docs/speed.md, v13).
+POOL_PROGRAMS = 512
 # The passes over blocks of pixels (contiguous NCHW): 128-pixel blocks where that gives
 # at least WIDE_PROGRAMS programs, else 64-pixel blocks (more programs in flight: at
 # 2x512x100x152 on an H200, 238 programs of 128 pixels left the GPU half idle); 64
@@ -820,7 +824,8 @@ class _Plan:
         cl = st[1] == 1  # channels_last: C is the contiguous axis
         cbam = kind == 'cbam'
         # pooling over H x W: channel blocks, each over all of H x W (direct: the MLP's
-        # first layer in every program) or over spans of it (~512 programs, partials)
+        # first layer in every program) or over spans of it (about POOL_PROGRAMS
+        # programs, partials)
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
         self.direct = c * hid >= DIRECT_MLP_WEIGHTS
@@ -831,7 +836,8 @@ class _Plan:
                 if self.direct and hw <= 2048 else (4, POOL_BLOCK_HW)
         ncb = n * triton.cdiv(c, self.pool_bc)
         hw_blocks = triton.cdiv(hw, self.pool_bhw)
-        per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // 512), hw_blocks)
+        per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // POOL_PROGRAMS),
+                                                 hw_blocks)
         self.pool_hw_per_prog = per * self.pool_bhw
         self.split = triton.cdiv(hw, self.pool_hw_per_prog)
         self.direct = self.direct or self.split == 1
