@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cbam_mmdet import CBAM, SE
-from cbam_mmdet.ops import triton_available, triton_programs
+from cbam_mmdet.ops import triton_available, triton_launch, triton_programs
 from test_fast_attention import make_input, pair, run
 
 CUDA = torch.cuda.is_available()
@@ -191,6 +191,62 @@ def test_triton_programs_refuse_what_the_launcher_cannot_replay(metadata):
     compiled = fake_compiled({'x': 'fp16'})
     with pytest.raises(triton_programs.Unsupported, match='argument type'):
         triton_programs.launch_spec(compiled, (1, 1, 1), (0.5,), [])
+
+
+class FakeKernel:
+    """A stand-in for a ``triton.jit`` kernel: ``kernel[grid](*args, num_warps=w)``
+    records the launch and returns a compiled kernel whose launcher records too."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps=4):
+            self.launches.append(('jit', grid, args, num_warps))
+            return types.SimpleNamespace(
+                function=1, packed_metadata=None, num_warps=num_warps,
+                run=lambda *a: self.launches.append(('direct', a[:3], a[9:], num_warps)))
+        return launch
+
+
+def test_triton_launch_passes_the_warps_and_replays_the_compiled_kernel():
+    kernel, cache = FakeKernel(), {}
+    triton_launch.launch(kernel, (3, 2, 1), cache, 'k', 0, 'a', 5, num_warps=1)
+    triton_launch.launch(kernel, (3, 2, 1), cache, 'k', 0, 'b', 6, num_warps=1)
+    assert kernel.launches == [('jit', (3, 2, 1), ('a', 5), 1),
+                               ('direct', (3, 2, 1), ('b', 6), 1)]
+    assert cache['k'].num_warps == 1
+    recorder = triton_programs.Recorder()
+    recorder(kernel, (1, 1, 1), {}, 'r', 0, 'c', num_warps=2)
+    assert kernel.launches[-1] == ('jit', (1, 1, 1), ('c',), 2)
+    assert recorder.calls[0][0].num_warps == 2
+    # a program's block is the compiled kernel's warps x 32 threads
+    spec = triton_programs.launch_spec(fake_compiled({'x': 'i32'}, num_warps=1), (1, 1, 1),
+                                       (7,), [])
+    assert spec[2] == 32
+
+
+@needs_triton
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_triton_passes_launch_with_the_warps_chosen_per_kernel(channels_last):
+    """NUM_WARPS applies to contiguous NCHW inputs; channels_last keeps Triton's 4."""
+    from cbam_mmdet.ops import cbam_triton
+    module = CBAM(64).cuda()
+    x, grad = make_input((2, 64, 9, 11), channels_last, 'cuda', torch.float16, seed=3)
+    cbam_triton._plans.clear()
+    run(module, x, grad, True)
+    kernels = {'cscale': '_cbam_scale', 'bwddesc': '_bwd_desc_reduce', 'dx': '_bwd_dx',
+               'bwdpix': '_bwd_pixels'}
+    (plan,) = [p for key, p in cbam_triton._plans.items() if key[0] == 'cbam']
+    warps = {}
+    for key, compiled in plan.compiled.items():
+        name = key[0] if isinstance(key, tuple) else key
+        if name in kernels:
+            warps[kernels[name]] = compiled.metadata.num_warps
+    expected = {k: 4 if channels_last else cbam_triton.NUM_WARPS.get(k, 4)
+                for k in kernels.values()}
+    assert warps == expected
+    assert channels_last or warps['_bwd_dx'] != 4  # the table does change a launch
 
 
 def assert_close_with_layout(a, b, tol):

@@ -794,13 +794,19 @@ CONV_BWD_BLOCK_HW = 128
 # 509 -> 424 us on an H200, docs/speed.md, v11)
 MLP_BWD_BLOCK_J = 16
 MLP_BWD_BLOCK_DH = 1024
+# programs of the reductions over H x W by channel blocks (spans of pixels per program)
+REDUCE_PROGRAMS = 1024
+# channels per block of the descriptors' reduction (CBAM's backward; 128 pixels). Of 8 /
+# 16 / 32 / 64 channels, 512 / 1024 / 2048 programs and 1 / 2 / 4 warps, 16 channels,
+# 1024 programs and one warp took the least time (H200, docs/speed.md, v13)
+DESC_BLOCK_C = 16
 # warps per program, by kernel, for contiguous NCHW inputs (Triton's default, 4, for the
 # other kernels and for channels_last). Swept over 1 / 2 / 4 / 8 / 16 warps per kernel on
 # an H200 (docs/speed.md, v13): the passes over tiles of 8 channels x 128 pixels ran
-# fastest with one warp (each thread then keeps 32 values in flight), the descriptors'
-# reduction with two; 8 warps helped none of the backward passes, although they would
-# need fewer registers per thread.
-NUM_WARPS = dict(_bwd_dx=1, _cbam_scale=1, _scale_channels=1, _bwd_desc_reduce=2)
+# fastest with one warp (each thread then keeps 32 values in flight), and so did the
+# descriptors' reduction over 16 channels x 128 pixels; 8 warps helped none of the
+# backward passes, although they would need fewer registers per thread.
+NUM_WARPS = dict(_bwd_dx=1, _cbam_scale=1, _scale_channels=1, _bwd_desc_reduce=1)
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -811,6 +817,14 @@ def _channel_split(programs, n, hw, c, block_c):
     splits = max(1, min(triton.cdiv(PIXEL_PROGRAMS, programs), c // MIN_SPLIT_CHANNELS))
     cps = triton.cdiv(triton.cdiv(c, splits), block_c) * block_c
     return cps, triton.cdiv(c, cps)
+
+
+def _reduce_grid(n, c, hw, block_c, block_hw):
+    """(pixels per program, grid) of a reduction over H x W by channel blocks: spans of
+    whole pixel blocks, about REDUCE_PROGRAMS programs in all."""
+    channel_blocks, pixel_blocks = n * triton.cdiv(c, block_c), triton.cdiv(hw, block_hw)
+    per = min(max(1, channel_blocks * pixel_blocks // REDUCE_PROGRAMS), pixel_blocks)
+    return per * block_hw, (channel_blocks, triton.cdiv(hw, per * block_hw), 1)
 
 
 class _Plan:
@@ -867,9 +881,13 @@ class _Plan:
         # tiles (channel block x pixel block)
         self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
         self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
-        self.red_hw_per_prog = min(max(1, self.tile_grid[0] * self.tile_grid[1] // 1024),
-                                   self.tile_grid[1]) * self.tile_bhw
-        self.red_grid = (self.tile_grid[0], triton.cdiv(hw, self.red_hw_per_prog), 1)
+        self.red_hw_per_prog, self.red_grid = _reduce_grid(n, c, hw, self.tile_bc,
+                                                           self.tile_bhw)
+        # the descriptors' reduction (CBAM) reads per-pixel values with every channel
+        # block: wider channel blocks read them fewer times
+        self.desc_bc, self.desc_bhw = (64, 32) if cl else (DESC_BLOCK_C, 128)
+        self.desc_hw_per_prog, self.desc_grid = _reduce_grid(n, c, hw, self.desc_bc,
+                                                             self.desc_bhw)
         self.mlp_bwd_bj, self.mlp_bwd_cpb = MLP_BWD_BLOCK_J, 128
         self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj),
                              triton.cdiv(c, self.mlp_bwd_cpb), 1)
@@ -1055,9 +1073,9 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
            plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
            CONV_BWD_BLOCK_HW, num_warps=plan.warps['_bwd_spatial'])
-    launch(_bwd_desc_reduce, plan.red_grid, plan.compiled, 'bwddesc', stream,
+    launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
-           plan.red_hw_per_prog, plan.tile_bc, plan.tile_bhw,
+           plan.desc_hw_per_prog, plan.desc_bc, plan.desc_bhw,
            num_warps=plan.warps['_bwd_desc_reduce'])
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
