@@ -776,9 +776,9 @@ DIRECT_MLP_WEIGHTS = 32768
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
-# programs of the pooling pass where it runs over spans of H x W (not direct). 512
-# programs, 1024 pixels per step and 4 warps took the least time of 512 / 1024 / 2048
-# programs, 512 / 1024 / 2048 pixels and 4 / 8 warps (H200, docs/speed.md, v13).
+# programs of the pooling pass where it runs over spans of H x W (not direct). Of 512 /
+# 1024 / 2048 programs, 512 / 1024 / 2048 pixels per step and 4 / 8 warps, these (512,
+# 1024, 4) were within 10 us per step of the best (H200, docs/speed.md, v13).
 POOL_PROGRAMS = 512
 # The passes over blocks of pixels (contiguous NCHW): 128-pixel blocks where that gives
 # at least WIDE_PROGRAMS programs, else 64-pixel blocks (more programs in flight: at
