@@ -776,6 +776,10 @@ DIRECT_MLP_WEIGHTS = 32768
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
+# (channels, pixels) per step of a direct pooling pass over channels_last inputs (one
+# program per block of channels and sample, over all pixels: 64 channels left 32 programs
+# at 2x1024x50x76, 73 us for CBAM; 16 channels, 27 us; docs/speed.md, v13)
+CL_DIRECT_POOL_BLOCK = (16, 128)
 # programs of the pooling pass where it runs over spans of H x W (not direct). Of 512 /
 # 1024 / 2048 programs, 512 / 1024 / 2048 pixels per step and 4 / 8 warps, these (512,
 # 1024, 4) were within 10 us per step of the best (H200, docs/speed.md, v13).
@@ -843,8 +847,8 @@ class _Plan:
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
         self.direct = c * hid >= DIRECT_MLP_WEIGHTS
-        if cl:
-            self.pool_bc, self.pool_bhw = 64, 32
+        if cl:  # (a direct pass has one program per channel block and sample)
+            self.pool_bc, self.pool_bhw = CL_DIRECT_POOL_BLOCK if self.direct else (64, 32)
         else:
             self.pool_bc, self.pool_bhw = (8, POOL_BLOCK_HW // 2) \
                 if self.direct and hw <= 2048 else (4, POOL_BLOCK_HW)
