@@ -43,7 +43,7 @@ def parse_args(argv=None):
                         help='models per variant, built from the seeds 0..N-1 (default: 3 '
                         'for detectors, whose step time depends on their random weights; '
                         '1 with --backbone-only)')
-    parser.add_argument('--iters', type=int, default=3, help='steps per variant per round')
+    parser.add_argument('--iters', type=int, default=3, help='steps per model per round')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
     parser.add_argument('--time-plugins', action='store_true',
                         help='also report the time inside the CBAM/SE modules per step and '
