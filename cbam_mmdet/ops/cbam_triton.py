@@ -181,11 +181,12 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
         w1 = tl.load(w1_ptr + offs_j[:, None] * C + offs_c[None, :],
                      mask=mask_j[:, None] & mask_c[None, :], other=0.0)
         acc = acc_ptr + n * 2 * HID + offs_j
-        tl.atomic_add(acc, tl.sum(w1 * avg[None, :], axis=1), mask=mask_j)
+        tl.atomic_add(acc, tl.sum(w1 * avg[None, :], axis=1), mask=mask_j, sem='relaxed')
         if PAIR:
             mx = tl.where(mask_c, tl.max(acc_max, axis=1), 0.0)
             tl.store(pooled + C, mx, mask=mask_c)
-            tl.atomic_add(acc + HID, tl.sum(w1 * mx[None, :], axis=1), mask=mask_j)
+            tl.atomic_add(acc + HID, tl.sum(w1 * mx[None, :], axis=1), mask=mask_j,
+                          sem='relaxed')
     else:
         out = ws_ptr + OFF_PART + pid_hw * 2 * N * C + n * C + offs_c
         tl.store(out, tl.sum(acc_sum, axis=1), mask=mask_c)
@@ -263,8 +264,8 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
         acc_max = tl.maximum(acc_max, tl.where(mask, y, float('-inf')))
     out = ws_ptr + OFF_DESC + n * 2 * HW + offs_hw
     if ATOMIC:
-        tl.atomic_max(out, tl.max(acc_max, axis=0), mask=mask_hw)
-        tl.atomic_add(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
+        tl.atomic_max(out, tl.max(acc_max, axis=0), mask=mask_hw, sem='relaxed')
+        tl.atomic_add(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw, sem='relaxed')
     else:
         tl.store(out, tl.max(acc_max, axis=0), mask=mask_hw)
         tl.store(out + HW, tl.sum(acc_sum, axis=0) / C, mask=mask_hw)
@@ -463,12 +464,12 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
         p = gv * xv
         ds += tl.sum(p * a[:, None], axis=0)
         tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(p * s[None, :], axis=1),
-                      mask=mask_c)
+                      mask=mask_c, sem='relaxed')
     mean = tl.load(ws_ptr + OFF_STATS)
     rstd = tl.load(ws_ptr + OFF_STATS + 1)
     if ATOMIC:
         dzb = bws_ptr + B_DZ + n * HW + offs_hw
-        tl.atomic_add(dzb, ds, mask=mask_hw)
+        tl.atomic_add(dzb, ds, mask=mask_hw, sem='relaxed')
         tl.debug_barrier()
         slot = cnt_ptr + SLOT + n * tl.num_programs(1) + pid
         done = tl.atomic_add(slot, 1, sem='acq_rel')
@@ -563,7 +564,7 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
             tap_ok = col_ok & (ys >= 0) & (ys < H)
             dv = tl.load(dbase + ys * W + xs, mask=tap_ok, other=0.0)
             tl.atomic_add(bws_ptr + B_DW + (ch * K + row) * K + offs_k,
-                          tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k)
+                          tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k, sem='relaxed')
 
 
 @triton.jit
@@ -594,7 +595,8 @@ def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, 
         gmean = tl.load(bws_ptr + B_DDESC + dbase + HW + offs_hw, mask=mask_hw,
                         other=0.0)[None, :] / C
         acc += tl.where(mask, xv * (gmean + tl.where(xv * a == mx, gmx, 0.0)), 0.0)
-    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c,
+                  sem='relaxed')
 
 
 @triton.jit
@@ -618,7 +620,8 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
         xv = tl.load(xbase + hw64 * sxhw, mask=mask, other=0.0).to(tl.float32)
         gv = tl.load(gbase + hw64 * sghw, mask=mask, other=0.0).to(tl.float32)
         acc += gv * xv
-    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c,
+                  sem='relaxed')
 
 
 @triton.jit
@@ -683,13 +686,15 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
             dpa = tl.load(dpre, mask=mask_j, other=0.0)
             avg = tl.load(pooled, mask=mask_c, other=0.0)
             dw1t += avg[:, None] * dpa[None, :]
-            tl.atomic_add(dpooled, tl.sum(w1t * dpa[None, :], axis=1), mask=mask_c)
+            tl.atomic_add(dpooled, tl.sum(w1t * dpa[None, :], axis=1), mask=mask_c,
+                          sem='relaxed')
             if PAIR:
                 h += tl.maximum(tl.load(hpre + HID, mask=mask_j, other=0.0), 0.0)
                 dpm = tl.load(dpre + HID, mask=mask_j, other=0.0)
                 mx = tl.load(pooled + C, mask=mask_c, other=0.0)
                 dw1t += mx[:, None] * dpm[None, :]
-                tl.atomic_add(dpooled + C, tl.sum(w1t * dpm[None, :], axis=1), mask=mask_c)
+                tl.atomic_add(dpooled + C, tl.sum(w1t * dpm[None, :], axis=1), mask=mask_c,
+                              sem='relaxed')
             dw2 += dl[:, None] * h[None, :]
         tl.store(bws_ptr + B_DW2 + offs_c[:, None] * HID + offs_j[None, :], dw2, mask=mask)
         tl.store(bws_ptr + B_DW1 + offs_j[None, :] * C + offs_c[:, None], dw1t, mask=mask)
@@ -798,6 +803,13 @@ CONV_BWD_BLOCK_HW = 128
 # 509 -> 424 us on an H200, docs/speed.md, v11)
 MLP_BWD_BLOCK_J = 16
 MLP_BWD_BLOCK_DH = 1024
+# channels per program of the MLP's backward (its second phase, 64 per step):
+# MLP_BWD_CHANNELS, doubled while there would be more than MLP_BWD_PROGRAMS programs. Of
+# 32 / 64 / 128 channels and 4 / 8 / 16 / 32 hidden units per program at 2 / 4 warps, 64
+# channels and 16 units at 4 warps took the least time at stages 1-3 of ResNet-50, 128
+# channels at stage 4 (256 programs of 64 channels; H200, docs/speed.md, v14)
+MLP_BWD_CHANNELS = 64
+MLP_BWD_PROGRAMS = 128
 # programs of the reductions over H x W by channel blocks (spans of pixels per program)
 REDUCE_PROGRAMS = 1024
 # channels per block of the descriptors' reduction (CBAM's backward; 128 pixels). Of 8 /
@@ -892,7 +904,10 @@ class _Plan:
         self.desc_bc, self.desc_bhw = (64, 32) if cl else (DESC_BLOCK_C, 128)
         self.desc_hw_per_prog, self.desc_grid = _reduce_grid(n, c, hw, self.desc_bc,
                                                              self.desc_bhw)
-        self.mlp_bwd_bj, self.mlp_bwd_cpb = MLP_BWD_BLOCK_J, 128
+        self.mlp_bwd_bj, self.mlp_bwd_cpb = MLP_BWD_BLOCK_J, MLP_BWD_CHANNELS
+        while (triton.cdiv(hid, self.mlp_bwd_bj) * triton.cdiv(c, self.mlp_bwd_cpb)
+               > MLP_BWD_PROGRAMS):
+            self.mlp_bwd_cpb *= 2
         self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj),
                              triton.cdiv(c, self.mlp_bwd_cpb), 1)
         self.ws, self.ws_size = _layout([
