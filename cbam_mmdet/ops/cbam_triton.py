@@ -33,7 +33,10 @@ sums and maxima over channels are combined by atomics (:func:`_channel_split`).
 
 "Last program to finish" steps count finished programs in an int32 counter per device
 and stream (reset by the last program), after a barrier so that every thread's partial
-results are written first.
+results are written first. The counters' atomics are acquire-release; every other
+atomic only accumulates and is relaxed (Triton's default, acquire-release, makes each
+one wait for the thread's earlier memory accesses): ordered by the launch boundary, or
+before a last-program step by the barrier and the counter's atomic.
 
 The big feature map ``F`` (N, C, H, W) is read three times and written once by the CBAM
 forward (the floor), read twice and written once by SE's. Kernels read any strides
