@@ -368,6 +368,58 @@ def format_table(results):
     return '\n'.join(lines)
 
 
+# the settings that define the work a run timed: runs pooled by pool_runs share them
+WORKLOAD = ('batch_size', 'shape', 'amp', 'channels_last', 'backbone_only')
+
+
+def pool_runs(runs):
+    """Pool several runs of one workload, each a dict as ``tools/benchmark.py --json``
+    writes it (``args``, ``device``, ``results``): per mode and variant, each run's
+    median ratio to the baseline (None where the run lacks the variant), and the mean,
+    standard deviation and range of those ratios. Runs in separate processes build new
+    models and meet the machine in other states; the spread of their ratios shows what
+    one run's confidence interval, which covers only its own rounds, does not.
+
+    Raises ValueError for fewer than two runs, or runs that differ in their device or in
+    a setting of :data:`WORKLOAD` (rounds, steps and models per variant may differ)."""
+    if len(runs) < 2:
+        raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
+    for name in ('device',) + WORKLOAD:
+        values = [run['device'] if name == 'device' else run['args'][name]
+                  for run in runs]
+        if any(value != values[0] for value in values):
+            raise ValueError(f'the runs differ in {name!r} ({values}): only runs of one '
+                             'workload on one kind of device pool')
+    keys, ratios = [], {}
+    for index, run in enumerate(runs):
+        for r in run['results']:
+            key = (r['mode'], r['variant'])
+            if key not in ratios:
+                keys.append(key)
+                ratios[key] = [None] * len(runs)
+            ratios[key][index] = r['ratio']
+    pooled = []
+    for mode, variant in keys:
+        values = [v for v in ratios[mode, variant] if v is not None]
+        pooled.append(dict(
+            mode=mode, variant=variant, ratios=ratios[mode, variant], runs=len(values),
+            mean=statistics.fmean(values),
+            sd=statistics.stdev(values) if len(values) > 1 else float('nan'),
+            min=min(values), max=max(values)))
+    return pooled
+
+
+def format_pooled(pooled):
+    lines = [f"{'mode':<6} {'variant':<10} {'runs':>4} {'mean':>7} {'sd':>7} "
+             f"{'(min..max)':>16}  ratio of each run"]
+    for p in pooled:
+        each = ' '.join('-' if v is None else f'{v:.3f}' for v in p['ratios'])
+        lines.append(f"{p['mode']:<6} {p['variant']:<10} {p['runs']:>4} {p['mean']:7.3f} "
+                     f"{p['sd']:7.3f} {'(' + format(p['min'], '.3f') + '..':>9}"
+                     f"{format(p['max'], '.3f') + ')':<7}  {each}")
+    return '\n'.join(lines)
+
+
 def describe_device(device):
     device = torch.device(device)
     if device.type == 'cuda':

@@ -611,6 +611,66 @@ def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, 
     assert '1 model(s) per variant' in capsys.readouterr().out
 
 
+def benchmark_run(ratios, shape=(800, 1216), device='NVIDIA H200, torch 2.11.0'):
+    """A run as tools/benchmark.py --json writes it, with the given ratio per variant."""
+    return dict(args=dict(batch_size=2, shape=list(shape), amp=True, channels_last=False,
+                          backbone_only=False, rounds=30, seeds=3, iters=2),
+                device=device,
+                results=[dict(mode='train', variant=v, ms=70.0 * r, ratio=r)
+                         for v, r in ratios.items()])
+
+
+def test_benchmark_pool_runs_gives_mean_spread_and_range_of_the_runs_ratios():
+    from cbam_mmdet.benchmark import format_pooled, pool_runs
+    runs = [benchmark_run({'baseline': 1.0, 'se': 1.05, 'cbam-ref': 1.5}),
+            benchmark_run({'baseline': 1.0, 'se': 1.02}),
+            benchmark_run({'baseline': 1.0, 'se': 1.03, 'cbam-ref': 1.4})]
+    runs[2]['args'].update(rounds=60, seeds=8, iters=1)  # measurement settings may differ
+    pooled = {p['variant']: p for p in pool_runs(runs)}
+    se = pooled['se']
+    assert se['runs'] == 3 and se['ratios'] == [1.05, 1.02, 1.03]
+    assert se['mean'] == pytest.approx((1.05 + 1.02 + 1.03) / 3)
+    assert se['sd'] == pytest.approx(0.015275, abs=1e-6)
+    assert (se['min'], se['max']) == (1.02, 1.05)
+    ref = pooled['cbam-ref']  # absent from the second run
+    assert ref['runs'] == 2 and ref['ratios'] == [1.5, None, 1.4]
+    assert ref['mean'] == pytest.approx(1.45)
+    table = format_pooled(pool_runs(runs))
+    assert '1.050 1.020 1.030' in table and '1.500 - 1.400' in table
+
+
+def test_benchmark_pool_runs_refuses_runs_of_different_workloads():
+    from cbam_mmdet.benchmark import pool_runs
+    run = benchmark_run({'baseline': 1.0, 'se': 1.05})
+    with pytest.raises(ValueError, match="differ in 'shape'"):
+        pool_runs([run, benchmark_run({'baseline': 1.0}, shape=(512, 512))])
+    with pytest.raises(ValueError, match="differ in 'device'"):
+        pool_runs([run, benchmark_run({'baseline': 1.0}, device='CPU, 2 threads')])
+    with pytest.raises(ValueError, match='at least 2 runs'):
+        pool_runs([run])
+
+
+def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
+    import json
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
+    from pool_benchmarks import main
+    paths = []
+    for i, ratio in enumerate((1.04, 1.06)):
+        paths.append(tmp_path / f'run{i}.json')
+        paths[-1].write_text(json.dumps(benchmark_run({'baseline': 1.0, 'cbam': ratio})))
+    pooled = main([str(p) for p in paths])
+    assert [p['mean'] for p in pooled] == pytest.approx([1.0, 1.05])
+    assert '2 runs on NVIDIA H200' in capsys.readouterr().out
+    missing = tmp_path / 'missing.json'
+    with pytest.raises(SystemExit):
+        main([str(paths[0]), str(missing)])
+    assert f'{missing}: cannot read it' in capsys.readouterr().err
+    (tmp_path / 'other.json').write_text(json.dumps({'results': []}))
+    with pytest.raises(SystemExit):
+        main([str(paths[0]), str(tmp_path / 'other.json')])
+    assert 'not a tools/benchmark.py --json file' in capsys.readouterr().err
+
+
 def test_benchmark_command_line_arguments():
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
     from benchmark import parse_args
