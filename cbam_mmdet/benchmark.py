@@ -380,10 +380,15 @@ def pool_runs(runs):
     models and meet the machine in other states; the spread of their ratios shows what
     one run's confidence interval, which covers only its own rounds, does not.
 
-    Raises ValueError for fewer than two runs, or runs that differ in their device or in
-    a setting of :data:`WORKLOAD` (rounds, steps and models per variant may differ)."""
+    Raises ValueError for fewer than two runs, a run that does not record a setting of
+    :data:`WORKLOAD`, or runs that differ in their device or in such a setting (rounds,
+    steps and models per variant may differ)."""
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
+    for index, run in enumerate(runs):
+        missing = [name for name in WORKLOAD if name not in run['args']]
+        if missing:
+            raise ValueError(f'run {index + 1} does not record {missing}')
     for name in ('device',) + WORKLOAD:
         values = [run['device'] if name == 'device' else run['args'][name]
                   for run in runs]

@@ -648,6 +648,10 @@ def test_benchmark_pool_runs_refuses_runs_of_different_workloads():
         pool_runs([run, benchmark_run({'baseline': 1.0}, device='CPU, 2 threads')])
     with pytest.raises(ValueError, match='at least 2 runs'):
         pool_runs([run])
+    old = benchmark_run({'baseline': 1.0})
+    del old['args']['channels_last']
+    with pytest.raises(ValueError, match="run 2 does not record \\['channels_last'\\]"):
+        pool_runs([run, old])
 
 
 def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
