@@ -395,19 +395,16 @@ def pool_runs(runs):
         if any(value != values[0] for value in values):
             raise ValueError(f'the runs differ in {name!r} ({values}): only runs of one '
                              'workload on one kind of device pool')
-    keys, ratios = [], {}
+    ratios = {}  # (mode, variant) -> ratio of each run, in the order first met
     for index, run in enumerate(runs):
         for r in run['results']:
-            key = (r['mode'], r['variant'])
-            if key not in ratios:
-                keys.append(key)
-                ratios[key] = [None] * len(runs)
-            ratios[key][index] = r['ratio']
+            ratios.setdefault((r['mode'], r['variant']), [None] * len(runs))[index] = \
+                r['ratio']
     pooled = []
-    for mode, variant in keys:
-        values = [v for v in ratios[mode, variant] if v is not None]
+    for (mode, variant), each in ratios.items():
+        values = [v for v in each if v is not None]
         pooled.append(dict(
-            mode=mode, variant=variant, ratios=ratios[mode, variant], runs=len(values),
+            mode=mode, variant=variant, ratios=each, runs=len(values),
             mean=statistics.fmean(values),
             sd=statistics.stdev(values) if len(values) > 1 else float('nan'),
             min=min(values), max=max(values)))
