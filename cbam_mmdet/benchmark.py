@@ -15,6 +15,12 @@ Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation=
 and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
 path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graphs for CUDA
 inference).
+
+Detectors propose the same boxes in every model (:func:`fix_proposals`, the default):
+the RPN's output layers and the RoI head's classifier start at zero and the
+optimiser's learning rate is 0, so that the work after the backbone (proposals, NMS,
+assignment, RoIAlign over the same boxes) is the same for every model and variant, and
+a ratio holds the plugins' cost, not what random weights make the heads do.
 """
 import contextlib
 import copy
@@ -77,6 +83,44 @@ def build_model(cfg, backbone_only):
     return model
 
 
+# the layers whose outputs decide a two-stage detector's proposals and detections
+OUTPUT_LAYERS = ('rpn_head.rpn_cls', 'rpn_head.rpn_reg', 'roi_head.bbox_head.fc_cls')
+
+
+def fix_proposals(model):
+    """Zero the weights and biases of the detector's :data:`OUTPUT_LAYERS`, so that it
+    proposes the same boxes whatever its other weights: every anchor scores alike and
+    regresses to itself, and every RoI gets the same class scores (all below the test
+    score threshold, so no model keeps a detection). The box regression layer keeps its
+    weights, through which the training loss still sends gradients into the backbone.
+    Kept through training steps with a learning rate of 0 (the optimiser still runs its
+    full update).
+
+    With random output layers each model proposes its own boxes, and the heads' work
+    follows: on an H200 (Faster R-CNN R50-FPN training steps, batch 2, 800x1216)
+    baselines built from other seeds took 1.015-1.035 x the seed-0 baseline's time,
+    data-dependent work that no plugin causes. Raises ValueError for a model without
+    these layers."""
+    missing = [name for name in OUTPUT_LAYERS
+               if not isinstance(_submodule(model, name), (torch.nn.Conv2d, torch.nn.Linear))]
+    if missing:
+        raise ValueError(f'fixed proposals need a two-stage detector with the layers '
+                         f'{list(OUTPUT_LAYERS)}; {type(model).__name__} lacks {missing} '
+                         '(time it with random proposals instead)')
+    with torch.no_grad():
+        for name in OUTPUT_LAYERS:
+            layer = _submodule(model, name)
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+def _submodule(model, name):
+    for part in name.split('.'):
+        model = getattr(model, part, None)
+    return model
+
+
 def synthetic_batch(batch_size, shape, device, num_boxes=8, seed=0):
     """Normalised images (B, 3, H, W) and DetDataSamples with random boxes and labels."""
     from mmdet.structures import DetDataSample
@@ -106,13 +150,15 @@ class Runner:
     backbone_only: bool
     amp: bool
     device: torch.device
+    lr: float = 1e-4  # 0 keeps fixed proposals (fix_proposals)
     optimizer: torch.optim.Optimizer = None
     scaler: object = None
     plugin_seconds: float = 0.0  # host time inside the plugins' forward (time_plugins)
 
     def __post_init__(self):
         self.optimizer = torch.optim.SGD(
-            [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.lr,
+            momentum=0.9)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
 
     def time_plugins(self):
@@ -255,7 +301,8 @@ def default_seeds(backbone_only):
 def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=False,
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
-                  seeds=None, time_plugins=False, collect_in_steps=False, log=print):
+                  seeds=None, random_proposals=False, time_plugins=False,
+                  collect_in_steps=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
@@ -264,7 +311,9 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     Each variant is ``seeds`` models (built from the seeds ``seed``, ``seed + 1``, ...;
     default :func:`default_seeds`); every round runs ``iters`` steps of every model, in
     an order drawn anew each round (:func:`round_order`), and a variant's time in a
-    round is the mean over its models. ``time_plugins``: also ``plugin_ms``, the median
+    round is the mean over its models. Detectors propose fixed boxes
+    (:func:`fix_proposals`, learning rate 0) unless ``random_proposals``, where each
+    keeps its random output layers and trains at a learning rate of 1e-4. ``time_plugins``: also ``plugin_ms``, the median
     over rounds of the time per step inside the plugins' forward, and ``plugin_share``,
     the median of (that time / the rest of the step): the ratio the plugins alone
     account for, steadier than ratios of whole steps where the machine's speed drifts
@@ -295,7 +344,11 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
             torch.manual_seed(model_seed)
             model = build_model(cfg, backbone_only)
             model = model.to(device).to(memory_format=memory_format)
-            runners.append(Runner(name, model, backbone_only, amp, device))
+            fixed = not (backbone_only or random_proposals)
+            if fixed:
+                fix_proposals(model)
+            runners.append(Runner(name, model, backbone_only, amp, device,
+                                  lr=0.0 if fixed else 1e-4))
             if time_plugins:
                 runners[-1].time_plugins()
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
@@ -369,7 +422,10 @@ def format_table(results):
 
 
 # the settings that define the work a run timed: runs pooled by pool_runs share them
-WORKLOAD = ('batch_size', 'shape', 'amp', 'channels_last', 'backbone_only')
+WORKLOAD = ('batch_size', 'shape', 'amp', 'channels_last', 'backbone_only',
+            'random_proposals')
+# what runs written before a setting existed did: they had random proposals
+WORKLOAD_BEFORE = {'random_proposals': True}
 
 
 def pool_runs(runs):
@@ -386,12 +442,13 @@ def pool_runs(runs):
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
     for index, run in enumerate(runs):
-        missing = [name for name in WORKLOAD if name not in run['args']]
+        missing = [name for name in WORKLOAD
+                   if name not in run['args'] and name not in WORKLOAD_BEFORE]
         if missing:
             raise ValueError(f'run {index + 1} does not record {missing}')
     for name in ('device',) + WORKLOAD:
-        values = [run['device'] if name == 'device' else run['args'][name]
-                  for run in runs]
+        values = [run['device'] if name == 'device'
+                  else run['args'].get(name, WORKLOAD_BEFORE.get(name)) for run in runs]
         if any(value != values[0] for value in values):
             raise ValueError(f'the runs differ in {name!r} ({values}): only runs of one '
                              'workload on one kind of device pool')

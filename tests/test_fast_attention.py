@@ -597,6 +597,60 @@ def test_benchmark_detector_steps_run():
     assert len(results) == 4 and all(r['ms'] > 0 for r in results)
 
 
+def test_benchmark_fixed_proposals_give_every_model_the_same_work():
+    """Detectors of other seeds and variants propose the same boxes and keep no
+    detection; the backbone still gets gradients, and the learning rate of 0 keeps the
+    weights (and so the proposals) through training steps."""
+    from cbam_mmdet.benchmark import (Runner, build_model, fix_proposals, synthetic_batch,
+                                      variant_config)
+    device = torch.device('cpu')
+    images, samples = synthetic_batch(2, (96, 128), device)
+    proposals = []
+    for name, seed in (('baseline', 0), ('se', 1)):
+        torch.manual_seed(seed)
+        model = build_model(variant_config(name), backbone_only=False)
+        fix_proposals(model)
+        runner = Runner(name, model, False, False, device, lr=0.0)
+        loss = model.roi_head.loss
+        model.roi_head.loss = lambda x, rpn, data, loss=loss: (
+            proposals.append([r.bboxes.clone() for r in rpn]) or loss(x, rpn, data))
+        weight = model.backbone.layer2[0].conv1.weight
+        before = weight.detach().clone()
+        runner.set_mode('train')
+        runner.train_step(images, samples)
+        runner.train_step(images, samples)
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+        assert torch.equal(weight, before)
+        runner.set_mode('infer')
+        with torch.no_grad():
+            predictions = model(images, samples, mode='predict')
+        assert [len(p.pred_instances) for p in predictions] == [0, 0]
+    assert len(proposals) == 4
+    for boxes in proposals[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(proposals[0], boxes))
+    # with random output layers the models propose boxes of their own
+    torch.manual_seed(0)
+    free = build_model(variant_config('baseline'), backbone_only=False)
+    assert free.rpn_head.rpn_cls.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="lacks \\['rpn_head.rpn_cls'"):
+        fix_proposals(torch.nn.Sequential())
+
+
+def test_benchmark_learning_rate_follows_the_proposals(monkeypatch):
+    from cbam_mmdet import benchmark
+    built = []
+    real = benchmark.Runner.__post_init__
+    monkeypatch.setattr(benchmark.Runner, '__post_init__',
+                        lambda self: built.append(self) or real(self))
+    for random_proposals in (False, True):
+        benchmark.run_benchmark(variants=('baseline',), modes=('infer',), device='cpu',
+                                shape=(64, 64), rounds=1, warmup=0, iters=1, seeds=1,
+                                random_proposals=random_proposals, log=lambda s: None)
+    assert [r.optimizer.param_groups[0]['lr'] for r in built] == [0.0, 1e-4]
+    assert built[0].model.rpn_head.rpn_cls.weight.abs().sum() == 0
+    assert built[1].model.rpn_head.rpn_cls.weight.abs().sum() > 0
+
+
 def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, capsys):
     import json
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
@@ -614,7 +668,8 @@ def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, 
 def benchmark_run(ratios, shape=(800, 1216), device='NVIDIA H200, torch 2.11.0'):
     """A run as tools/benchmark.py --json writes it, with the given ratio per variant."""
     return dict(args=dict(batch_size=2, shape=list(shape), amp=True, channels_last=False,
-                          backbone_only=False, rounds=30, seeds=3, iters=2),
+                          backbone_only=False, random_proposals=False, rounds=30,
+                          seeds=3, iters=2),
                 device=device,
                 results=[dict(mode='train', variant=v, ms=70.0 * r, ratio=r)
                          for v, r in ratios.items()])
@@ -652,6 +707,14 @@ def test_benchmark_pool_runs_refuses_runs_of_different_workloads():
     del old['args']['channels_last']
     with pytest.raises(ValueError, match="run 2 does not record \\['channels_last'\\]"):
         pool_runs([run, old])
+    # runs written before --random-proposals existed had random proposals
+    before = benchmark_run({'baseline': 1.0, 'se': 1.03})
+    del before['args']['random_proposals']
+    with pytest.raises(ValueError, match="differ in 'random_proposals'"):
+        pool_runs([run, before])
+    random = benchmark_run({'baseline': 1.0, 'se': 1.04})
+    random['args']['random_proposals'] = True
+    assert [p['mean'] for p in pool_runs([before, random])] == pytest.approx([1.0, 1.035])
 
 
 def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
@@ -684,6 +747,8 @@ def test_benchmark_command_line_arguments():
     assert args.time_plugins and not parse_args([]).time_plugins
     assert parse_args(['--shape', '512']).shape == (512, 512)
     assert parse_args(['--seeds', '2']).seeds == 2 and parse_args([]).seeds is None
+    assert parse_args(['--random-proposals']).random_proposals
+    assert not parse_args([]).random_proposals
     with pytest.raises(SystemExit):
         parse_args(['--seeds', '0'])
     with pytest.raises(SystemExit):

@@ -43,6 +43,11 @@ def parse_args(argv=None):
                         help='models per variant, built from the seeds 0..N-1 (default: 3 '
                         'for detectors, whose step time depends on their random weights; '
                         '1 with --backbone-only)')
+    parser.add_argument('--random-proposals', action='store_true',
+                        help="keep the detectors' random output layers (learning rate "
+                        '1e-4): each model proposes its own boxes and the heads\' work '
+                        'follows its weights (default: zeroed output layers at learning '
+                        'rate 0, the same proposals for every model)')
     parser.add_argument('--iters', type=int, default=3, help='steps per model per round')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
     parser.add_argument('--time-plugins', action='store_true',
@@ -71,13 +76,15 @@ def main(argv=None):
     print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
           f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, '
           f'channels_last={args.channels_last}, backbone_only={args.backbone_only}, '
+          f'proposals={"random" if args.random_proposals else "fixed"}, '
           f'{args.rounds} rounds x {args.iters} steps per model after {args.warmup} warm-up '
           f'rounds, {seeds} model(s) per variant')
     results = run_benchmark(
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
         backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
-        iters=args.iters, seeds=seeds, time_plugins=args.time_plugins,
+        iters=args.iters, seeds=seeds, random_proposals=args.random_proposals,
+        time_plugins=args.time_plugins,
         collect_in_steps=args.collect_in_steps)
     if args.json:
         with open(args.json, 'w') as f:
