@@ -302,7 +302,7 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
                   batch_size=1, shape=(512, 512), channels_last=False,
                   backbone_only=False, rounds=7, warmup=2, iters=3, configs=None, seed=0,
                   seeds=None, random_proposals=False, time_plugins=False,
-                  collect_in_steps=False, log=print):
+                  breakdown=False, collect_in_steps=False, log=print):
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
@@ -319,7 +319,9 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     account for, steadier than ratios of whole steps where the machine's speed drifts
     (on CPU; on CUDA host time). Python's garbage collector runs between the timed
     blocks, over what the steps allocated (:func:`collector_frozen`);
-    ``collect_in_steps`` leaves it to run wherever its thresholds fall, inside them."""
+    ``collect_in_steps`` leaves it to run wherever its thresholds fall, inside them.
+    ``breakdown``: after the timed rounds, each training result also gets what
+    :func:`training_breakdown` measures on the variant's first model."""
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f'variant must be one of {list(VARIANTS)}, got {v!r}')
@@ -352,8 +354,69 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
             if time_plugins:
                 runners[-1].time_plugins()
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
-        return _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,
-                           time_plugins, not collect_in_steps, log, seed)
+        results = _time_modes(runners, modes, images, samples, device, rounds, warmup,
+                              iters, time_plugins, not collect_in_steps, log, seed)
+    if breakdown and 'train' in modes:
+        first = {}
+        for r in runners:
+            first.setdefault(r.name, r)
+        parts = {name: training_breakdown(r, images, samples) for name, r in first.items()}
+        for r in results:
+            if r['mode'] == 'train':
+                r.update(parts[r['variant']])
+        log(format_breakdown([r for r in results if r['mode'] == 'train']))
+    return results
+
+
+def training_breakdown(runner, images, samples, steps=5):
+    """Parts of a training step that a plugin adds to, measured on one model after the
+    timed rounds: ``param_tensors`` (the optimised parameter tensors: each costs the
+    autograd engine an ``AccumulateGrad`` call and the optimiser and gradient scaler
+    per-tensor host work), ``optimizer_ms`` (the scaler's and the optimiser's step after
+    a backward, synchronised; median of ``steps``) and, on CUDA, ``kernel_ms`` (the GPU
+    time of every kernel of a training step, ``torch.profiler``; mean of ``steps``)."""
+    device = runner.device
+    runner.set_mode('train')
+    runner.train_step(images, samples)  # leaves gradients for the optimiser's steps
+    optimizer = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        runner.scaler.step(runner.optimizer)
+        runner.scaler.update()
+        _sync(device)
+        optimizer.append(time.perf_counter() - start)
+    part = dict(param_tensors=sum(len(g['params']) for g in runner.optimizer.param_groups),
+                optimizer_ms=statistics.median(optimizer) * 1e3, kernel_ms=None)
+    if device.type == 'cuda':
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                runner.train_step(images, samples)
+            _sync(device)
+        part['kernel_ms'] = sum(e.device_time_total for e in prof.key_averages()) / steps / 1e3
+    return part
+
+
+def format_breakdown(results):
+    """The training results' :func:`training_breakdown`, each against the baseline's,
+    with the difference as a share of the baseline's step."""
+    base = next(r for r in results if r['variant'] == 'baseline')
+    kernels = base['kernel_ms'] is not None
+    lines = [f"{'variant':<10} {'tensors':>7} {'optimiser ms':>13} {'(+ % of step)':>14}"
+             + (f" {'kernels ms':>11} {'(+ % of step)':>14}" if kernels else '')]
+    for r in results:
+        line = (f"{r['variant']:<10} {r['param_tensors']:7d} {r['optimizer_ms']:13.2f} "
+                f"{_share(r['optimizer_ms'] - base['optimizer_ms'], base['ms']):>14}")
+        if kernels:
+            line += (f" {r['kernel_ms']:11.2f} "
+                     f"{_share(r['kernel_ms'] - base['kernel_ms'], base['ms']):>14}")
+        lines.append(line)
+    return '\n'.join(lines)
+
+
+def _share(extra_ms, step_ms):
+    return f'{extra_ms:+.2f} ({100 * extra_ms / step_ms:+.1f}%)'
 
 
 def _time_modes(runners, modes, images, samples, device, rounds, warmup, iters,

@@ -651,6 +651,25 @@ def test_benchmark_learning_rate_follows_the_proposals(monkeypatch):
     assert built[1].model.rpn_head.rpn_cls.weight.abs().sum() > 0
 
 
+def test_benchmark_breakdown_counts_the_plugins_parameter_tensors():
+    from cbam_mmdet.benchmark import run_benchmark
+    logged = []
+    results = run_benchmark(variants=('baseline', 'se', 'cbam'), modes=('train',),
+                            device='cpu', shape=(64, 64), backbone_only=True, rounds=1,
+                            warmup=0, iters=1, breakdown=True, log=logged.append)
+    parts = {r['variant']: r for r in results}
+    base = parts['baseline']['param_tensors']
+    # 16 blocks: SE's two linear layers (weight, bias); CBAM's too, its 7x7 convolution
+    # and its BatchNorm's weight and bias
+    assert parts['se']['param_tensors'] - base == 16 * 4
+    assert parts['cbam']['param_tensors'] - base == 16 * 7
+    assert all(r['optimizer_ms'] > 0 and r['kernel_ms'] is None for r in results)
+    table = logged[-1].splitlines()
+    assert table[0].split()[:3] == ['variant', 'tensors', 'optimiser']
+    assert [line.split()[0] for line in table[1:]] == ['baseline', 'se', 'cbam']
+    assert table[1].split()[1] == str(base)
+
+
 def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, capsys):
     import json
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
@@ -749,6 +768,7 @@ def test_benchmark_command_line_arguments():
     assert parse_args(['--seeds', '2']).seeds == 2 and parse_args([]).seeds is None
     assert parse_args(['--random-proposals']).random_proposals
     assert not parse_args([]).random_proposals
+    assert parse_args(['--breakdown']).breakdown and not parse_args([]).breakdown
     with pytest.raises(SystemExit):
         parse_args(['--seeds', '0'])
     with pytest.raises(SystemExit):

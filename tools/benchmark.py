@@ -54,6 +54,10 @@ def parse_args(argv=None):
                         help='also report the time inside the CBAM/SE modules per step and '
                         'its share of the rest of the step (forward hooks; host time on '
                         'CUDA)')
+    parser.add_argument('--breakdown', action='store_true',
+                        help='after the timed rounds, per variant: the optimised parameter '
+                        "tensors, the optimiser's time per training step and (CUDA) the "
+                        'GPU kernel time per training step, each against the baseline')
     parser.add_argument('--collect-in-steps', action='store_true',
                         help="let Python's garbage collector run inside the timed steps "
                         '(default: it collects between the timed blocks, untimed, over '
@@ -84,7 +88,7 @@ def main(argv=None):
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
         backbone_only=args.backbone_only, rounds=args.rounds, warmup=args.warmup,
         iters=args.iters, seeds=seeds, random_proposals=args.random_proposals,
-        time_plugins=args.time_plugins,
+        time_plugins=args.time_plugins, breakdown=args.breakdown,
         collect_in_steps=args.collect_in_steps)
     if args.json:
         with open(args.json, 'w') as f:
