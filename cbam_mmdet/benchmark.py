@@ -360,7 +360,7 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         first = {}
         for r in runners:
             first.setdefault(r.name, r)
-        parts = {name: training_breakdown(r, images, samples) for name, r in first.items()}
+        parts = dict(zip(first, training_breakdown(list(first.values()), images, samples)))
         for r in results:
             if r['mode'] == 'train':
                 r.update(parts[r['variant']])
@@ -368,34 +368,47 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     return results
 
 
-def training_breakdown(runner, images, samples, steps=5):
-    """Parts of a training step that a plugin adds to, measured on one model after the
-    timed rounds: ``param_tensors`` (the optimised parameter tensors: each costs the
-    autograd engine an ``AccumulateGrad`` call and the optimiser and gradient scaler
-    per-tensor host work), ``optimizer_ms`` (the scaler's and the optimiser's step after
-    a backward, synchronised; median of ``steps``) and, on CUDA, ``kernel_ms`` (the GPU
-    time of every kernel of a training step, ``torch.profiler``; mean of ``steps``)."""
-    device = runner.device
-    runner.set_mode('train')
-    runner.train_step(images, samples)  # leaves gradients for the optimiser's steps
-    optimizer = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        runner.scaler.step(runner.optimizer)
-        runner.scaler.update()
-        _sync(device)
-        optimizer.append(time.perf_counter() - start)
-    part = dict(param_tensors=sum(len(g['params']) for g in runner.optimizer.param_groups),
-                optimizer_ms=statistics.median(optimizer) * 1e3, kernel_ms=None)
-    if device.type == 'cuda':
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                runner.train_step(images, samples)
-            _sync(device)
-        part['kernel_ms'] = sum(e.device_time_total for e in prof.key_averages()) / steps / 1e3
-    return part
+def training_breakdown(runners, images, samples, rounds=20, steps=5):
+    """Parts of a training step that a plugin adds to, measured on each of ``runners``
+    after the timed rounds, one dict per runner: ``param_tensors`` (the optimised
+    parameter tensors: each costs the autograd engine an ``AccumulateGrad`` call and
+    the optimiser and gradient scaler per-tensor host work), ``optimizer_ms`` (the
+    scaler's and the optimiser's step after a backward, synchronised, with the same
+    gradients every time; the runners take turns, median of ``rounds``) and, on CUDA,
+    ``kernel_ms`` (the GPU time of every kernel of a training step, ``torch.profiler``;
+    mean of ``steps``)."""
+    grads = []
+    for r in runners:
+        r.set_mode('train')
+        r.train_step(images, samples)  # leaves gradients for the optimiser's steps
+        grads.append([(p, p.grad.clone()) for g in r.optimizer.param_groups
+                      for p in g['params'] if p.grad is not None])
+    seconds = [[] for _ in runners]
+    for _ in range(rounds):
+        for r, saved, mine in zip(runners, grads, seconds):
+            with torch.no_grad():
+                for p, grad in saved:  # the scaler unscales them in place
+                    p.grad.copy_(grad)
+            _sync(r.device)
+            start = time.perf_counter()
+            r.scaler.step(r.optimizer)
+            r.scaler.update()
+            _sync(r.device)
+            mine.append(time.perf_counter() - start)
+    parts = []
+    for r, mine in zip(runners, seconds):
+        parts.append(dict(
+            param_tensors=sum(len(g['params']) for g in r.optimizer.param_groups),
+            optimizer_ms=statistics.median(mine) * 1e3, kernel_ms=None))
+        if r.device.type == 'cuda':
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    r.train_step(images, samples)
+                _sync(r.device)
+            parts[-1]['kernel_ms'] = sum(
+                e.device_time_total for e in prof.key_averages()) / steps / 1e3
+    return parts
 
 
 def format_breakdown(results):
