@@ -288,13 +288,13 @@ def round_order(count, rng, previous_last=None):
 
 def default_seeds(backbone_only):
     """Models per variant: 3 for detectors, 1 for backbones. A detector's step time
-    depends on the model it runs, not only on its architecture: its steps do
-    data-dependent work (proposals, NMS, assignment) that follows its random weights, and
-    on an H200 (Faster R-CNN R50-FPN training steps, batch 2, 800x1216) baselines built
-    from other seeds took 1.015-1.035 x the seed-0 baseline's time, and even copies of
-    it with the same weights 0.97-1.02 x. A variant's time is the mean over its models,
-    so that no single model's offset decides a ratio. A backbone's work does not depend
-    on its weights."""
+    depends on the model it runs, not only on its architecture: on an H200 (Faster R-CNN
+    R50-FPN training steps, batch 2, 800x1216) copies of one baseline, with the same
+    weights, took 0.97-1.02 x its time, and baselines of other seeds, whose random heads
+    also proposed other boxes, 1.015-1.035 x (:func:`fix_proposals` now gives every
+    model the same boxes). A variant's time is the mean over its models, so that no
+    single model's offset decides a ratio. A backbone's work does not depend on its
+    weights."""
     return 1 if backbone_only else 3
 
 
