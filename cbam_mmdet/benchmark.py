@@ -106,7 +106,8 @@ def fix_proposals(model):
     if missing:
         raise ValueError(f'fixed proposals need a two-stage detector with the layers '
                          f'{list(OUTPUT_LAYERS)}; {type(model).__name__} lacks {missing} '
-                         '(time it with random proposals instead)')
+                         '(time it with random proposals instead: '
+                         'random_proposals=True, --random-proposals)')
     with torch.no_grad():
         for name in OUTPUT_LAYERS:
             layer = _submodule(model, name)
@@ -313,7 +314,8 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     an order drawn anew each round (:func:`round_order`), and a variant's time in a
     round is the mean over its models. Detectors propose fixed boxes
     (:func:`fix_proposals`, learning rate 0) unless ``random_proposals``, where each
-    keeps its random output layers and trains at a learning rate of 1e-4. ``time_plugins``: also ``plugin_ms``, the median
+    keeps its random output layers and trains at a learning rate of 1e-4.
+    ``time_plugins``: also ``plugin_ms``, the median
     over rounds of the time per step inside the plugins' forward, and ``plugin_share``,
     the median of (that time / the rest of the step): the ratio the plugins alone
     account for, steadier than ratios of whole steps where the machine's speed drifts
@@ -512,8 +514,9 @@ def pool_runs(runs):
     models and meet the machine in other states; the spread of their ratios shows what
     one run's confidence interval, which covers only its own rounds, does not.
 
-    Raises ValueError for fewer than two runs, a run that does not record a setting of
-    :data:`WORKLOAD`, or runs that differ in their device or in such a setting (rounds,
+    A run that does not record a setting of :data:`WORKLOAD_BEFORE` was written before
+    it existed and counts as that setting's value then. Raises ValueError for fewer than
+    two runs, a run that does not record another setting of :data:`WORKLOAD`, or runs that differ in their device or in such a setting (rounds,
     steps and models per variant may differ)."""
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')

@@ -8,11 +8,11 @@ per-round ratios, with their min..max); with ``--time-plugins`` also the time pe
 inside the plugins and its share of the rest of the step; with ``--breakdown`` the
 parameter tensors, optimiser time and (CUDA) kernel time per training step of each
 variant against the baseline's. Every detector proposes the same boxes (zeroed RPN
-outputs and box classifier, learning rate 0) unless ``--random-proposals``. Variants:
-baseline and, for
-se and cbam, the plugins' default (no suffix), ``-ref`` (reference implementation),
-``-eager`` (fast path without CUDA graphs) and ``-graph`` (fast path from CUDA graphs
-for CUDA inference).
+outputs and box classifier, learning rate 0) unless ``--random-proposals``.
+
+Variants: baseline and, for se and cbam, the plugins' default (no suffix), ``-ref``
+(reference implementation), ``-eager`` (fast path without CUDA graphs) and ``-graph``
+(fast path from CUDA graphs for CUDA inference).
 """
 import argparse
 import json
