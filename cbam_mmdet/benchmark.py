@@ -516,8 +516,9 @@ def pool_runs(runs):
 
     A run that does not record a setting of :data:`WORKLOAD_BEFORE` was written before
     it existed and counts as that setting's value then. Raises ValueError for fewer than
-    two runs, a run that does not record another setting of :data:`WORKLOAD`, or runs that differ in their device or in such a setting (rounds,
-    steps and models per variant may differ)."""
+    two runs, a run that does not record another setting of :data:`WORKLOAD`, or runs
+    that differ in their device or in such a setting (rounds, steps and models per
+    variant may differ)."""
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
     for index, run in enumerate(runs):
