@@ -334,6 +334,12 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
         seeds = default_seeds(backbone_only)
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f'seeds (models per variant) must be an integer >= 1, got {seeds!r}')
+    if breakdown and 'train' not in modes:
+        raise ValueError(f"breakdown measures training steps: modes must include 'train', "
+                         f'got {list(modes)}')
+    if random_proposals and backbone_only:
+        raise ValueError('random_proposals applies to detectors; a backbone '
+                         '(backbone_only=True) proposes nothing')
     if 'baseline' not in variants:
         variants = ('baseline',) + tuple(variants)
     device = torch.device(device)
@@ -358,7 +364,7 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
         results = _time_modes(runners, modes, images, samples, device, rounds, warmup,
                               iters, time_plugins, not collect_in_steps, log, seed)
-    if breakdown and 'train' in modes:
+    if breakdown:
         first = {}
         for r in runners:
             first.setdefault(r.name, r)

@@ -668,6 +668,12 @@ def test_benchmark_breakdown_counts_the_plugins_parameter_tensors():
     assert table[0].split()[:3] == ['variant', 'tensors', 'optimiser']
     assert [line.split()[0] for line in table[1:]] == ['baseline', 'se', 'cbam']
     assert table[1].split()[1] == str(base)
+    with pytest.raises(ValueError, match="breakdown measures training steps: modes must "
+                       "include 'train', got \\['infer'\\]"):
+        run_benchmark(variants=('baseline',), modes=('infer',), backbone_only=True,
+                      breakdown=True)
+    with pytest.raises(ValueError, match='random_proposals applies to detectors'):
+        run_benchmark(variants=('baseline',), backbone_only=True, random_proposals=True)
 
 
 def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, capsys):
@@ -769,6 +775,10 @@ def test_benchmark_command_line_arguments():
     assert parse_args(['--random-proposals']).random_proposals
     assert not parse_args([]).random_proposals
     assert parse_args(['--breakdown']).breakdown and not parse_args([]).breakdown
+    with pytest.raises(SystemExit):
+        parse_args(['--breakdown', '--modes', 'infer'])
+    with pytest.raises(SystemExit):
+        parse_args(['--random-proposals', '--backbone-only'])
     with pytest.raises(SystemExit):
         parse_args(['--seeds', '0'])
     with pytest.raises(SystemExit):

@@ -73,6 +73,10 @@ def parse_args(argv=None):
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
+    if args.breakdown and 'train' not in args.modes:
+        parser.error("--breakdown measures training steps: --modes must include 'train'")
+    if args.random_proposals and args.backbone_only:
+        parser.error('--random-proposals applies to detectors, not to --backbone-only')
     return args
 
 
