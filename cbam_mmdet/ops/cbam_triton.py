@@ -497,16 +497,8 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
 
 
 @triton.jit
-def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
-                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DDESC, N, H, W,
-                 TRAIN: tl.constexpr, K: tl.constexpr, K_P: tl.constexpr,
-                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
-    backward for this block's pixels: ddesc stored, dW added by atomics one row of taps
-    at a time. Grid: samples x blocks of pixels."""
-    n = tl.program_id(0)
-    pid = tl.program_id(1)
-    HW = H * W
+def _bn_part_sums(bws_ptr, B_BNPART, P, BLOCK_P: tl.constexpr):
+    """(sum of dz, sum of dz z_hat) over the P blocks' partials."""
     offs_p = tl.arange(0, BLOCK_P)
     acc0 = tl.zeros((BLOCK_P,), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -515,21 +507,40 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
         m = o < P
         acc0 += tl.load(bws_ptr + B_BNPART + o * 2, mask=m, other=0.0)
         acc1 += tl.load(bws_ptr + B_BNPART + o * 2 + 1, mask=m, other=0.0)
-    sum_dz = tl.sum(acc0, axis=0)
-    sum_dzz = tl.sum(acc1, axis=0)
-    if (n == 0) & (pid == 0):
-        tl.store(bws_ptr + B_DBN, sum_dzz)  # dL/d gamma
-        tl.store(bws_ptr + B_DBN + 1, sum_dz)  # dL/d beta
+    return tl.sum(acc0, axis=0), tl.sum(acc1, axis=0)
+
+
+@triton.jit
+def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
+                 B_DZ, B_BNPART, P, B_DW, B_DBN, B_DDESC, N, H, W,
+                 TRAIN: tl.constexpr, K: tl.constexpr, TAPS: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
+    backward for this block's pixels: ddesc stored, dW added by atomics, TAPS taps of
+    the K x K kernel at a time. Grid: samples x blocks of pixels. BatchNorm's sums over
+    the blocks' partials (dL/d gamma, dL/d beta) are read by every program when TRAIN
+    (they enter dzin), else by the first alone."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    first = (n == 0) & (pid == 0)
+    HW = H * W
     mean = tl.load(ws_ptr + OFF_STATS)
     rstd = tl.load(ws_ptr + OFF_STATS + 1)
     kk = tl.load(bw_ptr) * rstd
-    count = (N * HW).to(tl.float32)
+    c1 = 0.0
+    c2 = 0.0
     if TRAIN:
+        sum_dz, sum_dzz = _bn_part_sums(bws_ptr, B_BNPART, P, BLOCK_P)
+        if first:
+            tl.store(bws_ptr + B_DBN, sum_dzz)  # dL/d gamma
+            tl.store(bws_ptr + B_DBN + 1, sum_dz)  # dL/d beta
+        count = (N * HW).to(tl.float32)
         c1 = sum_dz / count
         c2 = sum_dzz / count
-    else:
-        c1 = 0.0
-        c2 = 0.0
+    elif first:
+        sum_dz, sum_dzz = _bn_part_sums(bws_ptr, B_BNPART, P, BLOCK_P)
+        tl.store(bws_ptr + B_DBN, sum_dzz)
+        tl.store(bws_ptr + B_DBN + 1, sum_dz)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     yy0 = offs_hw // W
@@ -556,18 +567,18 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
     dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
     zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
     dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
-    offs_k = tl.arange(0, K_P)
-    mask_k = offs_k < K
-    xs = xx0[None, :] + (offs_k[:, None] - K // 2)
-    col_ok = mask_k[:, None] & mask_hw[None, :] & (xs >= 0) & (xs < W)
-    for ch in tl.static_range(2):
-        dbase = ws_ptr + OFF_DESC + (n * 2 + ch) * HW
-        for row in tl.static_range(K):
-            ys = yy0[None, :] + (row - K // 2)
-            tap_ok = col_ok & (ys >= 0) & (ys < H)
-            dv = tl.load(dbase + ys * W + xs, mask=tap_ok, other=0.0)
-            tl.atomic_add(bws_ptr + B_DW + (ch * K + row) * K + offs_k,
-                          tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_k, sem='relaxed')
+    for t0 in tl.static_range(0, K * K, TAPS):
+        offs_t = t0 + tl.arange(0, TAPS)
+        mask_t = offs_t < K * K
+        ys = yy0[None, :] + (offs_t // K - K // 2)[:, None]
+        xs = xx0[None, :] + (offs_t % K - K // 2)[:, None]
+        tap_ok = (mask_t[:, None] & mask_hw[None, :] & (ys >= 0) & (ys < H) & (xs >= 0)
+                  & (xs < W))
+        q = ys * W + xs
+        for ch in tl.static_range(2):
+            dv = tl.load(ws_ptr + OFF_DESC + (n * 2 + ch) * HW + q, mask=tap_ok, other=0.0)
+            tl.atomic_add(bws_ptr + B_DW + ch * K * K + offs_t,
+                          tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_t, sem='relaxed')
 
 
 @triton.jit
@@ -801,6 +812,8 @@ PIX_WIDE_HW = 8192
 # pixels per program of the spatial convolution's backward: 128 measured best of
 # 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
 CONV_BWD_BLOCK_HW = 128
+# taps of the spatial convolution's dW summed per step in _bwd_spatial (a power of 2)
+CONV_BWD_TAPS = 32
 # the MLP's backward: hidden units per program, channels per step of its serial phase
 # (1024: fewer dependent steps; 256 -> 1024 took a step's 16 CBAM and 16 SE modules
 # 509 -> 424 us on an H200, docs/speed.md, v11)
@@ -1093,8 +1106,8 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
     launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
-           plan.w, bn_train, plan.k, triton.next_power_of_2(plan.k), 256,
-           CONV_BWD_BLOCK_HW, num_warps=plan.warps['_bwd_spatial'])
+           plan.w, bn_train, plan.k, CONV_BWD_TAPS, 256, CONV_BWD_BLOCK_HW,
+           num_warps=plan.warps['_bwd_spatial'])
     launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
            plan.desc_hw_per_prog, plan.desc_bc, plan.desc_bhw,
