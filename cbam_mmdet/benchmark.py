@@ -347,6 +347,7 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     images, samples = synthetic_batch(batch_size, shape, device, seed=seed)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.contiguous(memory_format=memory_format)
+    fixed = not (backbone_only or random_proposals)  # fix_proposals, learning rate 0
     runners = []
     for name in variants:
         cfg = variant_config(name, configs)
@@ -354,7 +355,6 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
             torch.manual_seed(model_seed)
             model = build_model(cfg, backbone_only)
             model = model.to(device).to(memory_format=memory_format)
-            fixed = not (backbone_only or random_proposals)
             if fixed:
                 fix_proposals(model)
             runners.append(Runner(name, model, backbone_only, amp, device,
