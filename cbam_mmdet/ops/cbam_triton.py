@@ -145,7 +145,8 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
               DCONV_SIZE, B_DS, N, C, HID, HW, sxn, sxc, sxhw, hw_per_prog,
               PAIR: tl.constexpr, DIRECT: tl.constexpr, ZERO_GRADS: tl.constexpr,
               INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
-              MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+              MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+              STAGES: tl.constexpr):
     """avg and max of x over H x W and the shared MLP's first layer.
 
     DIRECT (one program covers all of H x W for its channels): the program stores its
@@ -167,7 +168,7 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
     acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
     hw_begin = pid_hw * hw_per_prog
-    for step in range(0, hw_per_prog, BLOCK_HW):
+    for step in tl.range(0, hw_per_prog, BLOCK_HW, num_stages=STAGES):
         offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
         mask = mask_c[:, None] & (offs_hw[None, :] < HW)
         v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask,
@@ -238,7 +239,7 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
 def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID, HW, CPS,
                   sxn, sxc, sxhw, A_READY: tl.constexpr, ATOMIC: tl.constexpr,
                   HID_P: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
     """a[n, c] = M_c (A_READY: computed by :func:`_pool_mlp`; else here, by
     :func:`_channel_gate`, and stored by the programs of the first pixel block), then
     desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c of the same,
@@ -251,7 +252,7 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
     base = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
     acc_sum = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_HW), float('-inf'), dtype=tl.float32)
-    for start in range(c_begin, c_end, BLOCK_C):
+    for start in tl.range(c_begin, c_end, BLOCK_C, num_stages=STAGES):
         offs_c = start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
@@ -441,7 +442,8 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID
 @triton.jit
 def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B_DA,
                 B_DZ, B_BNPART, SLOT, N, C, HW, CPS, sxn, sxc, sxhw, sgn, sgc, sghw,
-                ATOMIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+                ATOMIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                STAGES: tl.constexpr):
     """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
     ds = sum_c p a. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
     stored with the block's (sum dz, sum dz zhat) for BatchNorm's backward. ATOMIC: ds is
@@ -456,7 +458,7 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
     xbase = x_ptr + n.to(tl.int64) * sxn + offs_hw[None, :].to(tl.int64) * sxhw
     gbase = g_ptr + n.to(tl.int64) * sgn + offs_hw[None, :].to(tl.int64) * sghw
     ds = tl.zeros((BLOCK_HW,), dtype=tl.float32)
-    for start in range(c_begin, c_end, BLOCK_C):
+    for start in tl.range(c_begin, c_end, BLOCK_C, num_stages=STAGES):
         offs_c = start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < c_end
         mask = mask_c[:, None] & mask_hw[None, :]
@@ -584,7 +586,7 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
 @triton.jit
 def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, HW,
                      sxn, sxc, sxhw, hw_per_prog, BLOCK_C: tl.constexpr,
-                     BLOCK_HW: tl.constexpr):
+                     BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
     """The descriptor's share of dL/da over one channel block and a span of pixels:
     da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]) (one atomic per
     channel and program)."""
@@ -598,7 +600,7 @@ def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, 
     dbase = n * 2 * HW
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     hw_begin = tl.program_id(1) * hw_per_prog
-    for step in range(0, hw_per_prog, BLOCK_HW):
+    for step in tl.range(0, hw_per_prog, BLOCK_HW, num_stages=STAGES):
         offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
         mask_hw = offs_hw < HW
         mask = mask_c[:, None] & mask_hw[None, :]
@@ -615,7 +617,8 @@ def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, 
 
 @triton.jit
 def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
-                hw_per_prog, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+                hw_per_prog, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                STAGES: tl.constexpr):
     """SE: da[n, c] += sum over a span of hw of g x."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
@@ -627,7 +630,7 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
     gbase = g_ptr + n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     hw_begin = pid_hw * hw_per_prog
-    for step in range(0, hw_per_prog, BLOCK_HW):
+    for step in tl.range(0, hw_per_prog, BLOCK_HW, num_stages=STAGES):
         offs_hw = hw_begin + step + tl.arange(0, BLOCK_HW)
         mask = mask_c[:, None] & (offs_hw[None, :] < HW)
         hw64 = offs_hw[None, :].to(tl.int64)
@@ -787,6 +790,12 @@ def _layout(sizes):
 # 16384 / 65536 pixels; docs/speed.md, v12): 528 programs took the least kernel time
 # (with 32 or 64 channels alike), and splitting 65536 pixels slowed stage 2.
 PIXEL_PROGRAMS = 528
+# stages of the software pipeline of each pass's loop over channel or pixel steps
+# (tl.range's num_stages: that many steps' loads in flight; 1, none). Of 1 / 2 / 3 / 4
+# (H200, docs/speed.md, v16): 3 took the least time for these three, 1 for the
+# pooling pass and the pixels' pass.
+LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce=3,
+                   _bwd_reduce=3)
 MIN_SPLIT_CHANNELS = 64
 MAX_SPLIT_PIXELS = 16384
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
@@ -1027,7 +1036,7 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, laun
     acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
            x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads],
-           num_warps=plan.warps['_pool_mlp'])
+           LOOP_STAGES['_pool_mlp'], num_warps=plan.warps['_pool_mlp'])
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, launch=launch):
@@ -1041,7 +1050,7 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
            plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
-           plan.sp_bhw, num_warps=plan.warps['_spatial_pool'])
+           plan.sp_bhw, LOOP_STAGES['_spatial_pool'], num_warps=plan.warps['_spatial_pool'])
     buffers = bn._buffers
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
@@ -1102,7 +1111,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
            b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
            *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
-           num_warps=plan.warps['_bwd_pixels'])
+           LOOP_STAGES['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
     launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
@@ -1111,7 +1120,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
     launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
            plan.desc_hw_per_prog, plan.desc_bc, plan.desc_bhw,
-           num_warps=plan.warps['_bwd_desc_reduce'])
+           LOOP_STAGES['_bwd_desc_reduce'], num_warps=plan.warps['_bwd_desc_reduce'])
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
         launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
@@ -1125,7 +1134,8 @@ def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=la
     o, b, st = plan.ws, plan.bws, plan.st
     launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
            g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
-           plan.tile_bc, plan.tile_bhw, num_warps=plan.warps['_bwd_reduce'])
+           plan.tile_bc, plan.tile_bhw, LOOP_STAGES['_bwd_reduce'],
+           num_warps=plan.warps['_bwd_reduce'])
     _mlp_backward(plan, stream, ws, params[0], params[2], launch)
     if dx is not None:
         launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
