@@ -1,0 +1,69 @@
+"""Time one CBAM or SE module per ResNet-50 stage: kernels and device-bound wall time.
+
+    python tools/profile_stages.py --device cuda --amp --batch-size 2 --shape 800x1216
+    python tools/profile_stages.py --device cuda --amp --variants se se-ref --modes infer
+
+For each stage's block output (batch, 256-2048 channels, the image's size over 4-32),
+one module per variant: per training call (forward and the gradients of the input and
+the parameters, BatchNorm in running statistics as with mmdet's norm_eval) or inference
+call, the wall time with the device as the only bound (a note says where the host was
+the bound after all) and, on CUDA, each kernel's time; per step weighs the stages by
+their blocks (3, 4, 6, 3).
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from cbam_mmdet.benchmark import describe_device, parse_shape  # noqa: E402
+from cbam_mmdet.stage_profile import (MODES, VARIANTS, format_profile,  # noqa: E402
+                                      profile_stages)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda', help="'cuda', 'cuda:N' or 'cpu'")
+    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA)')
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--shape', default='800x1216', type=parse_shape,
+                        help="the detector's input HxW")
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--variants', nargs='+', default=['se', 'cbam'], choices=VARIANTS)
+    parser.add_argument('--modes', nargs='+', default=['train'], choices=MODES)
+    parser.add_argument('--batch-stats', action='store_true',
+                        help="the modules' BatchNorm in batch statistics (default: "
+                        'running statistics, as mmdet keeps it with norm_eval=True)')
+    parser.add_argument('--iters', type=int, default=40, help='calls per timing')
+    parser.add_argument('--json', help='also write the results to this file')
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'iters'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.amp and not args.device.startswith('cuda'):
+        parser.error('--amp (float16 autocast) needs --device cuda')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
+          f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, '
+          f'channels_last={args.channels_last}, batch_stats={args.batch_stats}')
+    results = []
+    for mode in args.modes:
+        results += profile_stages(
+            variants=args.variants, mode=mode, device=args.device,
+            batch_size=args.batch_size, shape=args.shape, amp=args.amp,
+            channels_last=args.channels_last, batch_stats=args.batch_stats,
+            iters=args.iters)
+    print(format_profile(results))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), device=describe_device(args.device),
+                           results=results), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
