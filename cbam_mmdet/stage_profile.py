@@ -12,9 +12,10 @@ to 1/32 of the image), one module per variant, timed per call:
 Each call's wall time is measured with the device as the only bound: on CUDA the calls
 are queued behind a sleep kernel, so the host is ahead and the time between the first
 call's start and the last call's end is the GPU's (where a call's host time exceeds its
-GPU time, the host is the bound after all, and the results say so). On CUDA each kernel's time comes from
-``torch.profiler``; their sum is below the wall time by the gaps between dependent
-kernels. "Per step" weighs the stages by their blocks (3, 4, 6 and 3).
+GPU time, the host is the bound after all, and the results say so). On CUDA each
+kernel's time comes from ``torch.profiler``; their sum is below the wall time by the
+gaps between dependent kernels. "Per step" weighs the stages by their blocks (3, 4, 6
+and 3).
 """
 import statistics
 import time

@@ -13,8 +13,9 @@ import profile_stages as profile_tool  # noqa: E402
 
 
 def test_stage_shapes_are_resnet50_block_outputs():
-    assert stage_shapes(2, (800, 1216)) == [((2, 256, 200, 304), 3), ((2, 512, 100, 152), 4),
-                                           ((2, 1024, 50, 76), 6), ((2, 2048, 25, 38), 3)]
+    assert stage_shapes(2, (800, 1216)) == [
+        ((2, 256, 200, 304), 3), ((2, 512, 100, 152), 4), ((2, 1024, 50, 76), 6),
+        ((2, 2048, 25, 38), 3)]
     from mmdet.models.backbones import ResNet
     net = ResNet(depth=50, out_indices=(0, 1, 2, 3))
     net.eval()  # (mmdet's ResNet.train returns None)
@@ -54,7 +55,8 @@ def test_training_calls_keep_batchnorm_as_asked_and_reach_the_parameters(batch_s
 
 
 def test_bad_settings_are_refused_with_the_field_and_its_values():
-    with pytest.raises(ValueError, match=r"variant must be one of \('se', 'se-ref', 'cbam'"):
+    with pytest.raises(ValueError,
+                       match=r"variant must be one of \('se', 'se-ref', 'cbam'"):
         build_module('eca', 32, torch.device('cpu'))
     with pytest.raises(ValueError, match=r"mode must be one of \('train', 'infer'\)"):
         module_call(build_module('se', 32, torch.device('cpu')), torch.randn(1, 32, 4, 4),

@@ -790,14 +790,14 @@ def _layout(sizes):
 # 16384 / 65536 pixels; docs/speed.md, v12): 528 programs took the least kernel time
 # (with 32 or 64 channels alike), and splitting 65536 pixels slowed stage 2.
 PIXEL_PROGRAMS = 528
-# stages of the software pipeline of each pass's loop over channel or pixel steps
+MIN_SPLIT_CHANNELS = 64
+MAX_SPLIT_PIXELS = 16384
+# Stages of the software pipeline of each pass's loop over channel or pixel steps
 # (tl.range's num_stages: that many steps' loads in flight; 1, none). Of 1 / 2 / 3 / 4
 # (H200, docs/speed.md, v16): 3 took the least time for these three, 1 for the
 # pooling pass and the pixels' pass.
 LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce=3,
                    _bwd_reduce=3)
-MIN_SPLIT_CHANNELS = 64
-MAX_SPLIT_PIXELS = 16384
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
 # in one program per sample where the weights have at least this many values.
 DIRECT_MLP_WEIGHTS = 32768
@@ -972,6 +972,7 @@ class _Plan:
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
         self.warps = collections.defaultdict(lambda: 4, {} if cl else NUM_WARPS)
+        self.stages = dict(LOOP_STAGES)
         # recorded programs (inference) and C++ training states by call kind, or None
         # where a recording cannot be replayed (triton_programs)
         self.native = {}
@@ -1036,7 +1037,7 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, laun
     acc = _accumulators_for(x, stream, plan.n * 2 * plan.hid)
     launch(_pool_mlp, plan.pool_grid, plan.compiled, ('poolmlp', zero_grads), stream,
            x, ws, counters, acc, w1, b1, w2, b2, *plan.poolmlp_tail[zero_grads],
-           LOOP_STAGES['_pool_mlp'], num_warps=plan.warps['_pool_mlp'])
+           plan.stages['_pool_mlp'], num_warps=plan.warps['_pool_mlp'])
 
 
 def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, launch=launch):
@@ -1050,7 +1051,8 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
            plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
-           plan.sp_bhw, LOOP_STAGES['_spatial_pool'], num_warps=plan.warps['_spatial_pool'])
+           plan.sp_bhw, plan.stages['_spatial_pool'],
+           num_warps=plan.warps['_spatial_pool'])
     buffers = bn._buffers
     rm, rv = buffers['running_mean'], buffers['running_var']
     if rm is None:
@@ -1111,7 +1113,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
            b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
            *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
-           LOOP_STAGES['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
+           plan.stages['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
     launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
@@ -1120,7 +1122,7 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
     launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
            plan.desc_hw_per_prog, plan.desc_bc, plan.desc_bhw,
-           LOOP_STAGES['_bwd_desc_reduce'], num_warps=plan.warps['_bwd_desc_reduce'])
+           plan.stages['_bwd_desc_reduce'], num_warps=plan.warps['_bwd_desc_reduce'])
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
         launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
@@ -1134,7 +1136,7 @@ def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=la
     o, b, st = plan.ws, plan.bws, plan.st
     launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
            g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
-           plan.tile_bc, plan.tile_bhw, LOOP_STAGES['_bwd_reduce'],
+           plan.tile_bc, plan.tile_bhw, plan.stages['_bwd_reduce'],
            num_warps=plan.warps['_bwd_reduce'])
     _mlp_backward(plan, stream, ws, params[0], params[2], launch)
     if dx is not None:
