@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from .benchmark import time_steps
 from .models import CBAM, SE
 
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -78,6 +79,9 @@ def module_call(module, x, mode, amp):
     return call
 
 
+_SLEEP_RATE = {}  # cycles of torch.cuda._sleep per microsecond, by device
+
+
 def _sleep_cycles_per_us(device):
     """GPU clock cycles of ``torch.cuda._sleep`` per microsecond, measured once."""
     if device not in _SLEEP_RATE:
@@ -92,9 +96,6 @@ def _sleep_cycles_per_us(device):
     return _SLEEP_RATE[device]
 
 
-_SLEEP_RATE = {}
-
-
 def device_bound_us(call, device, iters=40, repeats=5):
     """(median over ``repeats`` of the mean microseconds per call of ``iters`` calls,
     whether the host was the bound after all). On CUDA the calls are queued behind a
@@ -104,32 +105,28 @@ def device_bound_us(call, device, iters=40, repeats=5):
     is the device: (wall time, False)."""
     call()
     call()
+    if device.type != 'cuda':
+        return statistics.median(time_steps(call, iters, device) * 1e6
+                                 for _ in range(repeats)), False
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        call()
+    queue_us = (time.perf_counter() - start) * 1e6
+    cycles = int((2 * queue_us + 2000) * _sleep_cycles_per_us(device))
     times, host_bound = [], False
-    if device.type == 'cuda':
+    for _ in range(repeats):
         torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        torch.cuda._sleep(cycles)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
         for _ in range(iters):
             call()
-        queue_us = (time.perf_counter() - start) * 1e6
-        cycles = int((2 * queue_us + 2000) * _sleep_cycles_per_us(device))
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-            torch.cuda._sleep(cycles)
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                call()
-            end.record()
-            host_bound = host_bound or end.query()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) * 1e3 / iters)
-        else:
-            start = time.perf_counter()
-            for _ in range(iters):
-                call()
-            times.append((time.perf_counter() - start) * 1e6 / iters)
+        end.record()
+        host_bound = host_bound or end.query()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) * 1e3 / iters)
     return statistics.median(times), host_bound
 
 
