@@ -274,16 +274,48 @@ def count_replays(monkeypatch, module):
     return total
 
 
+@pytest.fixture
+def graphs():
+    """``set_graphs(value)`` for one test, restored after it."""
+    previous = []
+
+    def setting(value):
+        previous.append(triton_programs.set_graphs(value))
+    yield setting
+    if previous:
+        triton_programs.set_graphs(previous[0])
+
+
+def test_program_graphs_switch_by_call_and_environment(graphs, monkeypatch):
+    """Programs run as CUDA graph launches by default; ``set_graphs(False)`` and
+    ``CBAM_MMDET_PROGRAM_GRAPHS=0`` turn that off; other values are refused."""
+    ext = triton_programs._ext
+    monkeypatch.delenv('CBAM_MMDET_PROGRAM_GRAPHS', raising=False)
+    assert ext.graphs()
+    graphs(False)
+    assert not ext.graphs() and triton_programs.set_graphs(True) is False and ext.graphs()
+    monkeypatch.setenv('CBAM_MMDET_PROGRAM_GRAPHS', '0')
+    assert not ext.graphs()
+    monkeypatch.setenv('CBAM_MMDET_PROGRAM_GRAPHS', '1')
+    assert ext.graphs()
+    with pytest.raises(ValueError, match='enabled must be True or False'):
+        triton_programs.set_graphs('yes')
+
+
 @needs_triton
+@pytest.mark.parametrize('as_graphs', [True, False], ids=['graphs', 'launches'])
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_programs_replay_matches_the_python_path(cls, channels_last, training,
-                                                        monkeypatch):
-    """The first call records, later calls replay from C++ (counted); outputs, dx,
-    parameter gradients and BatchNorm's running statistics match the Python path's on
-    the same module, in fp32 and in fp16 under autocast, with and without autograd
-    (a shape without sums by atomics, so both paths compute the same values)."""
+                                                        as_graphs, graphs, monkeypatch):
+    """The first call records, later calls replay from C++ (counted), as one CUDA graph
+    launch per program or kernel by kernel; outputs, dx, parameter gradients and
+    BatchNorm's running statistics match the Python path's on the same module, in fp32
+    and in fp16 under autocast, with and without autograd (a shape without sums by
+    atomics, so both paths compute the same values)."""
+    graphs(as_graphs)
+    graph_launches = triton_programs._ext.graph_launches()
     _, fast = pair(cls, 48, device='cuda', implementation='auto', ratio=8)
     python = copy.deepcopy(fast)
     replays = count_replays(monkeypatch, fast)
@@ -314,6 +346,46 @@ def test_triton_programs_replay_matches_the_python_path(cls, channels_last, trai
     replays = replays()
     assert replays['train'] >= 4 and replays['infer'] >= 4, replays
     assert fast._bindings.train_hits > 0 and fast._bindings.infer_hits > 0
+    launched = triton_programs._ext.graph_launches() - graph_launches
+    # every replayed training call runs its forward and backward program as graphs
+    assert launched >= 2 * replays['train'] if as_graphs else launched == 0, launched
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_triton_programs_launch_kernel_by_kernel_into_a_capturing_stream(cls, graphs):
+    """A bound call captured into a CUDA graph (torch.cuda.graph) launches its kernels
+    one by one into the capture, not a graph of its own, and the captured graph replays
+    the call's result."""
+    graphs(True)
+    torch.manual_seed(0)
+    module = cls(64, ratio=8).cuda().eval()
+    x = torch.randn(2, 64, 12, 10, device='cuda')
+    with torch.no_grad():
+        for _ in range(3):  # record, bind, replay
+            want = module(x)
+    assert module._bindings.infer_hits >= 1
+    static = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(2):  # binds the call on the capture's stream
+            module(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    launched = triton_programs._ext.graph_launches()
+    hits = module._bindings.infer_hits
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream), torch.no_grad():
+        out = module(static)
+    assert module._bindings.infer_hits == hits + 1  # the bound call was captured
+    assert triton_programs._ext.graph_launches() == launched
+    static.copy_(x * 2)
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        torch.testing.assert_close(out, module(x * 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(want, module(x), rtol=1e-5, atol=1e-6)
+    assert triton_programs._ext.graph_launches() > launched  # outside capture: graphs
 
 
 @needs_triton

@@ -18,6 +18,11 @@ without any Python while the input signature, autograd mode, stream, parameters,
 settings and environment variables are those of the bound call, and otherwise returns
 None (the Python path then runs and may bind again).
 
+A program of several launches runs as one CUDA graph launch, its kernel nodes'
+arguments set per call (a third to a half of the host time of one ``cuLaunchKernel`` per
+kernel), except on a capturing stream; :func:`set_graphs` (or
+``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel.
+
 A program names every tensor argument by its position in the call's tensor list
 ("slot"): ``[x, workspace, out, *params, *rest]`` forward, ``[grad_out, x, workspace,
 dx, *params, *rest]`` backward. Every other argument is an immediate value, packed as the
@@ -45,6 +50,19 @@ def enabled():
     """Whether calls may replay recorded programs from C++."""
     return (_ext is not None and not _INTERPRET
             and os.environ.get(ENV_VAR, '1').strip() != '0')
+
+
+def set_graphs(enabled):
+    """Run recorded programs of several launches as one CUDA graph launch each
+    (``True``, the default) or kernel by kernel (``False``); returns the previous
+    setting. Without the extension: no effect, returns False."""
+    if enabled not in (True, False):
+        raise ValueError(f'enabled must be True or False, got {enabled!r}')
+    if _ext is None:
+        return False
+    previous = _ext.graphs()
+    _ext.set_graphs(enabled)
+    return previous
 
 
 class Unsupported(Exception):
