@@ -191,7 +191,9 @@ class Runner:
         on CPU: 0.66 ms baseline, 0.94 ms CBAM for eval(), 0.96 / 1.51 ms for train())."""
         self.model.train(mode == 'train')
 
-    def train_step(self, images, samples):
+    def train_step(self, images, samples, mark=None):
+        """One training step; ``mark(label)``, where given, is called as the loss
+        returns, as ``backward()`` returns and after the optimiser's step."""
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             if self.backbone_only:
@@ -199,9 +201,15 @@ class Runner:
             else:
                 losses = self.model(images, samples, mode='loss')
                 loss, _ = self.model.parse_losses(losses)
+        if mark is not None:
+            mark('loss')
         self.scaler.scale(loss).backward()
+        if mark is not None:
+            mark('backward')
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if mark is not None:
+            mark('optimiser')
 
     def infer_step(self, images, samples):
         with torch.no_grad(), self._autocast():
