@@ -19,7 +19,7 @@ settings and environment variables are those of the bound call, and otherwise re
 None (the Python path then runs and may bind again).
 
 A program of several launches runs as one CUDA graph launch, its kernel nodes'
-arguments set per call (a third to a half of the host time of one ``cuLaunchKernel`` per
+arguments set per call (a quarter to a half of the host time of one ``cuLaunchKernel`` per
 kernel), except on a capturing stream; :func:`set_graphs` (or
 ``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel.
 

@@ -154,7 +154,7 @@ struct Program {
   // The launches as one executable CUDA graph (a chain of kernel nodes), built on the
   // first full run: a later run sets each node's arguments (cuGraphExecKernelNodeSetParams,
   // which leaves launches already queued as they were) and launches the graph once. On
-  // the host that is a third to a half of the time of one cuLaunchKernel per kernel.
+  // the host that is a quarter to a half of the time of one cuLaunchKernel per kernel.
   struct Graph {
     void* graph = nullptr;
     void* exec = nullptr;
