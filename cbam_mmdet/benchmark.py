@@ -25,6 +25,7 @@ a ratio holds the plugins' cost, not what random weights make the heads do.
 import contextlib
 import copy
 import gc
+import json
 import math
 import random
 import statistics
@@ -578,6 +579,35 @@ def describe_device(device):
     if device.type == 'cuda':
         return f'{torch.cuda.get_device_name(device)}, torch {torch.version.__version__}'
     return (f'CPU, {torch.get_num_threads()} threads, torch {torch.version.__version__}')
+
+
+def add_profile_arguments(parser):
+    """``--device``, ``--amp``, ``--batch-size``, ``--shape`` and ``--json`` of the GPU
+    profiling tools (tools/profile_stages.py, tools/profile_step.py)."""
+    parser.add_argument('--device', default='cuda', help="'cuda', 'cuda:N' or 'cpu'")
+    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA)')
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--shape', default='800x1216', type=parse_shape,
+                        help="the detector's input HxW")
+    parser.add_argument('--json', help='also write the results to this file')
+
+
+def check_profile_arguments(parser, args, positive):
+    """Refuse (``parser.error``) each ``--name`` of ``positive`` below 1 and ``--amp`` off
+    CUDA."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.amp and not args.device.startswith('cuda'):
+        parser.error('--amp (float16 autocast) needs --device cuda')
+
+
+def write_profile(args, results):
+    """The results, the arguments and the device, as JSON to ``args.json`` if set."""
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), device=describe_device(args.device),
+                           results=results), f, indent=1)
 
 
 def parse_shape(text):

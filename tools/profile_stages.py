@@ -11,24 +11,21 @@ the bound after all) and, on CUDA, each kernel's time; per step weighs the stage
 their blocks (3, 4, 6, 3).
 """
 import argparse
-import json
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from cbam_mmdet.benchmark import describe_device, parse_shape  # noqa: E402
+from cbam_mmdet.benchmark import (add_profile_arguments,  # noqa: E402
+                                  check_profile_arguments, describe_device,
+                                  write_profile)
 from cbam_mmdet.stage_profile import (MODES, VARIANTS, format_profile,  # noqa: E402
                                       profile_stages)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--device', default='cuda', help="'cuda', 'cuda:N' or 'cpu'")
-    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA)')
-    parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--shape', default='800x1216', type=parse_shape,
-                        help="the detector's input HxW")
+    add_profile_arguments(parser)
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--variants', nargs='+', default=['se', 'cbam'], choices=VARIANTS)
     parser.add_argument('--modes', nargs='+', default=['train'], choices=MODES)
@@ -36,13 +33,8 @@ def parse_args(argv=None):
                         help="the modules' BatchNorm in batch statistics (default: "
                         'running statistics, as mmdet keeps it with norm_eval=True)')
     parser.add_argument('--iters', type=int, default=40, help='calls per timing')
-    parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args(argv)
-    for name in ('batch_size', 'iters'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be >= 1')
-    if args.amp and not args.device.startswith('cuda'):
-        parser.error('--amp (float16 autocast) needs --device cuda')
+    check_profile_arguments(parser, args, ('batch_size', 'iters'))
     return args
 
 
@@ -59,10 +51,7 @@ def main(argv=None):
             channels_last=args.channels_last, batch_stats=args.batch_stats,
             iters=args.iters)
     print(format_profile(results))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(args=vars(args), device=describe_device(args.device),
-                           results=results), f, indent=1)
+    write_profile(args, results)
 
 
 if __name__ == '__main__':

@@ -7,33 +7,26 @@ host where each block's backward ends (near 0: the host is the bound there, so h
 time counts in full; see cbam_mmdet/step_timeline.py), medians over interleaved steps.
 """
 import argparse
-import json
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from cbam_mmdet.benchmark import describe_device, parse_shape  # noqa: E402
+from cbam_mmdet.benchmark import (add_profile_arguments,  # noqa: E402
+                                  check_profile_arguments, describe_device,
+                                  write_profile)
 from cbam_mmdet.step_timeline import VARIANTS, format_timeline, profile_step  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--device', default='cuda', help="'cuda', 'cuda:N' or 'cpu'")
-    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA)')
-    parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--shape', default='800x1216', type=parse_shape, help='HxW')
+    add_profile_arguments(parser)
     parser.add_argument('--variants', nargs='+', default=['baseline', 'se', 'cbam'],
                         choices=VARIANTS)
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3, help='untimed rounds first')
-    parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args(argv)
-    for name in ('batch_size', 'rounds'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be >= 1')
-    if args.amp and not args.device.startswith('cuda'):
-        parser.error('--amp (float16 autocast) needs --device cuda')
+    check_profile_arguments(parser, args, ('batch_size', 'rounds'))
     return args
 
 
@@ -45,10 +38,7 @@ def main(argv=None):
                            batch_size=args.batch_size, shape=args.shape,
                            rounds=args.rounds, warmup=args.warmup)
     print(format_timeline(results))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(args=vars(args), device=describe_device(args.device),
-                           results=results), f, indent=1)
+    write_profile(args, results)
 
 
 if __name__ == '__main__':

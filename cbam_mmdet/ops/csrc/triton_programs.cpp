@@ -203,13 +203,14 @@ struct Program {
   // build), and nothing has been launched then.
   bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream) const {
     const Driver& d = driver();
-    if (!d.graphs() || graph->failed) return false;
+    if (!d.graphs()) return false;
     int capturing = 0;
     if (d.stream_is_capturing(reinterpret_cast<void*>(stream), &capturing) != 0 ||
         capturing != 0) {
       return false;
     }
     std::lock_guard<std::mutex> lock(*mutex);  // graphs are not thread-safe
+    if (graph->failed) return false;
     std::array<uint64_t, kMaxParams> storage;
     std::array<void*, kMaxParams> params;
     if (graph->exec == nullptr) {
