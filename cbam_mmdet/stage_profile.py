@@ -3,8 +3,9 @@
 For each stage's block output of a ResNet-50 (256 / 512 / 1024 / 2048 channels at 1/4
 to 1/32 of the image), one module per variant, timed per call:
 
-- training (``'train'``): the forward and the gradients of the input and of the
-  parameters (``torch.autograd.grad``, as a detector's backward asks for them), with the
+- training (``'train'``): the forward and the backward into the input's and the
+  parameters' ``.grad`` (set to None after each call, as a detector step's
+  ``zero_grad`` does), with the
   modules' BatchNorm in running statistics as mmdet's ``norm_eval=True`` keeps it
   (``batch_stats=True``: batch statistics);
 - inference (``'infer'``): the forward without autograd.
@@ -69,13 +70,15 @@ def module_call(module, x, mode, amp):
                 module(x)
         return call
     xg = x.detach().requires_grad_()
-    inputs = [xg] + [p for p in module.parameters() if p.requires_grad]
+    leaves = [xg] + [p for p in module.parameters() if p.requires_grad]
     grad = torch.randn_like(x)
 
     def call():
         with torch.autocast(**autocast):
             out = module(xg)
-        torch.autograd.grad(out, inputs, grad.to(out.dtype))
+        out.backward(grad.to(out.dtype))
+        for t in leaves:
+            t.grad = None
     return call
 
 

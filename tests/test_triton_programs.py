@@ -302,6 +302,165 @@ def test_program_graphs_switch_by_call_and_environment(graphs, monkeypatch):
         triton_programs.set_graphs('yes')
 
 
+@pytest.fixture
+def direct_grads(monkeypatch):
+    """``set_direct_grads(value)`` for one test, restored after it; the environment
+    variable unset."""
+    monkeypatch.delenv('CBAM_MMDET_DIRECT_GRADS', raising=False)
+    previous = []
+
+    def setting(value):
+        previous.append(triton_programs.set_direct_grads(value))
+    yield setting
+    if previous:
+        triton_programs.set_direct_grads(previous[0])
+
+
+def bound_se_call(direct_grads, direct=True, x_requires_grad=True):
+    """A training call of an empty program bound to an SE module (see bound_se): its
+    output, input and parameters."""
+    direct_grads(direct)
+    se, x = bound_se(train=True)
+    x.requires_grad_(x_requires_grad)
+    out = se._bindings(x)
+    assert out is not None and se._bindings.train_hits == 1
+    return out, x, list(se.parameters())
+
+
+def test_direct_parameter_gradients_skip_autograd_edges_and_fill_grad(direct_grads,
+                                                                      monkeypatch):
+    """By default a training call's node has no autograd edge per parameter (x's only),
+    and its backward sets each parameter's .grad itself; ``set_direct_grads(False)`` or
+    ``CBAM_MMDET_DIRECT_GRADS=0`` give every parameter its edge again, and a parameter
+    with a hook keeps its edge (its hook runs) while the others stay direct."""
+    out, x, params = bound_se_call(direct_grads)
+    assert [type(f).__name__ for f, _ in out.grad_fn.next_functions] == ['AccumulateGrad']
+    out.sum().backward()
+    assert x.grad is not None
+    assert [tuple(p.grad.shape) for p in params] == [tuple(p.shape) for p in params]
+    assert len({p.grad.untyped_storage().data_ptr() for p in params}) == 1  # one workspace
+    out, x, params = bound_se_call(direct_grads, direct=False)
+    assert len(out.grad_fn.next_functions) == 1 + len(params)
+    direct_grads(True)
+    monkeypatch.setenv('CBAM_MMDET_DIRECT_GRADS', '0')
+    assert not triton_programs._ext.direct_grads()
+    out, x, params = bound_se_call(lambda value: None)
+    assert len(out.grad_fn.next_functions) == 1 + len(params)
+    monkeypatch.setenv('CBAM_MMDET_DIRECT_GRADS', '1')
+    se, x = bound_se(train=True)
+    seen = []
+    se.fc2.weight.register_hook(lambda g: seen.append(tuple(g.shape)))
+    out = se._bindings(x)
+    assert len(out.grad_fn.next_functions) == 2  # x (no grad: an empty edge) and fc2.weight
+    out.sum().backward()
+    assert seen == [tuple(se.fc2.weight.shape)]
+    assert all(p.grad is not None for p in se.parameters())
+    with pytest.raises(ValueError, match='enabled must be True or False'):
+        triton_programs.set_direct_grads(1)
+
+
+def test_direct_parameter_gradients_follow_what_the_backward_asks_for(direct_grads):
+    """Direct gradients accumulate as AccumulateGrad does (added in place to a .grad
+    already set; a second backward through a retained graph adds again), reach only the
+    parameters named in ``backward(inputs=...)``, are left alone by
+    ``torch.autograd.grad`` of x, and asking that for a parameter raises, naming the
+    setting."""
+    out, x, params = bound_se_call(direct_grads)
+    out.sum().backward(retain_graph=True)
+    grad = params[0].grad
+    first = grad.clone()
+    out.sum().backward()  # the empty program leaves its workspace as it was: 2x
+    assert params[0].grad is grad
+    torch.testing.assert_close(grad, 2 * first, equal_nan=True)
+    with pytest.raises(RuntimeError, match='backward through the graph a second time'):
+        out.sum().backward()
+    out, x, params = bound_se_call(direct_grads)
+    torch.autograd.grad(out.sum(), x)
+    assert all(p.grad is None for p in params)
+    out, x, params = bound_se_call(direct_grads)
+    with pytest.raises(RuntimeError, match='CBAM_MMDET_DIRECT_GRADS=0'):
+        torch.autograd.grad(out.sum(), [x, params[1]])
+    out, x, params = bound_se_call(direct_grads)
+    out.sum().backward(inputs=[x, params[2]])
+    assert [p.grad is not None for p in params] == [False, False, True, False]
+    assert x.grad is not None
+    out, x, params = bound_se_call(direct_grads, x_requires_grad=False)
+    out.sum().backward()  # the parameters' gradients only
+    assert all(p.grad is not None for p in params)
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_direct_parameter_gradients_match_autograd_edges(cls, direct_grads):
+    """On CUDA, replayed training calls give the same parameter gradients with direct
+    gradients as through autograd edges and as the reference path: one backward, two
+    backwards accumulating without zeroing, and a second backward of a retained graph with
+    another output gradient (into a copy of the workspace: the first's .grad, a view of
+    it, keeps its values)."""
+    torch.manual_seed(0)
+    fast = cls(64, ratio=8).cuda()
+    ref = copy.deepcopy(fast)
+    ref.implementation = 'reference'
+    x = torch.randn(2, 64, 12, 10, device='cuda')
+    g1, g2 = torch.randn_like(x), torch.randn_like(x)
+
+    def grads(module, retained):
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out.backward(g1, retain_graph=retained)
+        if retained:
+            out.backward(g2)
+        else:
+            module(x).backward(g2)
+        return [p.grad.clone() for p in module.parameters()]
+
+    want = {r: grads(ref, r) for r in (False, True)}
+    for direct in (True, False, True):
+        direct_grads(direct)
+        for _ in range(2):  # record, then replay
+            fast(x.clone().requires_grad_()).sum().backward()
+        for retained in (False, True):
+            out = fast(x)
+            assert len(out.grad_fn.next_functions) == (1 if direct else 1 + len(want[True]))
+            for a, b in zip(grads(fast, retained), want[retained]):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert fast._bindings.train_hits > 0
+
+
+@needs_triton
+def test_direct_parameter_gradients_leave_distributed_data_parallel_its_hooks(
+        direct_grads, tmp_path):
+    """Under DistributedDataParallel (one process, NCCL) the parameters' grad
+    accumulators carry DDP's hooks, so replayed calls give them autograd edges and DDP
+    reduces their gradients: the same as the module's without DDP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    direct_grads(True)
+    torch.manual_seed(0)
+    m = CBAM(64, ratio=8).cuda()
+    plain = copy.deepcopy(m)
+    x = torch.randn(2, 64, 12, 10, device='cuda')
+    g = torch.randn_like(x)
+    dist.init_process_group('nccl', init_method=f'file://{tmp_path}/store', rank=0,
+                            world_size=1)
+    try:
+        ddp = DistributedDataParallel(m, device_ids=[0])
+        for _ in range(3):
+            ddp.zero_grad(set_to_none=True)
+            out = ddp(x)
+            out.backward(g)
+        out = m(x)  # the module itself, inside DDP's wrapper
+        assert len(out.grad_fn.next_functions) == 1 + len(list(m.parameters()))
+        assert m._bindings.train_hits > 0
+        for _ in range(2):
+            plain.zero_grad(set_to_none=True)
+            plain(x).backward(g)
+        for a, b in zip(m.parameters(), plain.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
 @needs_triton
 @pytest.mark.parametrize('as_graphs', [True, False], ids=['graphs', 'launches'])
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])

@@ -23,6 +23,24 @@ arguments set per call (a quarter to a half of the host time of one ``cuLaunchKe
 kernel), except on a capturing stream; :func:`set_graphs` (or
 ``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel.
 
+In training, the parameters' gradients are accumulated into their ``.grad`` by the
+call's backward itself ("direct" gradients), as their autograd ``AccumulateGrad`` nodes
+would do, but without a node per parameter for the autograd engine to schedule (about
+40 us less host time per CBAM call and 20 us per SE call, forward and backward, on an
+H200 host; docs/speed.md, v18).
+The values and the accumulation are those of autograd: taken as ``.grad`` where it is
+None, added where it is set, in ``loss.backward()`` and for the parameters named in
+``loss.backward(inputs=...)``. Where a parameter has hooks that its ``AccumulateGrad``
+would run (tensor hooks, post-accumulate-grad hooks, hooks on its grad accumulator such
+as ``DistributedDataParallel``'s), its gradient goes through autograd as usual. What
+changes: ``torch.autograd.grad`` cannot return a direct gradient (asking for one raises
+where the call's backward runs; otherwise torch finds the parameter unused: an error, or
+None with ``allow_unused=True``),
+and ``loss.backward(inputs=[...])`` reaches a plugin's parameters only where its
+backward runs for another input too. :func:`set_direct_grads` (or
+``CBAM_MMDET_DIRECT_GRADS=0``) routes every parameter gradient through autograd, from
+the next forward on.
+
 A program names every tensor argument by its position in the call's tensor list
 ("slot"): ``[x, workspace, out, *params, *rest]`` forward, ``[grad_out, x, workspace,
 dx, *params, *rest]`` backward. Every other argument is an immediate value, packed as the
@@ -62,6 +80,20 @@ def set_graphs(enabled):
         return False
     previous = _ext.graphs()
     _ext.set_graphs(enabled)
+    return previous
+
+
+def set_direct_grads(enabled):
+    """Accumulate the plugins' parameter gradients into ``.grad`` in their backward
+    (``True``, the default) or through autograd edges (``False``), for training calls
+    from then on; returns the previous setting. Without the extension: no effect,
+    returns False."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f'enabled must be True or False, got {enabled!r}')
+    if _ext is None:
+        return False
+    previous = _ext.direct_grads()
+    _ext.set_direct_grads(enabled)
     return previous
 
 

@@ -11,7 +11,7 @@
 //
 //   infer(program, x, ...)  one call: the workspace and output allocated, every kernel
 //                           launched with cuLaunchKernel;
-//   train(state, x, ...)    an autograd Function in C++: its forward replays the forward
+//   train(state, x, ...)    an autograd node in C++: the forward replays the forward
 //                           program, its backward the backward program, with no Python.
 //
 // A program of several launches runs as one CUDA graph launch (Program::run_graph), its
@@ -21,6 +21,8 @@
 // The CUDA driver is reached through dlopen("libcuda.so.1") (loaded by PyTorch already), so
 // the extension builds without CUDA headers; on a machine without CUDA nothing here runs.
 #include <torch/extension.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <dlfcn.h>
 
@@ -299,49 +301,108 @@ struct TrainState {
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
 };
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
+// Parameter gradients delivered by the backward itself ("direct"): set_direct_grads, and
+// the environment variable CBAM_MMDET_DIRECT_GRADS=0 (read on every training call) turns
+// it off.
+std::atomic<bool> g_direct_grads{true};
 
-struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
-                               at::TensorList params, int64_t state_address, int64_t stream,
-                               std::vector<at::Tensor> rest) {
-    const auto* state = reinterpret_cast<const TrainState*>(state_address);
-    c10::DeviceGuard guard(x.device());
-    at::Tensor ws = at::empty({state->ws_size}, x.options().dtype(at::kFloat));
-    at::Tensor out = at::empty_like(x);
-    std::vector<at::Tensor> slots;
-    slots.reserve(3 + params.size() + rest.size());
-    slots.push_back(x);
-    slots.push_back(ws);
-    slots.push_back(out);
-    slots.insert(slots.end(), params.begin(), params.end());
-    slots.insert(slots.end(), rest.begin(), rest.end());
-    state->forward.run(slots, static_cast<uint64_t>(stream), state->forward.launches.size());
-    std::vector<at::Tensor> saved{x};
-    saved.insert(saved.end(), params.begin(), params.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["ws"] = ws;
-    ctx->saved_data["rest"] = rest;
-    ctx->saved_data["state"] = state_address;
-    ctx->saved_data["stream"] = stream;
-    ctx->saved_data["done"] = false;
-    return {out};
+bool direct_grads_enabled() {
+  if (!g_direct_grads.load()) return false;
+  const char* value = std::getenv("CBAM_MMDET_DIRECT_GRADS");
+  return value == nullptr || std::string(value) != "0";
+}
+
+// Whether a parameter's gradient may be written into its .grad by the backward directly,
+// instead of through an autograd edge to its AccumulateGrad node: a leaf that requires
+// grad and has no hooks that AccumulateGrad would run (tensor hooks, post-accumulate
+// hooks, hooks on its grad accumulator such as DistributedDataParallel's).
+bool direct_grad_allowed(const at::Tensor& p) {
+  if (!p.requires_grad() || !p.is_leaf()) return false;
+  if (!torch::autograd::impl::hooks(p).empty()) return false;
+  if (torch::autograd::impl::post_acc_grad_hooks(p)) return false;
+  auto acc = torch::autograd::impl::try_get_grad_accumulator(p);
+  return !acc || (acc->pre_hooks().empty() && acc->post_hooks().empty() &&
+                  acc->tensor_pre_hooks().empty());
+}
+
+// What AccumulateGrad does with a dense gradient: take it where .grad is undefined (it has
+// the parameter's layout), else add it (out of place where the backward records a graph).
+void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
+  at::Tensor& grad = p.mutable_grad();
+  if (!grad.defined()) {
+    grad = g;
+  } else if (at::GradMode::is_enabled()) {
+    grad = grad + g;
+  } else {
+    grad.add_(g);
+  }
+}
+
+// The autograd node of a training call. Its next edges are x's and those of the
+// parameters whose gradients go through autograd; the gradients of the other parameters
+// ("direct") are accumulated into their .grad here, as their AccumulateGrad nodes would:
+// in a backward over the whole graph (`.backward()` without `inputs`), and for parameters
+// named in `.backward(inputs=...)`. torch.autograd.grad cannot capture a direct gradient:
+// asking for one raises. Saving a node per parameter and its scheduling is a fifth to a
+// third of a plugin's host time in training.
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
+
+template <typename Ptr>
+struct NodeMaker;
+template <>
+struct NodeMaker<std::shared_ptr<torch::autograd::Node>> {
+  template <typename T>
+  static std::shared_ptr<T> make() { return std::make_shared<T>(); }
+};
+template <>
+struct NodeMaker<c10::intrusive_ptr<torch::autograd::Node>> {
+  template <typename T>
+  static c10::intrusive_ptr<T> make() { return c10::make_intrusive<T>(); }
+};
+
+struct AttentionBackward : public torch::autograd::Node {
+  const TrainState* state = nullptr;
+  uint64_t stream = 0;
+  SavedVariable x_;
+  std::vector<SavedVariable> params_;
+  std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
+  std::vector<bool> direct_;
+  // the direct parameters' grad accumulators, kept alive with the graph: where the
+  // backward is asked for some gradients only, they are what the request names
+  std::vector<NodePtr> accumulators_;
+  at::Tensor ws_;
+  std::vector<at::Tensor> rest_;
+  bool done_ = false;
+  bool released_ = false;
+
+  std::string name() const override { return "AttentionBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    for (auto& p : params_) p.reset_data();
+    ws_.reset();
+    rest_.clear();
+    released_ = true;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto* state = reinterpret_cast<const TrainState*>(ctx->saved_data["state"].toInt());
-    // the forward's stream: autograd runs a node's backward on its forward's stream
-    const uint64_t stream = static_cast<uint64_t>(ctx->saved_data["stream"].toInt());
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    at::Tensor ws = ctx->saved_data["ws"].toTensor();
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK(!released_, torch::autograd::ERR_BACKWARD_TWICE);
+    at::Tensor x = x_.unpack();
+    std::vector<at::Tensor> params;
+    params.reserve(params_.size());
+    for (auto& p : params_) params.push_back(p.unpack());
     c10::DeviceGuard guard(x.device());
-    if (ctx->saved_data["done"].toBool()) {  // retain_graph: a second backward
+    at::Tensor ws = ws_;
+    if (done_) {  // retain_graph: a second backward, into a copy (.grad may hold views of ws)
+      ws = ws.clone();
       for (const auto& region : state->atomic_regions) ws.narrow(0, region.first, region.second).zero_();
     }
-    ctx->saved_data["done"] = true;
-    at::Tensor g = grad_outputs[0];
+    done_ = true;
+    at::Tensor g = grads[0];
     // the backward program was recorded with a gradient laid out as x, 16-byte aligned
     if (g.strides() != x.strides() || g.scalar_type() != x.scalar_type() ||
         reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 != 0) {
@@ -349,40 +410,91 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
       copy.copy_(g);
       g = copy;
     }
-    const bool needs_dx = ctx->needs_input_grad(0);
+    const bool needs_dx = should_compute_output(0);
     at::Tensor dx = needs_dx ? at::empty_strided(x.sizes(), x.strides(), x.options()) : at::Tensor();
-    auto rest = ctx->saved_data["rest"].toTensorVector();
     std::vector<at::Tensor> slots{g, x, ws, needs_dx ? dx : x};
-    slots.insert(slots.end(), saved.begin() + 1, saved.end());
-    slots.insert(slots.end(), rest.begin(), rest.end());
+    slots.insert(slots.end(), params.begin(), params.end());
+    slots.insert(slots.end(), rest_.begin(), rest_.end());
     const size_t launches = state->backward.launches.size();
     const size_t count = needs_dx || launches == 0 ? launches : launches - 1;
     state->backward.run(slots, stream, count);
-    variable_list grads{dx};
-    const size_t num_params = saved.size() - 1;
-    for (size_t i = 0; i < num_params; ++i) {
-      if (!ctx->needs_input_grad(1 + i)) {
-        grads.emplace_back();
-        continue;
+    variable_list out(num_outputs());
+    out[0] = dx;
+    const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+    const bool whole_graph = exec_info == nullptr || exec_info->empty();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int64_t edge = edge_of_param_[i];
+      if (edge < 0 && !direct_[i]) continue;
+      if (edge >= 0 && !should_compute_output(edge)) continue;
+      if (direct_[i] && !whole_graph) {  // .backward(inputs=...) or torch.autograd.grad
+        auto it = exec_info->find(accumulators_[i].get());
+        if (it == exec_info->end()) continue;  // not asked for
+        TORCH_CHECK(!it->second.captures_,
+                    "torch.autograd.grad asked for the gradient of a CBAM/SE parameter, which "
+                    "the plugin's backward accumulates into its .grad; call .backward() and "
+                    "read .grad, or set CBAM_MMDET_DIRECT_GRADS=0 (or "
+                    "cbam_mmdet.ops.triton_programs.set_direct_grads(False)) before the "
+                    "forward to route parameter gradients through autograd");
+        if (!it->second.needed_) continue;
       }
-      // one view op per gradient (as_strided), not narrow + view: autograd takes it as
-      // the parameter's .grad where that is None (the layout is the parameter's)
-      grads.push_back(ws.as_strided(state->grad_shapes[i], state->grad_strides[i],
-                                    ws.storage_offset() + state->grad_offsets[i]));
+      // one view op per gradient (as_strided): taken as the parameter's .grad where that
+      // is undefined (the layout is the parameter's)
+      at::Tensor grad = ws.as_strided(state->grad_shapes[i], state->grad_strides[i],
+                                      ws.storage_offset() + state->grad_offsets[i]);
+      if (direct_[i]) {
+        accumulate_grad(params[i], grad);
+      } else {
+        out[edge] = std::move(grad);
+      }
     }
-    grads.emplace_back();  // state_address
-    grads.emplace_back();  // stream
-    grads.emplace_back();  // rest
-    return grads;
+    return out;
   }
 };
 
+// out = forward program(x), recorded in autograd as an AttentionBackward where grad mode
+// is on and x or a parameter requires grad.
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
                  int64_t stream, std::vector<at::Tensor> rest) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
-  return AttentionFunction::apply(x, at::TensorList(params),
-                                  reinterpret_cast<int64_t>(&state), stream, std::move(rest))[0];
+  c10::DeviceGuard guard(x.device());
+  at::Tensor ws = at::empty({state.ws_size}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty_like(x);
+  {
+    std::vector<at::Tensor> slots;
+    slots.reserve(3 + params.size() + rest.size());
+    slots.push_back(x);
+    slots.push_back(ws);
+    slots.push_back(out);
+    slots.insert(slots.end(), params.begin(), params.end());
+    slots.insert(slots.end(), rest.begin(), rest.end());
+    state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size());
+  }
+  if (!torch::autograd::compute_requires_grad(x, at::TensorList(params))) return out;
+  auto node = NodeMaker<NodePtr>::template make<AttentionBackward>();
+  node->state = &state;
+  node->stream = static_cast<uint64_t>(stream);
+  const bool direct = direct_grads_enabled();
+  torch::autograd::edge_list edges{torch::autograd::impl::gradient_edge(x)};
+  for (const auto& p : params) {
+    const bool d = direct && direct_grad_allowed(p);
+    node->direct_.push_back(d);
+    node->accumulators_.push_back(d ? torch::autograd::impl::grad_accumulator(p) : NodePtr());
+    if (!d && p.requires_grad()) {
+      node->edge_of_param_.push_back(static_cast<int64_t>(edges.size()));
+      edges.push_back(torch::autograd::impl::gradient_edge(p));
+    } else {
+      node->edge_of_param_.push_back(-1);
+    }
+  }
+  node->set_next_edges(std::move(edges));
+  node->x_ = SavedVariable(x, false);
+  node->params_.reserve(params.size());
+  for (const auto& p : params) node->params_.emplace_back(p, false);
+  node->ws_ = std::move(ws);
+  node->rest_ = std::move(rest);
+  torch::autograd::set_history(out, NodePtr(node));
+  return out;
 }
 
 // A module's bound calls: per entry, the input signature, mode and everything else a
@@ -563,6 +675,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Run programs of several launches as one CUDA graph launch (default) or kernel by kernel");
   m.def("graph_launches", []() { return g_graph_launches.load(); },
         "Programs run as one CUDA graph launch so far, in this process");
+  m.def("set_direct_grads", [](bool on) { g_direct_grads.store(on); }, py::arg("enabled"),
+        "Accumulate parameter gradients into .grad in the backward (default) or through autograd edges");
+  m.def("direct_grads", &direct_grads_enabled,
+        "Whether training calls accumulate parameter gradients into .grad in their backward");
   m.def("graphs", &graphs_enabled, "Whether programs of several launches run as CUDA graph launches");
   py::class_<Program>(m, "Program")
       .def(py::init<>())
