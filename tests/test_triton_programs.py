@@ -417,8 +417,8 @@ def test_direct_parameter_gradients_match_autograd_edges(cls, direct_grads):
     want = {r: grads(ref, r) for r in (False, True)}
     for direct in (True, False, True):
         direct_grads(direct)
-        for _ in range(2):  # record, then replay
-            fast(x.clone().requires_grad_()).sum().backward()
+        for _ in range(2):  # record (with dx and a dense output gradient), then replay
+            fast(x.clone().requires_grad_()).backward(g1)
         for retained in (False, True):
             out = fast(x)
             assert len(out.grad_fn.next_functions) == (1 if direct else 1 + len(want[True]))
@@ -445,16 +445,15 @@ def test_direct_parameter_gradients_leave_distributed_data_parallel_its_hooks(
                             world_size=1)
     try:
         ddp = DistributedDataParallel(m, device_ids=[0])
-        for _ in range(3):
+        for _ in range(3):  # record (with dx), then replay
             ddp.zero_grad(set_to_none=True)
-            out = ddp(x)
-            out.backward(g)
+            ddp(x.clone().requires_grad_()).backward(g)
         out = m(x)  # the module itself, inside DDP's wrapper
         assert len(out.grad_fn.next_functions) == 1 + len(list(m.parameters()))
         assert m._bindings.train_hits > 0
-        for _ in range(2):
+        for _ in range(3):
             plain.zero_grad(set_to_none=True)
-            plain(x).backward(g)
+            plain(x.clone().requires_grad_()).backward(g)
         for a, b in zip(m.parameters(), plain.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
     finally:
