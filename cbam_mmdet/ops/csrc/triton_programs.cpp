@@ -343,8 +343,9 @@ void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
 // ("direct") are accumulated into their .grad here, as their AccumulateGrad nodes would:
 // in a backward over the whole graph (`.backward()` without `inputs`), and for parameters
 // named in `.backward(inputs=...)`. torch.autograd.grad cannot capture a direct gradient:
-// asking for one raises. Saving a node per parameter and its scheduling is a fifth to a
-// third of a plugin's host time in training.
+// asking for one raises. Without a node per parameter for the engine to schedule, a
+// training call (forward and backward) takes about 40 us less host time for CBAM (7
+// parameter tensors) and 20 us for SE (4) on an H200 host (docs/speed.md, v18).
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
