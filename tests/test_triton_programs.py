@@ -389,6 +389,21 @@ def test_direct_parameter_gradients_follow_what_the_backward_asks_for(direct_gra
     assert all(p.grad is not None for p in params)
 
 
+    class DropGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return None
+
+    out, x, params = bound_se_call(direct_grads)  # an undefined output gradient: zero
+    (DropGradient.apply(out).sum() + x.sum()).backward()
+    assert all(p.grad is None for p in params)
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
 @needs_triton
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 def test_direct_parameter_gradients_match_autograd_edges(cls, direct_grads):

@@ -392,6 +392,7 @@ struct AttentionBackward : public torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!released_, torch::autograd::ERR_BACKWARD_TWICE);
+    if (!grads[0].defined()) return variable_list(num_outputs());  // a zero gradient
     at::Tensor x = x_.unpack();
     std::vector<at::Tensor> params;
     params.reserve(params_.size());
