@@ -12,6 +12,12 @@ time there minus the host's (both from the step's start, after a synchronisation
 - lag near 0: the GPU waits for the host; every microsecond of host time there is a
   microsecond of the step, and GPU time is hidden.
 
+With ``plugins=True`` every CBAM and SE module of the backbone is timed too: its
+forward on the host (first line to return) and its backward (from the gradient of its
+output to the gradient of its input: its autograd node and the engine's time around it).
+The marks are Python hooks with a CUDA event each, so they add host time inside what
+they time (compare with an identity module timed the same way where that matters).
+
 Variants take turns step by step (an order drawn anew each round); the tables give
 medians over rounds. Used by ``tools/profile_step.py``.
 """
@@ -76,9 +82,17 @@ def backbone_blocks(model):
     return blocks
 
 
-def attach(model, marks):
+def attention_plugins(model):
+    """The CBAM and SE modules of ``model.backbone`` in forward order."""
+    from .models import CBAM, SE
+    return [m for m in model.backbone.modules() if isinstance(m, (CBAM, SE))]
+
+
+def attach(model, marks, plugins=False):
     """Hooks marking ``f{i}`` / ``F{i}`` as block i's forward starts / returns and
-    ``g{i}`` as the gradient of its output is ready; returns their handles."""
+    ``g{i}`` as the gradient of its output is ready; with ``plugins``, also ``p{j}`` /
+    ``P{j}`` as plugin j's forward starts / returns and ``q{j}`` / ``Q{j}`` as the
+    gradients of its output / input are ready. Returns the hooks' handles."""
     handles = []
     for i, block in enumerate(backbone_blocks(model)):
         def pre(module, args, i=i):
@@ -89,23 +103,40 @@ def attach(model, marks):
             if out.requires_grad:
                 out.register_hook(lambda grad: marks(f'g{i}'))
         handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
+    for j, plugin in enumerate(attention_plugins(model) if plugins else []):
+        def plugin_pre(module, args, j=j):
+            marks(f'p{j}')
+            if args[0].requires_grad:
+                args[0].register_hook(lambda grad: marks(f'Q{j}'))
+
+        def plugin_post(module, args, out, j=j):
+            marks(f'P{j}')
+            if out.requires_grad:
+                out.register_hook(lambda grad: marks(f'q{j}'))
+        handles += [plugin.register_forward_pre_hook(plugin_pre),
+                    plugin.register_forward_hook(plugin_post)]
     return handles
 
 
 def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
-                 batch_size=2, shape=(800, 1216), rounds=20, warmup=3, seed=0):
+                 batch_size=2, shape=(800, 1216), rounds=20, warmup=3, seed=0,
+                 plugins=False):
     """Per variant: ``{'variant', 'step_ms', 'forward_us': [per block],
     'backward_us': [per block; None for the first, whose input needs no gradient],
     'lag_ms': [at the end of each block's backward, None where unknown],
-    'forward_lag_ms': [as each block returns], 'phases': {phase: [host ms, lag ms]}}``,
-    medians over ``rounds`` interleaved training steps of one model per variant (fixed
-    proposals, as in :func:`.benchmark.run_benchmark`). Lags are None on CPU."""
+    'forward_lag_ms': [as each block returns], 'phases': {phase: [host ms, lag ms]},
+    'plugin_forward_us': [per plugin], 'plugin_backward_us': [per plugin]}``
+    (the plugins' lists empty without ``plugins``), medians over ``rounds`` interleaved
+    training steps of one model per variant (fixed proposals, as in
+    :func:`.benchmark.run_benchmark`). Lags are None on CPU."""
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f'variant must be one of {list(VARIANTS)}, got {v!r}')
     for name, value in (('rounds', rounds), ('batch_size', batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+    if plugins not in (True, False):
+        raise ValueError(f'plugins must be True or False, got {plugins!r}')
     device = torch.device(device)
     if amp and device.type != 'cuda':
         raise ValueError("amp (float16 autocast) needs device 'cuda'")
@@ -119,7 +150,8 @@ def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
         benchmark.fix_proposals(model)
         runner = benchmark.Runner(name, model, False, amp, device, lr=0.0)
         runner.set_mode('train')
-        attach(model, marks)
+        attach(model, marks, plugins=plugins)
+        runner.num_plugins = len(attention_plugins(model)) if plugins else 0
         runners.append(runner)
     samples_per_variant = {r.name: [] for r in runners}
     rng = random.Random(seed)
@@ -133,7 +165,7 @@ def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
             points['step'] = ((time.perf_counter() - marks.start_host) * 1e3, None)
             if index >= warmup:
                 samples_per_variant[r.name].append(points)
-    return [_summary(name, steps, len(backbone_blocks(r.model)))
+    return [_summary(name, steps, len(backbone_blocks(r.model)), r.num_plugins)
             for (name, steps), r in zip(samples_per_variant.items(), runners)]
 
 
@@ -147,14 +179,16 @@ def _span_us(steps, begin, end):
     return statistics.median(values) if values else None
 
 
-def _summary(name, steps, blocks):
+def _summary(name, steps, blocks, plugins=0):
     return dict(
         variant=name, step_ms=_median(steps, 'step', 0),
         forward_us=[_span_us(steps, f'f{i}', f'F{i}') for i in range(blocks)],
         forward_lag_ms=[_median(steps, f'F{i}', 1) for i in range(blocks)],
         backward_us=[None] + [_span_us(steps, f'g{i}', f'g{i - 1}') for i in range(1, blocks)],
         lag_ms=[None] + [_median(steps, f'g{i - 1}', 1) for i in range(1, blocks)],
-        phases={p: [_median(steps, p, 0), _median(steps, p, 1)] for p in PHASES})
+        phases={p: [_median(steps, p, 0), _median(steps, p, 1)] for p in PHASES},
+        plugin_forward_us=[_span_us(steps, f'p{j}', f'P{j}') for j in range(plugins)],
+        plugin_backward_us=[_span_us(steps, f'q{j}', f'Q{j}') for j in range(plugins)])
 
 
 def _fmt(value, spec, width):
@@ -181,4 +215,13 @@ def format_timeline(results):
             for p, (h, lag) in r['phases'].items())
         lines.append(f"{r['variant']}: step {r['step_ms']:.2f} ms; blocks' host time: "
                      f'forward {fwd:.2f} ms, backward {bwd:.2f} ms; {phases}')
+    for r in results:
+        spans = [[v for v in r.get(f'plugin_{part}_us', []) if v is not None]
+                 for part in ('forward', 'backward')]
+        if spans[0]:
+            lines.append(f"{r['variant']}: {len(r['plugin_forward_us'])} plugins' host time "
+                         'per call (marks included): ' + '; '.join(
+                             f'{part} {statistics.median(v):.1f} us median '
+                             f'({min(v):.1f}..{max(v):.1f}), {sum(v) / 1e3:.2f} ms in all'
+                             for part, v in zip(('forward', 'backward'), spans) if v))
     return '\n'.join(lines)

@@ -65,6 +65,24 @@ def test_profile_step_times_every_block_of_every_variant_on_cpu(tmp_path, capsys
         assert 0 < loss < backward < optimiser <= r['step_ms']
 
 
+def test_profile_step_times_every_plugin_call_with_plugins(tmp_path, capsys):
+    """``--plugins``: every CBAM module of the backbone (16) has a forward and a backward
+    host time, the baseline none, and the table sums them per variant."""
+    out = tmp_path / 'timeline.json'
+    profile_tool.main(['--device', 'cpu', '--shape', '64x96', '--batch-size', '1',
+                       '--variants', 'baseline', 'cbam', '--rounds', '1', '--warmup', '0',
+                       '--plugins', '--json', str(out)])
+    table = capsys.readouterr().out
+    assert "cbam: 16 plugins' host time per call (marks included): forward" in table
+    assert "baseline: 16 plugins" not in table
+    baseline, cbam = json.loads(out.read_text())['results']
+    assert baseline['plugin_forward_us'] == [] and baseline['plugin_backward_us'] == []
+    assert len(cbam['plugin_forward_us']) == len(cbam['plugin_backward_us']) == 16
+    assert all(v > 0 for v in cbam['plugin_forward_us'] + cbam['plugin_backward_us'])
+    # a plugin's forward lies inside its block's
+    assert all(p < f for p, f in zip(cbam['plugin_forward_us'], cbam['forward_us']))
+
+
 def test_bad_settings_are_refused_with_the_field_and_its_values():
     with pytest.raises(ValueError, match=r"variant must be one of \['baseline', 'se'"):
         profile_step(variants=('eca',), device='cpu', amp=False)
@@ -72,6 +90,8 @@ def test_bad_settings_are_refused_with_the_field_and_its_values():
         profile_step(device='cpu', amp=False, rounds=0)
     with pytest.raises(ValueError, match="amp .* needs device 'cuda'"):
         profile_step(device='cpu', amp=True)
+    with pytest.raises(ValueError, match="plugins must be True or False, got 'yes'"):
+        profile_step(device='cpu', amp=False, plugins='yes')
     for argv in (['--device', 'cpu', '--amp'], ['--rounds', '0'], ['--variants', 'eca']):
         with pytest.raises(SystemExit):
             profile_tool.parse_args(argv)

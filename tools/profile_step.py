@@ -4,7 +4,8 @@
 
 Host time of every ResNet block's forward and backward, and the GPU's lag behind the
 host where each block's backward ends (near 0: the host is the bound there, so host
-time counts in full; see cbam_mmdet/step_timeline.py), medians over interleaved steps.
+time counts in full; see cbam_mmdet/step_timeline.py), medians over interleaved steps;
+with --plugins, also each CBAM/SE module's forward and backward.
 """
 import argparse
 import os.path as osp
@@ -25,6 +26,9 @@ def parse_args(argv=None):
                         choices=VARIANTS)
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3, help='untimed rounds first')
+    parser.add_argument('--plugins', action='store_true',
+                        help="also time every CBAM/SE module's forward and backward "
+                             '(the marks add host time inside what they time)')
     args = parser.parse_args(argv)
     check_profile_arguments(parser, args, ('batch_size', 'rounds'))
     return args
@@ -36,7 +40,7 @@ def main(argv=None):
           f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, {args.rounds} rounds')
     results = profile_step(variants=args.variants, device=args.device, amp=args.amp,
                            batch_size=args.batch_size, shape=args.shape,
-                           rounds=args.rounds, warmup=args.warmup)
+                           rounds=args.rounds, warmup=args.warmup, plugins=args.plugins)
     print(format_timeline(results))
     write_profile(args, results)
 
