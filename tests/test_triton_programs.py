@@ -274,16 +274,22 @@ def count_replays(monkeypatch, module):
     return total
 
 
-@pytest.fixture
-def graphs():
-    """``set_graphs(value)`` for one test, restored after it."""
+def restored(setter):
+    """For a fixture: yields ``setter`` (a ``set_*`` switch) and afterwards restores the
+    setting it found first."""
     previous = []
 
     def setting(value):
-        previous.append(triton_programs.set_graphs(value))
+        previous.append(setter(value))
     yield setting
     if previous:
-        triton_programs.set_graphs(previous[0])
+        setter(previous[0])
+
+
+@pytest.fixture
+def graphs():
+    """``set_graphs(value)`` for one test, restored after it."""
+    yield from restored(triton_programs.set_graphs)
 
 
 def test_program_graphs_switch_by_call_and_environment(graphs, monkeypatch):
@@ -307,13 +313,7 @@ def direct_grads(monkeypatch):
     """``set_direct_grads(value)`` for one test, restored after it; the environment
     variable unset."""
     monkeypatch.delenv('CBAM_MMDET_DIRECT_GRADS', raising=False)
-    previous = []
-
-    def setting(value):
-        previous.append(triton_programs.set_direct_grads(value))
-    yield setting
-    if previous:
-        triton_programs.set_direct_grads(previous[0])
+    yield from restored(triton_programs.set_direct_grads)
 
 
 def bound_se_call(direct_grads, direct=True, x_requires_grad=True):

@@ -70,17 +70,24 @@ def enabled():
             and os.environ.get(ENV_VAR, '1').strip() != '0')
 
 
+def _switch(name, enabled):
+    """Set the extension's setting ``name`` (read by ``_ext.<name>()``, written by
+    ``_ext.set_<name>(enabled)``); the previous value, or False without the extension
+    (no effect)."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f'enabled must be True or False, got {enabled!r}')
+    if _ext is None:
+        return False
+    previous = getattr(_ext, name)()
+    getattr(_ext, f'set_{name}')(enabled)
+    return previous
+
+
 def set_graphs(enabled):
     """Run recorded programs of several launches as one CUDA graph launch each
     (``True``, the default) or kernel by kernel (``False``); returns the previous
     setting. Without the extension: no effect, returns False."""
-    if enabled not in (True, False):
-        raise ValueError(f'enabled must be True or False, got {enabled!r}')
-    if _ext is None:
-        return False
-    previous = _ext.graphs()
-    _ext.set_graphs(enabled)
-    return previous
+    return _switch('graphs', enabled)
 
 
 def set_direct_grads(enabled):
@@ -88,13 +95,7 @@ def set_direct_grads(enabled):
     (``True``, the default) or through autograd edges (``False``), for training calls
     from then on; returns the previous setting. Without the extension: no effect,
     returns False."""
-    if not isinstance(enabled, bool):
-        raise ValueError(f'enabled must be True or False, got {enabled!r}')
-    if _ext is None:
-        return False
-    previous = _ext.direct_grads()
-    _ext.set_direct_grads(enabled)
-    return previous
+    return _switch('direct_grads', enabled)
 
 
 class Unsupported(Exception):

@@ -312,19 +312,6 @@ bool direct_grads_enabled() {
   return value == nullptr || std::string(value) != "0";
 }
 
-// Whether a parameter's gradient may be written into its .grad by the backward directly,
-// instead of through an autograd edge to its AccumulateGrad node: a leaf that requires
-// grad and has no hooks that AccumulateGrad would run (tensor hooks, post-accumulate
-// hooks, hooks on its grad accumulator such as DistributedDataParallel's).
-bool direct_grad_allowed(const at::Tensor& p) {
-  if (!p.requires_grad() || !p.is_leaf()) return false;
-  if (!torch::autograd::impl::hooks(p).empty()) return false;
-  if (torch::autograd::impl::post_acc_grad_hooks(p)) return false;
-  auto acc = torch::autograd::impl::try_get_grad_accumulator(p);
-  return !acc || (acc->pre_hooks().empty() && acc->post_hooks().empty() &&
-                  acc->tensor_pre_hooks().empty());
-}
-
 // What AccumulateGrad does with a dense gradient: take it where .grad is undefined (it has
 // the parameter's layout), else add it (out of place where the backward records a graph).
 void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
@@ -350,6 +337,23 @@ using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
 
+// The grad accumulator of a parameter whose gradient may be written into its .grad by
+// the backward directly, instead of through an autograd edge to that AccumulateGrad
+// node; null where it may not: a parameter that is not a leaf requiring grad, or has
+// hooks that AccumulateGrad would run (tensor hooks, post-accumulate hooks, hooks on its
+// grad accumulator such as DistributedDataParallel's).
+NodePtr direct_grad_accumulator(const at::Tensor& p) {
+  if (!p.requires_grad() || !p.is_leaf()) return NodePtr();
+  if (!torch::autograd::impl::hooks(p).empty()) return NodePtr();
+  if (torch::autograd::impl::post_acc_grad_hooks(p)) return NodePtr();
+  NodePtr acc = torch::autograd::impl::grad_accumulator(p);
+  if (!acc->pre_hooks().empty() || !acc->post_hooks().empty() ||
+      !acc->tensor_pre_hooks().empty()) {
+    return NodePtr();
+  }
+  return acc;
+}
+
 template <typename Ptr>
 struct NodeMaker;
 template <>
@@ -369,9 +373,9 @@ struct AttentionBackward : public torch::autograd::Node {
   SavedVariable x_;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
-  std::vector<bool> direct_;
-  // the direct parameters' grad accumulators, kept alive with the graph: where the
-  // backward is asked for some gradients only, they are what the request names
+  // per parameter, its grad accumulator where its gradient is direct (else null), kept
+  // alive with the graph: where the backward is asked for some gradients only, they are
+  // what the request names
   std::vector<NodePtr> accumulators_;
   at::Tensor ws_;
   std::vector<at::Tensor> rest_;
@@ -426,9 +430,10 @@ struct AttentionBackward : public torch::autograd::Node {
     const bool whole_graph = exec_info == nullptr || exec_info->empty();
     for (size_t i = 0; i < params.size(); ++i) {
       const int64_t edge = edge_of_param_[i];
-      if (edge < 0 && !direct_[i]) continue;
+      const bool direct = accumulators_[i] != nullptr;
+      if (edge < 0 && !direct) continue;
       if (edge >= 0 && !should_compute_output(edge)) continue;
-      if (direct_[i] && !whole_graph) {  // .backward(inputs=...) or torch.autograd.grad
+      if (direct && !whole_graph) {  // .backward(inputs=...) or torch.autograd.grad
         auto it = exec_info->find(accumulators_[i].get());
         if (it == exec_info->end()) continue;  // not asked for
         TORCH_CHECK(!it->second.captures_,
@@ -443,7 +448,7 @@ struct AttentionBackward : public torch::autograd::Node {
       // is undefined (the layout is the parameter's)
       at::Tensor grad = ws.as_strided(state->grad_shapes[i], state->grad_strides[i],
                                       ws.storage_offset() + state->grad_offsets[i]);
-      if (direct_[i]) {
+      if (direct) {
         accumulate_grad(params[i], grad);
       } else {
         out[edge] = std::move(grad);
@@ -479,10 +484,8 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
   const bool direct = direct_grads_enabled();
   torch::autograd::edge_list edges{torch::autograd::impl::gradient_edge(x)};
   for (const auto& p : params) {
-    const bool d = direct && direct_grad_allowed(p);
-    node->direct_.push_back(d);
-    node->accumulators_.push_back(d ? torch::autograd::impl::grad_accumulator(p) : NodePtr());
-    if (!d && p.requires_grad()) {
+    node->accumulators_.push_back(direct ? direct_grad_accumulator(p) : NodePtr());
+    if (node->accumulators_.back() == nullptr && p.requires_grad()) {
       node->edge_of_param_.push_back(static_cast<int64_t>(edges.size()));
       edges.push_back(torch::autograd::impl::gradient_edge(p));
     } else {
