@@ -312,6 +312,17 @@ bool direct_grads_enabled() {
   return value == nullptr || std::string(value) != "0";
 }
 
+// A tensor over `base`'s storage with the given sizes, strides and offset (in elements,
+// from base's), made without the dispatcher: unlike as_strided it is not an autograd
+// view (a gradient has no history), and it costs the host a fraction of a view op's time.
+at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef strides,
+                 int64_t offset) {
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(base.storage()),
+                                                   base.key_set(), base.dtype());
+  impl->set_sizes_and_strides(sizes, strides, base.storage_offset() + offset);
+  return at::Tensor(std::move(impl));
+}
+
 // What AccumulateGrad does with a dense gradient: take it where .grad is undefined (it has
 // the parameter's layout), else add it (out of place where the backward records a graph).
 void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
@@ -444,10 +455,10 @@ struct AttentionBackward : public torch::autograd::Node {
                     "forward to route parameter gradients through autograd");
         if (!it->second.needed_) continue;
       }
-      // one view op per gradient (as_strided): taken as the parameter's .grad where that
+      // an alias of the workspace per gradient: taken as the parameter's .grad where that
       // is undefined (the layout is the parameter's)
-      at::Tensor grad = ws.as_strided(state->grad_shapes[i], state->grad_strides[i],
-                                      ws.storage_offset() + state->grad_offsets[i]);
+      at::Tensor grad = alias(ws, state->grad_shapes[i], state->grad_strides[i],
+                              state->grad_offsets[i]);
       if (direct) {
         accumulate_grad(params[i], grad);
       } else {
@@ -460,8 +471,14 @@ struct AttentionBackward : public torch::autograd::Node {
 
 // out = forward program(x), recorded in autograd as an AttentionBackward where grad mode
 // is on and x or a parameter requires grad.
+//
+// kept: where given (a binding's), the direct parameters' grad accumulators are kept
+// there past the graph's life, so that the next call finds them (a parameter's
+// AccumulateGrad is otherwise made anew for every graph, which costs the host about
+// half a microsecond per parameter tensor and call).
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
-                 int64_t stream, std::vector<at::Tensor> rest) {
+                 int64_t stream, std::vector<at::Tensor> rest,
+                 std::vector<NodePtr>* kept = nullptr) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
   c10::DeviceGuard guard(x.device());
@@ -493,6 +510,7 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
     }
   }
   node->set_next_edges(std::move(edges));
+  if (kept != nullptr && *kept != node->accumulators_) *kept = node->accumulators_;
   node->x_ = SavedVariable(x, false);
   node->params_.reserve(params.size());
   for (const auto& p : params) node->params_.emplace_back(p, false);
@@ -545,6 +563,7 @@ struct Entry {
   std::vector<bool> rest_is_x;  // slots that take the call's x (absent BatchNorm buffers)
   std::vector<Check> checks;
   std::vector<std::pair<std::string, std::optional<std::string>>> env;
+  std::vector<NodePtr> accumulators;  // training: see train's `kept`
 };
 
 std::optional<std::string> getenv_value(const std::string& name) {
@@ -645,7 +664,7 @@ struct Bindings {
     if (!THPVariable_Check(obj.ptr())) return py::none();
     const at::Tensor& x = THPVariable_Unpack(obj.ptr());
     const bool grad_mode = at::GradMode::is_enabled();
-    for (const auto& e : entries) {
+    for (auto& e : entries) {
       if (x.device() != e.device || x.scalar_type() != e.dtype || x.sizes() != e.sizes ||
           x.strides() != e.strides || aligned16(x) != e.aligned) {
         continue;
@@ -662,7 +681,7 @@ struct Bindings {
       if (e.train) {
         ++train_hits;
         return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
-                              std::move(rest)));
+                              std::move(rest), &e.accumulators));
       }
       ++infer_hits;
       std::vector<at::Tensor> tail(e.params);
@@ -731,6 +750,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("infer", &infer, "Replay an inference program: returns the output",
         py::arg("program"), py::arg("x"), py::arg("inplace"), py::arg("ws_size"),
         py::arg("stream"), py::arg("rest"));
-  m.def("train", &train, "The C++ autograd Function: forward and backward programs",
+  m.def("train",
+        [](const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
+           int64_t stream, std::vector<at::Tensor> rest) {
+          return train(state, x, std::move(params), stream, std::move(rest));
+        },
+        "A training call: the forward program, recorded in autograd with the backward program",
         py::arg("state"), py::arg("x"), py::arg("params"), py::arg("stream"), py::arg("rest"));
 }
