@@ -443,47 +443,6 @@ def test_direct_parameter_gradients_match_autograd_edges(cls, direct_grads):
 
 
 @needs_triton
-@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-def test_bound_training_calls_reuse_a_workspace_that_nothing_holds(cls, direct_grads):
-    """A bound training call hands its workspace out again once nothing holds it: after
-    zero_grad(set_to_none=True) has dropped the .grad aliases of the last call's
-    parameter gradients, the graph nodes that read and write only the workspace and the
-    parameters keep their arguments (counted). A .grad still held keeps its values: the
-    next call gets a new workspace. The gradients match the reference path's."""
-    direct_grads(True)
-    torch.manual_seed(0)
-    fast = cls(64, ratio=8).cuda()
-    ref = copy.deepcopy(fast)
-    ref.implementation = 'reference'
-    x = torch.randn(2, 64, 12, 10, device='cuda')
-
-    def step(module, g):
-        module.zero_grad(set_to_none=True)
-        module(x).backward(g)
-        return [p.grad for p in module.parameters()]
-
-    def check(got, g):
-        for a, b in zip(got, step(ref, g)):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-    for _ in range(3):  # record, bind, replay
-        step(fast, torch.randn_like(x))
-    assert fast._bindings.train_hits > 0
-    kept = triton_programs._ext.graph_nodes()[1]
-    g = torch.randn_like(x)
-    check(step(fast, g), g)
-    assert triton_programs._ext.graph_nodes()[1] > kept
-    held = step(fast, g)
-    values = [h.clone() for h in held]
-    g2 = torch.randn_like(x)
-    got = step(fast, g2)
-    for h, v in zip(held, values):
-        assert torch.equal(h, v)
-    check(got, g2)
-    check(step(fast, g), g)
-
-
-@needs_triton
 def test_direct_parameter_gradients_leave_distributed_data_parallel_its_hooks(
         direct_grads, tmp_path):
     """Under DistributedDataParallel (one process, NCCL) the parameters' grad

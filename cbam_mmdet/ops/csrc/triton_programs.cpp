@@ -26,7 +26,6 @@
 
 #include <dlfcn.h>
 
-#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -109,10 +108,6 @@ const Driver& driver() {
 // the environment variable CBAM_MMDET_PROGRAM_GRAPHS=0 (read on every run) turns it off.
 std::atomic<bool> g_graphs{true};
 std::atomic<int64_t> g_graph_launches{0};  // graph launches so far (graph_launches)
-// kernel nodes of graph launches after the first whose arguments were set, or kept as
-// they were (graph_nodes)
-std::atomic<int64_t> g_graph_nodes_set{0};
-std::atomic<int64_t> g_graph_nodes_kept{0};
 
 bool graphs_enabled() {
   if (!g_graphs.load()) return false;
@@ -166,7 +161,6 @@ struct Program {
     void* graph = nullptr;
     void* exec = nullptr;
     std::vector<void*> nodes;
-    std::vector<std::vector<uint64_t>> arguments;  // per node, the values it holds
     bool failed = false;  // not buildable here: the program launches kernel by kernel
     Graph() = default;
     Graph(const Graph&) = delete;
@@ -231,8 +225,6 @@ struct Program {
         ok = d.graph_add_kernel(&node, graph->graph, previous ? &previous : nullptr,
                                 previous ? 1 : 0, &k) == 0;
         graph->nodes.push_back(node);
-        graph->arguments.emplace_back(storage.begin(),
-                                      storage.begin() + launches[i].slots.size());
         previous = node;
       }
       ok = ok && d.graph_instantiate(&graph->exec, graph->graph, 0) == 0;
@@ -244,16 +236,9 @@ struct Program {
     } else {
       for (size_t i = 0; i < launches.size(); ++i) {
         fill(launches[i], slots, storage.data(), params.data());
-        std::vector<uint64_t>& held = graph->arguments[i];
-        if (std::equal(held.begin(), held.end(), storage.begin())) {
-          ++g_graph_nodes_kept;  // its arguments are those it holds (a reused workspace)
-          continue;
-        }
         const KernelNodeParams k = node_params(launches[i], params.data());
         check_cuda(d.graph_set_params(graph->exec, graph->nodes[i], &k),
                    "cuGraphExecKernelNodeSetParams");
-        std::copy(storage.begin(), storage.begin() + held.size(), held.begin());
-        ++g_graph_nodes_set;
       }
     }
     check_cuda(d.graph_launch(graph->exec, reinterpret_cast<void*>(stream)), "cuGraphLaunch");
@@ -283,45 +268,16 @@ struct Program {
   }
 };
 
-// A float32 workspace of `size` elements for a call on x's device and `stream`.
-// `cached`, where given (a binding's), is handed out again once nothing else holds it or
-// its storage (the autograd node that saved it is gone, and so are the .grad aliases of
-// its gradients, which an optimiser's zero_grad drops), else replaced by a new one, as
-// the caching allocator would hand out a freed block again on the same stream. A call
-// then costs the host no allocation, and the kernel nodes that only read and write the
-// workspace and parameters keep their arguments (Program::run_graph). Not while the
-// stream is being captured into a CUDA graph: the graph's workspace is its own.
-at::Tensor workspace(const at::Tensor& x, int64_t size, uint64_t stream, at::Tensor* cached) {
-  if (cached != nullptr && !x.is_cuda()) cached = nullptr;
-  if (cached != nullptr) {
-    int capturing = 0;
-    const Driver& d = driver();
-    if (d.stream_is_capturing == nullptr ||
-        d.stream_is_capturing(reinterpret_cast<void*>(stream), &capturing) != 0 ||
-        capturing != 0) {
-      cached = nullptr;
-    }
-  }
-  if (cached != nullptr && cached->defined() && cached->use_count() == 1 &&
-      cached->storage().use_count() == 1 && cached->device() == x.device()) {
-    return *cached;
-  }
-  at::Tensor ws = at::empty({size}, x.options().dtype(at::kFloat));
-  if (cached != nullptr) *cached = ws;
-  return ws;
-}
-
 // Inference: out = program(x) with a fresh float32 workspace; the slots are
 // [x, workspace, out, *rest] (rest: the parameters, then the other tensors the program
 // names). inplace: out is x.
 at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
-                 uint64_t stream, const std::vector<at::Tensor>& rest,
-                 at::Tensor* cached_ws = nullptr) {
+                 uint64_t stream, const std::vector<at::Tensor>& rest) {
   c10::DeviceGuard guard(x.device());
   std::vector<at::Tensor> slots;
   slots.reserve(3 + rest.size());
   slots.push_back(x);
-  slots.push_back(workspace(x, ws_size, stream, cached_ws));
+  slots.push_back(at::empty({ws_size}, x.options().dtype(at::kFloat)));
   slots.push_back(inplace ? x : at::empty_like(x));
   slots.insert(slots.end(), rest.begin(), rest.end());
   program.run(slots, stream, program.launches.size());
@@ -516,18 +472,17 @@ struct AttentionBackward : public torch::autograd::Node {
 // out = forward program(x), recorded in autograd as an AttentionBackward where grad mode
 // is on and x or a parameter requires grad.
 //
-// kept and cached_ws: where given (a binding's), the direct parameters' grad accumulators
-// are kept in `kept` past the graph's life, so that the next call finds them (a
-// parameter's AccumulateGrad is otherwise made anew for every graph, which costs the
-// host about half a microsecond per parameter tensor and call), and the workspace is
-// reused (see workspace).
+// kept: where given (a binding's), the direct parameters' grad accumulators are kept
+// there past the graph's life, so that the next call finds them (a parameter's
+// AccumulateGrad is otherwise made anew for every graph, which costs the host about
+// half a microsecond per parameter tensor and call).
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
                  int64_t stream, std::vector<at::Tensor> rest,
-                 std::vector<NodePtr>* kept = nullptr, at::Tensor* cached_ws = nullptr) {
+                 std::vector<NodePtr>* kept = nullptr) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
   c10::DeviceGuard guard(x.device());
-  at::Tensor ws = workspace(x, state.ws_size, static_cast<uint64_t>(stream), cached_ws);
+  at::Tensor ws = at::empty({state.ws_size}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty_like(x);
   {
     std::vector<at::Tensor> slots;
@@ -609,7 +564,6 @@ struct Entry {
   std::vector<Check> checks;
   std::vector<std::pair<std::string, std::optional<std::string>>> env;
   std::vector<NodePtr> accumulators;  // training: see train's `kept`
-  at::Tensor ws;  // the workspace handed out again (see workspace)
 };
 
 std::optional<std::string> getenv_value(const std::string& name) {
@@ -727,12 +681,12 @@ struct Bindings {
       if (e.train) {
         ++train_hits;
         return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
-                              std::move(rest), &e.accumulators, &e.ws));
+                              std::move(rest), &e.accumulators));
       }
       ++infer_hits;
       std::vector<at::Tensor> tail(e.params);
       tail.insert(tail.end(), rest.begin(), rest.end());
-      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail, &e.ws));
+      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail));
     }
     return py::none();
   }
@@ -745,9 +699,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Run programs of several launches as one CUDA graph launch (default) or kernel by kernel");
   m.def("graph_launches", []() { return g_graph_launches.load(); },
         "Programs run as one CUDA graph launch so far, in this process");
-  m.def("graph_nodes",
-        []() { return std::make_pair(g_graph_nodes_set.load(), g_graph_nodes_kept.load()); },
-        "Kernel nodes of graph launches after a graph's first: (arguments set, arguments kept)");
   m.def("set_direct_grads", [](bool on) { g_direct_grads.store(on); }, py::arg("enabled"),
         "Accumulate parameter gradients into .grad in the backward (default) or through autograd edges");
   m.def("direct_grads", &direct_grads_enabled,
@@ -796,13 +747,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__len__", [](const Bindings& b) { return b.entries.size(); })
       .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
       .def_readonly("train_hits", &Bindings::train_hits, "Training calls replayed");
-  m.def("infer",
-        [](const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
-           uint64_t stream, const std::vector<at::Tensor>& rest) {
-          return infer(program, x, inplace, ws_size, stream, rest);
-        },
-        "Replay an inference program: returns the output", py::arg("program"), py::arg("x"),
-        py::arg("inplace"), py::arg("ws_size"), py::arg("stream"), py::arg("rest"));
+  m.def("infer", &infer, "Replay an inference program: returns the output",
+        py::arg("program"), py::arg("x"), py::arg("inplace"), py::arg("ws_size"),
+        py::arg("stream"), py::arg("rest"));
   m.def("train",
         [](const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
            int64_t stream, std::vector<at::Tensor> rest) {
