@@ -339,6 +339,8 @@ def test_direct_parameter_gradients_skip_autograd_edges_and_fill_grad(direct_gra
     assert x.grad is not None
     assert [tuple(p.grad.shape) for p in params] == [tuple(p.shape) for p in params]
     assert len({p.grad.untyped_storage().data_ptr() for p in params}) == 1  # one workspace
+    for p in params:  # aliases of the workspace with the parameter's layout, not views
+        assert p.grad._base is None and p.grad.stride() == p.stride()
     out, x, params = bound_se_call(direct_grads, direct=False)
     assert len(out.grad_fn.next_functions) == 1 + len(params)
     direct_grads(True)
@@ -357,6 +359,31 @@ def test_direct_parameter_gradients_skip_autograd_edges_and_fill_grad(direct_gra
     assert all(p.grad is not None for p in se.parameters())
     with pytest.raises(ValueError, match='enabled must be True or False'):
         triton_programs.set_direct_grads(1)
+
+
+def grad_accumulator(p):
+    return p.view_as(p).grad_fn.next_functions[0][0]
+
+
+def test_bound_training_calls_keep_their_parameters_grad_accumulators(direct_grads):
+    """A binding keeps its direct parameters' AccumulateGrad nodes past the graphs that
+    used them (the next call finds them instead of making new ones): a node tagged
+    between two calls is the one autograd hands out after the second call's graph is
+    gone. A hook registered on it then gives that parameter its autograd edge again."""
+    direct_grads(True)
+    se, x = bound_se(train=True)
+    x.requires_grad_(True)
+    se._bindings(x).sum().backward()
+    grad_accumulator(se.fc1.weight).metadata['tag'] = 'kept'
+    se.zero_grad(set_to_none=True)
+    se._bindings(x).sum().backward()
+    assert grad_accumulator(se.fc1.weight).metadata.get('tag') == 'kept'
+    seen = []
+    grad_accumulator(se.fc1.weight).register_hook(lambda *args: seen.append(1))
+    out = se._bindings(x)
+    assert len(out.grad_fn.next_functions) == 2  # x and fc1.weight
+    out.sum().backward()
+    assert seen == [1] and se._bindings.train_hits == 3
 
 
 def test_direct_parameter_gradients_follow_what_the_backward_asks_for(direct_grads):
@@ -410,7 +437,7 @@ def test_direct_parameter_gradients_match_autograd_edges(cls, direct_grads):
     """On CUDA, replayed training calls give the same parameter gradients with direct
     gradients as through autograd edges and as the reference path: one backward, two
     backwards accumulating without zeroing, and a second backward of a retained graph with
-    another output gradient (into a copy of the workspace: the first's .grad, a view of
+    another output gradient (into a copy of the workspace: the first's .grad, an alias of
     it, keeps its values)."""
     torch.manual_seed(0)
     fast = cls(64, ratio=8).cuda()

@@ -414,7 +414,7 @@ struct AttentionBackward : public torch::autograd::Node {
     for (auto& p : params_) params.push_back(p.unpack());
     c10::DeviceGuard guard(x.device());
     at::Tensor ws = ws_;
-    if (done_) {  // retain_graph: a second backward, into a copy (.grad may hold views of ws)
+    if (done_) {  // retain_graph: a second backward, into a copy (.grad may hold aliases of ws)
       ws = ws.clone();
       for (const auto& region : state->atomic_regions) ws.narrow(0, region.first, region.second).zero_();
     }
