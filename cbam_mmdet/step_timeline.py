@@ -135,7 +135,7 @@ def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
     for name, value in (('rounds', rounds), ('batch_size', batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
-    if plugins not in (True, False):
+    if not isinstance(plugins, bool):
         raise ValueError(f'plugins must be True or False, got {plugins!r}')
     device = torch.device(device)
     if amp and device.type != 'cuda':
@@ -151,7 +151,6 @@ def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
         runner = benchmark.Runner(name, model, False, amp, device, lr=0.0)
         runner.set_mode('train')
         attach(model, marks, plugins=plugins)
-        runner.num_plugins = len(attention_plugins(model)) if plugins else 0
         runners.append(runner)
     samples_per_variant = {r.name: [] for r in runners}
     rng = random.Random(seed)
@@ -165,7 +164,8 @@ def profile_step(variants=('baseline', 'se', 'cbam'), device='cuda', amp=True,
             points['step'] = ((time.perf_counter() - marks.start_host) * 1e3, None)
             if index >= warmup:
                 samples_per_variant[r.name].append(points)
-    return [_summary(name, steps, len(backbone_blocks(r.model)), r.num_plugins)
+    return [_summary(name, steps, len(backbone_blocks(r.model)),
+                     len(attention_plugins(r.model)) if plugins else 0)
             for (name, steps), r in zip(samples_per_variant.items(), runners)]
 
 
