@@ -7,7 +7,7 @@ from cbam_mmdet.ops import cbam_cpu
 from test_fast_attention import pair
 
 SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3),
-          (1, 16, 70, 90), (2, 2048, 3, 4)]
+          (1, 16, 70, 90), (2, 2048, 3, 4), (2, 13, 6, 10)]  # 13: 8 channels + 5 alone
 
 
 def test_cpu_kernels_are_built():
@@ -51,8 +51,8 @@ def test_cpu_kernels_match_reference(shape, bn_training, kernel_calls):
 
 def test_cpu_kernels_each_pass_matches_torch():
     kern = cbam_cpu.kernels()
-    x = torch.randn(2, 40, 33, 17)
-    a = torch.rand(2, 40)
+    x = torch.randn(2, 43, 33, 17)  # channels in blocks of 8 and 3 alone
+    a = torch.rand(2, 43)
     s = torch.rand(2, 1, 33, 17)
     pooled = kern.channel_pool(x)
     torch.testing.assert_close(pooled[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
@@ -93,11 +93,12 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(kernel_calls):
 @pytest.mark.parametrize('shape', [(2, 24, 37, 13), (1, 40, 64, 9), (3, 8, 6, 5),
                                    (1, 512, 41, 130)], ids=str)
 @pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
-def test_cpu_fused_gate_pass_matches_reference_across_row_ranges(threads, kernel, shape,
-                                                                 inplace, kernel_calls):
-    """BatchNorm in running statistics: the gate and scale run in one pass over bands of
-    rows, each thread on its own range of rows (boundary rows computed first); 512 x 130
-    values per row make bands of 4 rows (1 MB), several per range."""
+def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, inplace,
+                                                        kernel_calls):
+    """BatchNorm in running statistics: one C++ call forms the descriptor (the threads
+    split the channels and combine their partial maps), the gate (the threads split the
+    rows, whose 7x7 neighbourhoods cross the splits) and the scale; the maximum sits on a
+    row where two threads' rows meet."""
     ref, fast = pair(CBAM, shape[1], ratio=4, spatial_kernel=kernel, inplace=inplace)
     truth = CBAM(shape[1], ratio=4, spatial_kernel=kernel, implementation='reference')
     truth.load_state_dict(ref.state_dict())

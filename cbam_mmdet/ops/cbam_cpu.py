@@ -5,10 +5,11 @@ Inference (autograd not recording) on a contiguous float32 CPU tensor runs the C
 kernels of ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp, built by
 ``setup.py build_ext``): the pooling over H x W in one pass, the shared MLP and its
 sigmoid in one call (each weight read once; a dozen PyTorch ops before), then for SE the
-scale, and for CBAM, with BatchNorm in running statistics, one pass in bands of rows that
-forms the channel max and mean of ``M_c F``, the 7x7 convolution, BatchNorm and sigmoid,
-and writes ``F * M_c * M_s`` while the band is in cache (with batch statistics: two
-passes and the convolution and BatchNorm as PyTorch ops on the small maps). Everything
+scale, and for CBAM, with BatchNorm in running statistics, one call that forms the
+channel max and mean of ``M_c F`` in one pass over the channel planes, runs the 7x7
+convolution, BatchNorm and sigmoid on that small map, and writes ``F * M_c * M_s`` in a
+second pass (with batch statistics: the same two passes with the convolution and
+BatchNorm as PyTorch ops on the small maps in between). Everything
 else (training, other dtypes and layouts, CUDA without Triton, or the extension not
 built) runs the PyTorch fast path below, under autograd where it records.
 Differences of the PyTorch fast path from the reference ``forward`` (all exact up to
@@ -174,9 +175,9 @@ def _se_kernels(kern, x, se, inplace):
 
 
 def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):
-    """CBAM inference through the C++ kernels: with BatchNorm in running statistics, one
-    pass for the pooling and one fused pass for the spatial gate and the scale (each band
-    of rows read once from memory); with batch statistics, three passes."""
+    """CBAM inference through the C++ kernels: three passes over the map (the pooling,
+    the spatial descriptor, the scale), with the small maps' work in C++ where BatchNorm
+    uses running statistics and as PyTorch ops where it uses batch statistics."""
     out = x if inplace else torch.empty_like(x)
     bn = spatial_attention.bn
     a = _mlp_gate(kern, kern.channel_pool(x), channel_attention)

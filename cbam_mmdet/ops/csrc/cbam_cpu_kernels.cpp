@@ -2,13 +2,18 @@
 // cbam_mmdet/ops/cbam_cpu.py:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
-//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
-//                  BatchNorm in running statistics, bands of rows read from memory once
-//                  and again from cache                                  (one read, one write)
 //   spatial_pool:  [max_c a_c F_c ; mean_c a_c F_c] for every pixel      (one read)
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
-// (spatial_pool and scale: CBAM with BatchNorm in batch statistics, whose convolution
-// and BatchNorm run as PyTorch ops in between.)
+//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
+//                  BatchNorm in running statistics: spatial_pool, the gate on the small
+//                  map, and scale in one call                            (two reads, one write)
+// (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
+// between spatial_pool and scale.)
+//
+// Every pass walks whole channel planes in order. Passes that visit all channels of a
+// band of rows before moving on (reading C streams at the plane's stride at once) ran
+// 3-4x slower in some processes than in others on the same machine, depending on where
+// the map's pages lay; whole planes in order did not.
 //
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
 // the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
@@ -21,7 +26,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define CBAM_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -69,13 +73,38 @@ void pool_row(const float* row, int64_t len, double* sum_out, float* max_out) {
 }
 
 // mx = max(mx, a_c x_c), sm += a_c x_c over channels [0, c) (channel stride hw) of
-// len consecutive values.
+// len consecutive values; four channels per sweep over the accumulators.
 CBAM_MULTIVERSION
 void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, int64_t len,
-                  float* mx, float* sm) {
-  for (int64_t ci = 0; ci < c; ++ci) {
+                  float* __restrict mx, float* __restrict sm) {
+  int64_t ci = 0;
+  for (; ci + 8 <= c; ci += 8) {
+    const float* __restrict r0 = x + ci * hw;
+    const float* __restrict r1 = r0 + hw;
+    const float* __restrict r2 = r1 + hw;
+    const float* __restrict r3 = r2 + hw;
+    const float* __restrict r4 = r3 + hw;
+    const float* __restrict r5 = r4 + hw;
+    const float* __restrict r6 = r5 + hw;
+    const float* __restrict r7 = r6 + hw;
+    const float a0 = a[ci], a1 = a[ci + 1], a2 = a[ci + 2], a3 = a[ci + 3];
+    const float a4 = a[ci + 4], a5 = a[ci + 5], a6 = a[ci + 6], a7 = a[ci + 7];
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) {
+      const float v0 = r0[p] * a0, v1 = r1[p] * a1, v2 = r2[p] * a2, v3 = r3[p] * a3;
+      const float v4 = r4[p] * a4, v5 = r5[p] * a5, v6 = r6[p] * a6, v7 = r7[p] * a7;
+      const float m01 = v0 > v1 ? v0 : v1, m23 = v2 > v3 ? v2 : v3;
+      const float m45 = v4 > v5 ? v4 : v5, m67 = v6 > v7 ? v6 : v7;
+      const float m03 = m01 > m23 ? m01 : m23, m47 = m45 > m67 ? m45 : m67;
+      const float m = m03 > m47 ? m03 : m47;
+      mx[p] = mx[p] > m ? mx[p] : m;
+      sm[p] += ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7));
+    }
+  }
+  for (; ci < c; ++ci) {
     const float av = a[ci];
-    const float* row = x + ci * hw;
+    const float* __restrict row = x + ci * hw;
+#pragma omp simd
     for (int64_t p = 0; p < len; ++p) {
       const float v = row[p] * av;
       mx[p] = mx[p] > v ? mx[p] : v;
@@ -225,35 +254,12 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   return out;
 }
 
-// [max_c ; mean_c] of a_c x_c for rows [r0, r1) of sample s into desc (N, 2, H, W).
-void desc_rows(const float* px, const float* pa, int64_t c, int64_t hw, int64_t wd, int64_t s,
-               int64_t r0, int64_t r1, float* pdesc) {
-  const int64_t len = (r1 - r0) * wd;
-  if (len <= 0) return;
-  const float* x = px + s * c * hw + r0 * wd;
-  const float* a = pa + s * c;
-  float* mx = pdesc + s * 2 * hw + r0 * wd;
-  float* sm = mx + hw;
-  std::fill(mx, mx + len, kNegInf);
-  std::fill(sm, sm + len, 0.0f);
-  spatial_rows(x, a, c, hw, len, mx, sm);
-  const float inv_c = 1.0f / static_cast<float>(c);
-  for (int64_t p = 0; p < len; ++p) {
-    sm[p] *= inv_c;
-    if (std::isnan(sm[p])) mx[p] = nan_aware_channel_max(x + p, a, c, hw);
-  }
-}
-
-// CBAM's spatial attention and scale in one pass over x for BatchNorm in running
-// statistics: out = (x a_c) sigmoid(conv([max_c ; mean_c](a_c x_c)) scale + shift).
-// Each thread owns a range of rows of a sample and walks it in bands of rows: it takes
-// the channel max and mean of a band (one read of the band), then gates and scales the
-// rows whose 7x7 neighbourhood is complete, while their values are still in cache (so x
-// is read from memory once here, not twice). The descriptor rows next to the boundaries
-// between ranges are computed first, so out may be x: no thread reads rows that another
-// writes.
+// CBAM's spatial attention and scale for BatchNorm in running statistics, in two passes
+// that each walk whole channel planes in order: the descriptor [max_c ; mean_c](a_c x_c)
+// (spatial_pool), the gate sigmoid(conv(desc) scale + shift) on the small map, then
+// out = (x a_c) s_p (scale). out may be x.
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-               double scale, double shift, at::Tensor& out) {
+               double scale_, double shift, at::Tensor& out) {
   check_input(x, "x");
   check_input(out, "out");
   TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
@@ -262,63 +268,22 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
   const int64_t k = weight.size(-1);
   check_gate(weight, 2 * k * k, "weight");
   TORCH_CHECK(k % 2 == 1, "the convolution's kernel must be odd");
-  const int64_t pad = k / 2;
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  // ranges of rows: at least 2 * pad rows each, so that boundary rows never overlap
-  const int64_t ranges = std::max<int64_t>(
-      1, std::min<int64_t>(threads, pad > 0 ? h / (2 * pad) : h));
-  const int64_t row_bytes = wd * c * static_cast<int64_t>(sizeof(float));
-  const int64_t band = std::max<int64_t>(1, (4 << 20) / std::max<int64_t>(row_bytes, 1));
-  auto desc = at::empty({n, 2, h, wd}, x.options());
-  const float* px = x.data_ptr<float>();
-  const float* pa = a.data_ptr<float>();
+  const at::Tensor desc = spatial_pool(x, a);
+  auto gate = at::empty({n, h, wd}, x.options());
+  const float* pd = desc.data_ptr<float>();
   const float* pw = weight.data_ptr<float>();
-  float* pd = desc.data_ptr<float>();
-  float* po = out.data_ptr<float>();
-  auto range_begin = [&](int64_t t) { return h * t / ranges; };
-  // the rows within pad of each boundary between two ranges
-  if (ranges > 1) {
-    at::parallel_for(0, n * (ranges - 1), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t s = i / (ranges - 1), rb = range_begin(i % (ranges - 1) + 1);
-        desc_rows(px, pa, c, hw, wd, s, std::max<int64_t>(0, rb - pad),
-                  std::min<int64_t>(h, rb + pad), pd);
-      }
-    });
-  }
-  at::parallel_for(0, n * ranges, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> gate((band + 2 * pad + 1) * wd);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t s = i / ranges, t = i % ranges;
-      const int64_t r_begin = range_begin(t), r_end = range_begin(t + 1);
-      // rows whose descriptor this range computes (the others: boundary rows, done above)
-      const int64_t own_lo = r_begin + (t > 0 ? pad : 0);
-      const int64_t own_hi = std::max(own_lo, r_end - (t + 1 < ranges ? pad : 0));
-      const float* dmax = pd + s * 2 * hw;
-      const float* dmean = dmax + hw;
-      int64_t next = own_lo, done = r_begin;
-      while (done < r_end) {
-        if (next < own_hi) {
-          const int64_t r1 = std::min(own_hi, next + band);
-          desc_rows(px, pa, c, hw, wd, s, next, r1, pd);
-          next = r1;
-        }
-        const int64_t ready = next >= own_hi ? r_end : std::max(done, std::min(r_end, next - pad));
-        if (ready > done) {
-          for (int64_t r0 = done; r0 < ready; r0 += band + 2 * pad + 1) {
-            const int64_t r1 = std::min(ready, r0 + band + 2 * pad + 1);
-            gate_rows(dmax, dmean, h, wd, r0, r1, pw, k, static_cast<float>(scale),
-                      static_cast<float>(shift), gate.data());
-            const int64_t off = s * c * hw + r0 * wd, len = (r1 - r0) * wd;
-            for (int64_t ci = 0; ci < c; ++ci) {
-              scale_row(px + off + ci * hw, pa[s * c + ci], gate.data(), po + off + ci * hw, len);
-            }
-          }
-          done = ready;
-        }
-      }
+  float* pg = gate.data_ptr<float>();
+  at::parallel_for(0, n * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(wd, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t smp = i / h, r0 = i % h, r1 = std::min(h, r0 + (end - i));
+      const float* dmax = pd + smp * 2 * hw;
+      gate_rows(dmax, dmax + hw, h, wd, r0, r1, pw, k, static_cast<float>(scale_),
+                static_cast<float>(shift), pg + smp * hw + r0 * wd);
+      i += r1 - r0;
     }
   });
+  scale(x, a, gate, out);
 }
 
 // The channel gate of K descriptors p (K, N, C) through the shared MLP:
@@ -375,5 +340,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scale", &scale, "out = (F * a_c) * s_p");
   m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)");
   m.def("cbam_eval", &cbam_eval,
-        "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift), one pass");
+        "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift)");
 }
