@@ -559,16 +559,22 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
             ok = row_ok & (xx >= 0) & (xx < W)
             q = yy * W + xx
             dzq = tl.load(dzb + q, mask=ok, other=0.0)
-            zq = tl.load(zb + q, mask=ok, other=0.0)
-            dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
+            if TRAIN:
+                zq = tl.load(zb + q, mask=ok, other=0.0)
+                dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
+            else:  # running statistics: z does not enter (masked loads give 0)
+                dzin = kk * dzq
             d0 += tl.load(w_ptr + ky * K + kx) * dzin
             d1 += tl.load(w_ptr + K * K + ky * K + kx) * dzin
     ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
     tl.store(ddesc, d0, mask=mask_hw)
     tl.store(ddesc + HW, d1, mask=mask_hw)
     dzp = tl.load(dzb + offs_hw, mask=mask_hw, other=0.0)
-    zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
-    dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
+    if TRAIN:
+        zp = tl.load(zb + offs_hw, mask=mask_hw, other=0.0)
+        dzin_p = tl.where(mask_hw, kk * (dzp - c1 - (zp - mean) * rstd * c2), 0.0)
+    else:
+        dzin_p = kk * dzp
     for t0 in tl.static_range(0, K * K, TAPS):
         offs_t = t0 + tl.arange(0, TAPS)
         mask_t = offs_t < K * K
