@@ -73,7 +73,7 @@ void pool_row(const float* row, int64_t len, double* sum_out, float* max_out) {
 }
 
 // mx = max(mx, a_c x_c), sm += a_c x_c over channels [0, c) (channel stride hw) of
-// len consecutive values; four channels per sweep over the accumulators.
+// len consecutive values; eight channels per sweep over the accumulators.
 CBAM_MULTIVERSION
 void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, int64_t len,
                   float* __restrict mx, float* __restrict sm) {
@@ -259,7 +259,7 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
 // (spatial_pool), the gate sigmoid(conv(desc) scale + shift) on the small map, then
 // out = (x a_c) s_p (scale). out may be x.
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-               double scale_, double shift, at::Tensor& out) {
+               double bn_scale, double bn_shift, at::Tensor& out) {
   check_input(x, "x");
   check_input(out, "out");
   TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
@@ -278,8 +278,8 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
     for (int64_t i = begin; i < end;) {
       const int64_t smp = i / h, r0 = i % h, r1 = std::min(h, r0 + (end - i));
       const float* dmax = pd + smp * 2 * hw;
-      gate_rows(dmax, dmax + hw, h, wd, r0, r1, pw, k, static_cast<float>(scale_),
-                static_cast<float>(shift), pg + smp * hw + r0 * wd);
+      gate_rows(dmax, dmax + hw, h, wd, r0, r1, pw, k, static_cast<float>(bn_scale),
+                static_cast<float>(bn_shift), pg + smp * hw + r0 * wd);
       i += r1 - r0;
     }
   });
