@@ -211,13 +211,14 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
         else:
             _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
                         N, C, HID, HW, tl.num_programs(1), PAIR, HID_P, MLP_BLOCK_C)
-            tl.debug_barrier()  # h[n] is written before it is read
-            for c0 in range(0, C, MLP_BLOCK_C):
-                oc = c0 + tl.arange(0, MLP_BLOCK_C)
-                mc = oc < C
-                tl.store(ws_ptr + OFF_A + n * C + oc,
-                         _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, oc, mc, HID, PAIR,
-                                       HID_P), mask=mc)
+            if PAIR:  # CBAM: the gate here (SE's next pass computes it per program)
+                tl.debug_barrier()  # h[n] is written before it is read
+                for c0 in range(0, C, MLP_BLOCK_C):
+                    oc = c0 + tl.arange(0, MLP_BLOCK_C)
+                    mc = oc < C
+                    tl.store(ws_ptr + OFF_A + n * C + oc,
+                             _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, oc, mc, HID,
+                                           PAIR, HID_P), mask=mc)
         if ZERO_GRADS:
             _zero(ws_ptr + B_DA + n * C, C, 1024)
             _zero(ws_ptr + B_DPOOLED + n * 2 * C, 2 * C, 1024)
@@ -1083,7 +1084,7 @@ def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
-           *plan.st, not plan.direct, plan.hid_p, plan.tile_bc, plan.tile_bhw,
+           *plan.st, False, plan.hid_p, plan.tile_bc, plan.tile_bhw,
            num_warps=plan.warps['_scale_channels'])
 
 
