@@ -152,8 +152,9 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
     DIRECT (one program covers all of H x W for its channels): the program stores its
     channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
     accumulator ``acc`` (zero between calls); else it stores partials over its span of
-    H x W and the whole MLP runs in the last program of the sample (:func:`_mlp_sample`,
-    then a[n] = M_c by :func:`_channel_gate`). The last program of sample n to finish (a
+    H x W and the MLP's first layer runs in the last program of the sample
+    (:func:`_mlp_sample`; for CBAM (PAIR) also a[n] = M_c by :func:`_channel_gate`, for
+    SE the scale pass computes it). The last program of sample n to finish (a
     counter per sample, reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and
     prepares the later passes: zeroes the backward's atomic accumulators of sample n
     (ZERO_GRADS; the convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets
@@ -415,12 +416,10 @@ def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
 
 @triton.jit
 def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
-                    sxn, sxc, sxhw, A_READY: tl.constexpr, HID_P: tl.constexpr,
-                    BLOCK_C: tl.constexpr,
+                    sxn, sxc, sxhw, HID_P: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_HW: tl.constexpr):
-    """SE: a[n, c] (A_READY: computed by :func:`_pool_mlp`; else here, by
-    :func:`_channel_gate`, stored by the programs of the first pixel block), then
-    out = x a[n, c]; out has x's strides."""
+    """SE: a[n, c] by :func:`_channel_gate` from h[n] (stored by the programs of the
+    first pixel block), then out = x a[n, c]; out has x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -431,12 +430,8 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID
     offs = (n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
             + offs_hw[None, :].to(tl.int64) * sxhw)
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    if A_READY:
-        a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
-    else:
-        a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False,
-                          HID_P)
-        tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
+    a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False, HID_P)
+    tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
     tl.store(out_ptr + offs, (xv.to(tl.float32) * a[:, None]).to(xv.dtype), mask=mask)
 
 
@@ -1084,7 +1079,7 @@ def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
            x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
-           *plan.st, False, plan.hid_p, plan.tile_bc, plan.tile_bhw,
+           *plan.st, plan.hid_p, plan.tile_bc, plan.tile_bhw,
            num_warps=plan.warps['_scale_channels'])
 
 
