@@ -8,6 +8,21 @@ from test_fast_attention import pair
 
 SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3),
           (1, 16, 70, 90), (2, 2048, 3, 4), (2, 13, 6, 10)]  # 13: 8 channels + 5 alone
+LAYOUTS = pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+
+
+def laid_out(x, layout):
+    """x in the memory layout named ``layout``."""
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert x.dim() != 4 or x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1 or \
+            not x.is_contiguous()
+    return x
+
+
+def assert_layout(y, layout):
+    fmt = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
 
 
 def test_cpu_kernels_are_built():
@@ -25,16 +40,17 @@ def kernel_calls(monkeypatch):
     return calls
 
 
+@LAYOUTS
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
 @pytest.mark.parametrize('bn_training', [False, True], ids=['bn_eval', 'bn_train'])
-def test_cpu_kernels_match_reference(shape, bn_training, kernel_calls):
+def test_cpu_kernels_match_reference(shape, bn_training, layout, kernel_calls):
     """Outputs as close to a float64 evaluation as the float32 reference's (the sums over
     channels run in another order; BatchNorm with random statistics amplifies their
     rounding), and BatchNorm's running statistics equal."""
     ref, fast = pair(CBAM, shape[1], ratio=8)
     truth = CBAM(shape[1], ratio=8, implementation='reference').double()
     truth.load_state_dict(ref.state_dict())
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    x = laid_out(torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3, layout)
     for m in (ref, fast, truth):
         m.train(bn_training)
     with torch.no_grad():
@@ -42,6 +58,7 @@ def test_cpu_kernels_match_reference(shape, bn_training, kernel_calls):
         got = fast(x)
         exact = truth(x.double())
     assert kernel_calls == [shape]
+    assert_layout(got, layout)
     err = (got.double() - exact).abs().max().item()
     err_ref = (want.double() - exact).abs().max().item()
     assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
@@ -49,9 +66,10 @@ def test_cpu_kernels_match_reference(shape, bn_training, kernel_calls):
         torch.testing.assert_close(b, b_ref, msg=name)  # running statistics in BN training
 
 
-def test_cpu_kernels_each_pass_matches_torch():
+@LAYOUTS
+def test_cpu_kernels_each_pass_matches_torch(layout):
     kern = cbam_cpu.kernels()
-    x = torch.randn(2, 43, 33, 17)  # channels in blocks of 8 and 3 alone
+    x = laid_out(torch.randn(2, 43, 33, 17), layout)  # channels in blocks of 8 and 3 alone
     a = torch.rand(2, 43)
     s = torch.rand(2, 1, 33, 17)
     pooled = kern.channel_pool(x)
@@ -63,17 +81,26 @@ def test_cpu_kernels_each_pass_matches_torch():
     torch.testing.assert_close(desc[:, 1:], y.mean(1, keepdim=True), rtol=1e-5, atol=1e-6)
     out = torch.empty_like(x)
     kern.scale(x, a, s, out)
+    assert_layout(out, layout)
     torch.testing.assert_close(out, y * s, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match='contiguous float32'):
+    with pytest.raises(RuntimeError, match='float32 CPU tensor .*contiguous NCHW or '
+                       'channels_last'):
         kern.channel_pool(x.double())
+    with pytest.raises(RuntimeError, match='contiguous NCHW or channels_last'):
+        kern.spatial_pool(x[:, :, ::2], a)
+    other = 'nchw' if layout == 'channels_last' else 'channels_last'
+    with pytest.raises(RuntimeError, match="out must have x's shape and memory layout"):
+        kern.scale(x, a, s, laid_out(torch.empty(x.shape), other))
 
 
-def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(kernel_calls):
+@LAYOUTS
+def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(layout, kernel_calls):
     ref, fast = pair(CBAM, 32, ratio=8)
     x = torch.randn(3, 32, 6, 7)
     x[0, 3, 2, 2] = float('nan')
     x[1, 5, 1, 4] = float('inf')
     x[2, 6, 0, 0] = -float('inf')
+    x = laid_out(x, layout)
     with torch.no_grad():
         want = ref.eval()(x)
         got = fast.eval()(x)
@@ -93,18 +120,22 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(kernel_calls):
 @pytest.mark.parametrize('shape', [(2, 24, 37, 13), (1, 40, 64, 9), (3, 8, 6, 5),
                                    (1, 512, 41, 130)], ids=str)
 @pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
+@LAYOUTS
 def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, inplace,
-                                                        kernel_calls):
+                                                        layout, kernel_calls):
     """BatchNorm in running statistics: one C++ call forms the descriptor (the threads
-    split the channels and combine their partial maps), the gate (the threads split the
-    rows, whose 7x7 neighbourhoods cross the splits) and the scale; the maximum sits on a
-    row where two threads' rows meet."""
+    split the channels and combine their partial maps; channels_last: they split the
+    pixels), the gate (the threads split the rows, whose 7x7 neighbourhoods cross the
+    splits) and the scale; the maximum sits on a row where two threads' rows meet. The
+    pooling over H x W splits the pixels of a channels_last map over the threads and sums
+    chunks of 4096 (1 x 512 x 41 x 130)."""
     ref, fast = pair(CBAM, shape[1], ratio=4, spatial_kernel=kernel, inplace=inplace)
     truth = CBAM(shape[1], ratio=4, spatial_kernel=kernel, implementation='reference')
     truth.load_state_dict(ref.state_dict())
     truth.double()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2
     x[0, 1, shape[2] // 2, 2] = 40.0  # the maximum, on a boundary between two ranges
+    x = laid_out(x, layout)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -115,25 +146,28 @@ def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, 
     finally:
         torch.set_num_threads(previous)
     assert kernel_calls == [shape]
+    assert_layout(got, layout)
     err = (got.double() - exact).abs().max().item()
     err_ref = (want.double() - exact).abs().max().item()
     assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
 
 
+@LAYOUTS
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
-def test_cpu_kernels_se_matches_reference(shape, monkeypatch):
+def test_cpu_kernels_se_matches_reference(shape, layout, monkeypatch):
     calls = []
     real = cbam_cpu._se_kernels
     monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
     ref, fast = pair(SE, shape[1], ratio=8)
     truth = SE(shape[1], ratio=8, implementation='reference').double()
     truth.load_state_dict(ref.state_dict())
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    x = laid_out(torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3, layout)
     with torch.no_grad():
         want = ref.eval()(x)
         got = fast.eval()(x)
         exact = truth.eval()(x.double())
     assert calls == [1]
+    assert_layout(got, layout)
     err = (got.double() - exact).abs().max().item()
     err_ref = (want.double() - exact).abs().max().item()
     assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
@@ -152,3 +186,22 @@ def test_cpu_kernels_mlp_gate_matches_the_mlp():
                                torch.sigmoid(mlp[0]).T)
     with pytest.raises(RuntimeError, match='w1 must be a contiguous float32'):
         kern.mlp_gate(pooled, w1.T, b1, w2, b2)
+
+
+@pytest.mark.parametrize('bn_training', [False, True], ids=['bn_eval', 'bn_train'])
+def test_cpu_kernels_take_a_model_converted_to_channels_last(bn_training, kernel_calls):
+    """``model.to(memory_format=torch.channels_last)`` also lays the spatial
+    convolution's weight out channels_last: the kernels still take the call."""
+    ref, fast = pair(CBAM, 24, ratio=4)
+    fast = fast.to(memory_format=torch.channels_last)
+    assert not fast.spatial_attention.conv.weight.is_contiguous()
+    x = laid_out(torch.randn(2, 24, 15, 11, generator=torch.Generator().manual_seed(2)),
+                 'channels_last')
+    ref.train(bn_training)
+    fast.train(bn_training)
+    with torch.no_grad():
+        want = ref(x)
+        got = fast(x)
+    assert kernel_calls == [x.shape]
+    assert_layout(got, 'channels_last')
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

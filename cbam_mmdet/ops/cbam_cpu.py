@@ -1,12 +1,12 @@
 """The CPU fast path of CBAM and SE (and the PyTorch one on any device): the same
 equations in fewer passes.
 
-Inference (autograd not recording) on a contiguous float32 CPU tensor runs the C++
-kernels of ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp, built by
-``setup.py build_ext``): the pooling over H x W in one pass, the shared MLP and its
-sigmoid in one call (each weight read once; a dozen PyTorch ops before), then for SE the
-scale, and for CBAM, with BatchNorm in running statistics, one call that forms the
-channel max and mean of ``M_c F`` in one pass over the channel planes, runs the 7x7
+Inference (autograd not recording) on a float32 CPU tensor, contiguous NCHW or
+channels_last, runs the C++ kernels of ``cbam_mmdet.ops._cpu_kernels``
+(csrc/cbam_cpu_kernels.cpp, built by ``setup.py build_ext``): the pooling over H x W
+in one pass, the shared MLP and its sigmoid in one call (each weight read once; a dozen
+PyTorch ops before), then for SE the scale, and for CBAM, with BatchNorm in running statistics, one call that forms the
+channel max and mean of ``M_c F`` in one pass over the map, runs the 7x7
 convolution, BatchNorm and sigmoid on that small map, and writes ``F * M_c * M_s`` in a
 second pass (with batch statistics: the same two passes with the convolution and
 BatchNorm as PyTorch ops on the small maps in between). Everything
@@ -150,10 +150,12 @@ def _bn_affine(bn):
 
 
 def _kernels_apply(kern, x, *modules):
-    """Whether the C++ kernels take this call: inference on a contiguous float32 CPU
-    tensor with contiguous float32 parameters."""
+    """Whether the C++ kernels take this call: inference on a float32 CPU tensor,
+    contiguous NCHW or channels_last, with float32 parameters, contiguous but for the
+    spatial convolution's weight (``model.to(memory_format=torch.channels_last)``
+    lays it out channels_last; the call reads it contiguous, 2 x K x K values)."""
     if not (kern is not None and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.is_contiguous()):
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
@@ -161,7 +163,7 @@ def _kernels_apply(kern, x, *modules):
     for m in modules:  # one walk over the parameters
         for p in m.parameters():
             if (grad and p.requires_grad) or p.dtype != torch.float32 \
-                    or not p.is_contiguous():
+                    or not (p.is_contiguous() or p.dim() == 4):
                 return False
     return True
 
@@ -181,8 +183,8 @@ def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):
     out = x if inplace else torch.empty_like(x)
     bn = spatial_attention.bn
     a = _mlp_gate(kern, kern.channel_pool(x), channel_attention)
-    conv_w = spatial_attention.conv.weight.detach()
-    if not bn.training and bn.running_mean is not None and conv_w.is_contiguous():
+    conv_w = spatial_attention.conv.weight.detach().contiguous()
+    if not bn.training and bn.running_mean is not None:
         kern.cbam_eval(x, a, conv_w, *_bn_affine(bn), out)
         return out
     with no_autocast(x):

@@ -1,4 +1,4 @@
-// CBAM and SE inference on CPU (float32, contiguous NCHW), called from
+// CBAM and SE inference on CPU (float32, contiguous NCHW or channels_last), called from
 // cbam_mmdet/ops/cbam_cpu.py:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
@@ -10,10 +10,11 @@
 // (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
 // between spatial_pool and scale.)
 //
-// Every pass walks whole channel planes in order. Passes that visit all channels of a
-// band of rows before moving on (reading C streams at the plane's stride at once) ran
-// 3-4x slower in some processes than in others on the same machine, depending on where
-// the map's pages lay; whole planes in order did not.
+// Every pass over a contiguous NCHW map walks whole channel planes in order. Passes that
+// visit all channels of a band of rows before moving on (reading C streams at the
+// plane's stride at once) ran 3-4x slower in some processes than in others on the same
+// machine, depending on where the map's pages lay; whole planes in order did not. Over a
+// channels_last map every pass walks the pixels in order, each pixel's C values at once.
 //
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
 // the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define CBAM_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -154,10 +156,67 @@ void scale_row(const float* row, float av, const float* srow, float* orow, int64
   for (int64_t p = 0; p < len; ++p) orow[p] = (row[p] * av) * srow[p];
 }
 
+// channels_last: acc += x_p and mx = max(mx, x_p) channel by channel over len pixels of
+// c channels each (x at the first pixel).
+CBAM_MULTIVERSION
+void pool_pixels(const float* x, int64_t len, int64_t c, float* __restrict acc,
+                 float* __restrict mx) {
+  for (int64_t p = 0; p < len; ++p) {
+    const float* __restrict row = x + p * c;
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) {
+      acc[ci] += row[ci];
+      mx[ci] = mx[ci] > row[ci] ? mx[ci] : row[ci];
+    }
+  }
+}
+
+// channels_last: dmax[p] = max_c a_c x_pc and dsum[p] = sum_c a_c x_pc over len pixels.
+CBAM_MULTIVERSION
+void spatial_pixels(const float* x, const float* a, int64_t len, int64_t c, float* dmax,
+                    float* dsum) {
+  for (int64_t p = 0; p < len; ++p) {
+    const float* __restrict row = x + p * c;
+    float m = kNegInf, sum = 0.0f;
+#pragma omp simd reduction(+ : sum) reduction(max : m)
+    for (int64_t ci = 0; ci < c; ++ci) {
+      const float v = row[ci] * a[ci];
+      sum += v;
+      m = m > v ? m : v;
+    }
+    dmax[p] = m;
+    dsum[p] = sum;
+  }
+}
+
+// channels_last: out_pc = (x_pc a_c) s_p over len pixels; out may be x.
+CBAM_MULTIVERSION
+void scale_pixels(const float* x, const float* a, const float* s, float* out, int64_t len,
+                  int64_t c) {
+  for (int64_t p = 0; p < len; ++p) {
+    const float* row = x + p * c;
+    float* orow = out + p * c;
+    const float sv = s[p];
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) orow[ci] = (row[ci] * a[ci]) * sv;
+  }
+}
+
+// Whether x (contiguous NCHW or channels_last, checked) is laid out channels_last; a
+// map that is both (H x W == 1 or C == 1) counts as NCHW, whose order it has.
+bool channels_last(const at::Tensor& x) { return !x.is_contiguous(); }
+
 void check_input(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
-                  x.is_contiguous(),
-              name, " must be a contiguous float32 CPU tensor (N, C, H, W)");
+                  (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)),
+              name, " must be a float32 CPU tensor (N, C, H, W), contiguous NCHW or "
+              "channels_last");
+}
+
+void check_out(const at::Tensor& x, const at::Tensor& out) {
+  check_input(out, "out");
+  TORCH_CHECK(out.sizes() == x.sizes() && channels_last(out) == channels_last(x),
+              "out must have x's shape and memory layout");
 }
 
 void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
@@ -168,6 +227,49 @@ void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
 
 int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(hw, 1)); }
 
+// channels_last: the threads split each sample's pixels into parts; every part sums
+// chunks of kChunk pixels per channel in float and adds the chunks in double, and the
+// parts are then combined.
+void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg,
+                       float* mx) {
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), hw / std::max<int64_t>(1, kChunk / 4)));
+  std::vector<double> totals(n * parts * c);
+  std::vector<float> maxima(n * parts * c);
+  at::parallel_for(0, n * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(c);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t s = i / parts, t = i % parts;
+      const int64_t p0 = hw * t / parts, p1 = hw * (t + 1) / parts;
+      double* tot = totals.data() + i * c;
+      float* m = maxima.data() + i * c;
+      std::fill(tot, tot + c, 0.0);
+      std::fill(m, m + c, kNegInf);
+      for (int64_t q = p0; q < p1; q += kChunk) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        pool_pixels(px + (s * hw + q) * c, std::min(p1, q + kChunk) - q, c, acc.data(), m);
+        for (int64_t ci = 0; ci < c; ++ci) tot[ci] += acc[ci];
+      }
+    }
+  });
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t ci = 0; ci < c; ++ci) {
+      double total = 0;
+      float best = kNegInf;
+      for (int64_t t = 0; t < parts; ++t) {
+        total += totals[(s * parts + t) * c + ci];
+        best = nan_max(best, maxima[(s * parts + t) * c + ci]);
+      }
+      if (std::isnan(total)) {  // NaN among the values: the maximum with NaN propagation
+        best = kNegInf;
+        for (int64_t p = 0; p < hw; ++p) best = nan_max(best, px[(s * hw + p) * c + ci]);
+      }
+      avg[s * c + ci] = static_cast<float>(total / static_cast<double>(hw));
+      mx[s * c + ci] = best;
+    }
+  }
+}
+
 // (2, N, C): average and maximum of every channel over H x W.
 at::Tensor channel_pool(const at::Tensor& x) {
   check_input(x, "x");
@@ -176,6 +278,10 @@ at::Tensor channel_pool(const at::Tensor& x) {
   const float* px = x.data_ptr<float>();
   float* avg = out.data_ptr<float>();
   float* mx = avg + n * c;
+  if (channels_last(x)) {
+    channel_pool_nhwc(px, n, c, hw, avg, mx);
+    return out;
+  }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       double total;
@@ -189,8 +295,7 @@ at::Tensor channel_pool(const at::Tensor& x) {
 // out = (F * a_c) * s_p, a of N x C, s of N x H x W values; out may be x itself.
 void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Tensor& out) {
   check_input(x, "x");
-  check_input(out, "out");
-  TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
+  check_out(x, out);
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   check_gate(a, n * c, "a");
   check_gate(s, n * hw, "s");
@@ -198,6 +303,16 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
   const float* pa = a.data_ptr<float>();
   const float* ps = s.data_ptr<float>();
   float* po = out.data_ptr<float>();
+  if (channels_last(x)) {
+    at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {  // pixels of one sample at a time
+        const int64_t smp = i / hw, stop = std::min(end, (smp + 1) * hw);
+        scale_pixels(px + i * c, pa + smp * c, ps + i, po + i * c, stop - i, c);
+        i = stop;
+      }
+    });
+    return;
+  }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scale_row(px + i * hw, pa[i], ps + (i / c) * hw, po + i * hw, hw);
@@ -209,10 +324,40 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
 // (N, 2, H, W): [max over channels ; mean over channels] of (F_c * a_c), a of N x C.
 // The threads split the channels; each walks whole rows (sequential reads) into its own
 // partial maps, which are then combined.
+// channels_last: the threads split the pixels, each pixel's channels reduced at once.
+at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
+  auto out = at::empty({n, 2, h, w}, x.options());
+  const float* px = x.data_ptr<float>();
+  const float* pa = a.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const float inv_c = 1.0f / static_cast<float>(c);
+  at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {  // pixels of one sample at a time
+      const int64_t smp = i / hw, p0 = i % hw, stop = std::min(end, (smp + 1) * hw);
+      float* mx = po + smp * 2 * hw;
+      float* sm = mx + hw;
+      spatial_pixels(px + i * c, pa + smp * c, stop - i, c, mx + p0, sm + p0);
+      for (int64_t p = p0; p < p0 + (stop - i); ++p) {
+        sm[p] *= inv_c;
+        if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
+          float best = kNegInf;
+          const float* row = px + (smp * hw + p) * c;
+          for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, row[ci] * pa[smp * c + ci]);
+          mx[p] = best;
+        }
+      }
+      i = stop;
+    }
+  });
+  return out;
+}
+
 at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   check_input(x, "x");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
   check_gate(a, n * c, "a");
+  if (channels_last(x)) return spatial_pool_nhwc(x, a);
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), c));
   auto partial = at::empty({parts, n, 2, hw}, x.options());
   const float* px = x.data_ptr<float>();
@@ -261,8 +406,7 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
                double bn_scale, double bn_shift, at::Tensor& out) {
   check_input(x, "x");
-  check_input(out, "out");
-  TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
+  check_out(x, out);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), hw = h * wd;
   check_gate(a, n * c, "a");
   const int64_t k = weight.size(-1);
