@@ -42,7 +42,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 
-// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, stride hw):
+// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, channel
+// stride hw: 1 for channels_last):
 // taken again where the vector loops' sum is NaN.
 float nan_aware_channel_max(const float* x, const float* a, int64_t c, int64_t hw) {
   float best = kNegInf;
@@ -341,10 +342,7 @@ at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
       for (int64_t p = p0; p < p0 + (stop - i); ++p) {
         sm[p] *= inv_c;
         if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
-          float best = kNegInf;
-          const float* row = px + (smp * hw + p) * c;
-          for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, row[ci] * pa[smp * c + ci]);
-          mx[p] = best;
+          mx[p] = nan_aware_channel_max(px + (smp * hw + p) * c, pa + smp * c, c, 1);
         }
       }
       i = stop;
