@@ -25,6 +25,13 @@ def test_triton_programs_extension_is_built():
     assert program.num_launches == 1 and program.num_slots == 1
     with pytest.raises(RuntimeError, match='grid must have 3 values'):
         program.add(function=1, grid=[2, 3], block=128, smem=0, slots=[], values=[])
+    shapes = [[4, 8], [4], [1, 2, 7, 7]]
+    ext = triton_programs._ext
+    with pytest.raises(RuntimeError, match='one gradient stride list per gradient shape'):
+        ext.TrainState(ext.Program(), ext.Program(), 256, [0, 32, 36], shapes, [], [[8, 1]])
+    with pytest.raises(RuntimeError, match="each gradient's strides must have one value per dimension"):
+        ext.TrainState(ext.Program(), ext.Program(), 256, [0, 32, 36], shapes, [],
+                       [[8, 1], [1], [98, 1, 14]])
 
 
 def bound_se(train=False, inplace=False):
@@ -95,6 +102,12 @@ def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
     se.double()
     assert not applies(x)
     se.float()
+    assert applies(x)
+    # a parameter laid out anew in place (the kernels read the layout bound for)
+    weight = se.fc1.weight
+    weight.data = weight.data.t().contiguous().t()
+    assert not applies(x)
+    weight.data = weight.data.contiguous()
     assert applies(x)
     assert bindings.train_hits == 0 and bindings.infer_hits > 3
     # kept out of copies, pickles and replicas; dropped when the implementation or
@@ -640,6 +653,44 @@ def test_triton_programs_second_backward_and_no_input_grad():
     m(x).backward(g)  # x without requires_grad: parameters only
     for p, want in zip(m.parameters(), first):
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize('convert', ['before', 'after'], ids=['converted', 'converted_later'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_triton_path_takes_a_cbam_converted_to_channels_last(convert, training, monkeypatch):
+    """``model.to(memory_format=torch.channels_last)`` lays the spatial convolution's
+    weight out channels_last: the kernels read it so (replayed and bound calls too), and
+    its gradient comes laid out as the weight, also where the module was converted after
+    its calls were bound."""
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    ref, fast = pair(CBAM, 64, device='cuda', implementation='auto', ratio=8)
+    tol = dict(rtol=1e-3, atol=1e-4)  # sums in another order (atomics)
+    weight = fast.spatial_attention.conv.weight
+    replays = count_replays(monkeypatch, fast)
+    x, grad = make_input((2, 64, 10, 12), True, device='cuda')
+    for step in range(6):
+        if step == (0 if convert == 'before' else 3):
+            for m in (ref, fast):
+                m.to(memory_format=torch.channels_last)
+            assert not weight.is_contiguous()
+            at_conversion = replays()
+        got, want = run(fast, x, grad, training), run(ref, x, grad, training)
+        for a, b in zip(got[:2], want[:2]):
+            assert_close_with_layout(a, b, tol)
+        for k in got[2]:
+            torch.testing.assert_close(got[2][k], want[2][k], **tol,
+                                       msg=lambda m: f'{k}: {m}')
+        assert weight.grad.stride() == weight.stride()
+        for k in got[3]:
+            torch.testing.assert_close(got[3][k], want[3][k], msg=k)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), ref(x), **tol)
+        for m in (ref, fast):
+            m.zero_grad(set_to_none=True)
+    # after the conversion: one call records, the later ones replay
+    replayed = {k: v - at_conversion[k] for k, v in replays().items()}
+    assert replayed['train'] >= 2 and replayed['infer'] >= 2, replayed
 
 
 @needs_triton

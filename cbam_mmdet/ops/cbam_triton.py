@@ -317,8 +317,17 @@ def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, mom
 
 
 @triton.jit
+def _conv_tap(ch, ky, kx, K: tl.constexpr, W_CL: tl.constexpr):
+    """The offset of the (1, 2, K, K) weight's element [0, ch, ky, kx]: contiguous, or
+    channels_last (W_CL: the two channels of a tap side by side)."""
+    if W_CL:
+        return (ky * K + kx) * 2 + ch
+    return (ch * K + ky) * K + kx
+
+
+@triton.jit
 def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
-               BLOCK: tl.constexpr):
+               W_CL: tl.constexpr, BLOCK: tl.constexpr):
     """conv_KxK(desc[n]) (no bias, zero padding) at the pixels ``offs``."""
     HW = H * W
     yy0 = offs // W
@@ -332,7 +341,7 @@ def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
             for kx in tl.static_range(K):
                 xx = xx0 + (kx - K // 2)
                 ok = row_ok & (xx >= 0) & (xx < W)
-                wv = tl.load(w_ptr + (ch * K + ky) * K + kx)
+                wv = tl.load(w_ptr + _conv_tap(ch, ky, kx, K, W_CL))
                 acc += wv * tl.load(base + yy * W + xx, mask=ok, other=0.0)
     return acc
 
@@ -341,7 +350,7 @@ def _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K: tl.constexpr,
 def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_ptr, OFF_DESC,
                   OFF_Z, OFF_S, OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
                   TRAIN: tl.constexpr, UPDATE: tl.constexpr, SAVE_Z: tl.constexpr,
-                  K: tl.constexpr, BLOCK: tl.constexpr):
+                  K: tl.constexpr, W_CL: tl.constexpr, BLOCK: tl.constexpr):
     """z[n, hw] = conv_KxK(desc[n]) (no bias). BatchNorm in running statistics (not
     TRAIN): s = sigmoid(BN(z)) is stored here, and with SAVE_Z also z and the statistics
     (mean, 1 / std) for a backward. TRAIN (batch statistics): this block's (count, mean,
@@ -352,7 +361,7 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_pt
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     HW = H * W
     mask = offs < HW
-    acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K, BLOCK)
+    acc = _conv_desc(ws_ptr, w_ptr, OFF_DESC, n, offs, mask, H, W, K, W_CL, BLOCK)
     if not TRAIN:
         mean = tl.load(rm_ptr)
         rstd = 1.0 / tl.sqrt(tl.load(rv_ptr) + eps)
@@ -511,11 +520,11 @@ def _bn_part_sums(bws_ptr, B_BNPART, P, BLOCK_P: tl.constexpr):
 @triton.jit
 def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
                  B_DZ, B_BNPART, P, B_DW, B_DBN, B_DDESC, N, H, W,
-                 TRAIN: tl.constexpr, K: tl.constexpr, TAPS: tl.constexpr,
-                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+                 TRAIN: tl.constexpr, K: tl.constexpr, W_CL: tl.constexpr,
+                 TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
-    backward for this block's pixels: ddesc stored, dW added by atomics, TAPS taps of
-    the K x K kernel at a time. Grid: samples x blocks of pixels. BatchNorm's sums over
+    backward for this block's pixels: ddesc stored, dW added by atomics (in the weight's
+    layout, W_CL: channels_last), TAPS taps of the K x K kernel at a time. Grid: samples x blocks of pixels. BatchNorm's sums over
     the blocks' partials (dL/d gamma, dL/d beta) are read by every program when TRAIN
     (they enter dzin), else by the first alone."""
     n = tl.program_id(0)
@@ -560,8 +569,8 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
                 dzin = tl.where(ok, kk * (dzq - c1 - (zq - mean) * rstd * c2), 0.0)
             else:  # running statistics: z does not enter (masked loads give 0)
                 dzin = kk * dzq
-            d0 += tl.load(w_ptr + ky * K + kx) * dzin
-            d1 += tl.load(w_ptr + K * K + ky * K + kx) * dzin
+            d0 += tl.load(w_ptr + _conv_tap(0, ky, kx, K, W_CL)) * dzin
+            d1 += tl.load(w_ptr + _conv_tap(1, ky, kx, K, W_CL)) * dzin
     ddesc = bws_ptr + B_DDESC + n * 2 * HW + offs_hw
     tl.store(ddesc, d0, mask=mask_hw)
     tl.store(ddesc + HW, d1, mask=mask_hw)
@@ -581,7 +590,7 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
         q = ys * W + xs
         for ch in tl.static_range(2):
             dv = tl.load(ws_ptr + OFF_DESC + (n * 2 + ch) * HW + q, mask=tap_ok, other=0.0)
-            tl.atomic_add(bws_ptr + B_DW + ch * K * K + offs_t,
+            tl.atomic_add(bws_ptr + B_DW + _conv_tap(ch, offs_t // K, offs_t % K, K, W_CL),
                           tl.sum(dv * dzin_p[None, :], axis=1), mask=mask_t, sem='relaxed')
 
 
@@ -1062,11 +1071,14 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     train = bn_mode == 'train'
     update = train and rm is not ws
     save_z = bn_mode != 'eval'
-    launch(_spatial_conv, plan.conv_grid, plan.compiled, ('conv', train, update, save_z),
+    w_cl = _weight_channels_last(conv_w)
+    launch(_spatial_conv, plan.conv_grid, plan.compiled,
+           ('conv', train, update, save_z, w_cl),
            stream, ws, conv_w, counters, rm, rv,
            buffers['num_batches_tracked'] if update else ws, bn_w, bn_b, o['desc'], o['z'],
            o['s'], o['cpart'], o['stats'], plan.n, plan.h, plan.w, bn.eps,
-           bn.momentum if update else 0.0, train, update, save_z, plan.k, plan.conv_block,
+           bn.momentum if update else 0.0, train, update, save_z, plan.k, w_cl,
+           plan.conv_block,
            num_warps=plan.warps['_spatial_conv'])
     launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train), stream,
            x, ws, out, bn_w, bn_b, o['a'], o['z'], o['stats'], o['s'], plan.c, plan.hw, *st,
@@ -1116,10 +1128,11 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
            *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
            plan.stages['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
-    launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train),
+    w_cl = _weight_channels_last(conv_w)
+    launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train, w_cl),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
-           plan.w, bn_train, plan.k, CONV_BWD_TAPS, 256, CONV_BWD_BLOCK_HW,
+           plan.w, bn_train, plan.k, w_cl, CONV_BWD_TAPS, 256, CONV_BWD_BLOCK_HW,
            num_warps=plan.warps['_bwd_spatial'])
     launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
@@ -1148,10 +1161,11 @@ def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=la
                num_warps=plan.warps['_bwd_dx'])
 
 
-def _param_grads(plan, ws, needs):
+def _param_grads(plan, ws, needs, params):
+    """The parameters' gradients in the workspace, each laid out as its parameter."""
     grads = ws.split_with_sizes(plan.split_sizes)[1:-1]
-    return [(g.view(shape) if len(shape) > 1 else g) if need else None
-            for g, shape, need in zip(grads, plan.grad_shapes, needs)]
+    return [(g.as_strided(shape, p.stride()) if len(shape) > 1 else g) if need else None
+            for g, shape, need, p in zip(grads, plan.grad_shapes, needs, params)]
 
 
 class _AttentionFunction(torch.autograd.Function):
@@ -1204,8 +1218,8 @@ class _AttentionFunction(torch.autograd.Function):
         if recorder is not None:
             backward = recorder.program([g, x, ws, dx, *params, *ctx.rest])
             plan.native[ctx.native_key] = None if backward is None else \
-                triton_programs.train_state(ctx.forward_program, backward, plan)
-        return (dx, *_param_grads(plan, ws, needs[1:1 + len(params)]),
+                triton_programs.train_state(ctx.forward_program, backward, plan, params)
+        return (dx, *_param_grads(plan, ws, needs[1:1 + len(params)], params),
                 None, None, None, None, None)
 
 
@@ -1215,10 +1229,21 @@ def _bn_training(bn):
     return bn.training or bn._buffers['running_mean'] is None
 
 
-def _params_ready(params):
-    """The kernels read the weights as contiguous, 16-byte aligned float32."""
-    for p in params:
-        if p.dtype is not torch.float32 or not p.is_contiguous() or p.data_ptr() % 16:
+def _weight_channels_last(w):
+    """Whether the kernels read (and write the gradient of) the spatial convolution's
+    weight channels_last, as ``model.to(memory_format=torch.channels_last)`` lays it out;
+    else contiguous."""
+    return not w.is_contiguous()
+
+
+def _params_ready(params, laid_out=()):
+    """The kernels read the weights as 16-byte aligned float32, contiguous, or for the
+    indices in ``laid_out`` contiguous or channels_last."""
+    for i, p in enumerate(params):
+        if p.dtype is not torch.float32 or p.data_ptr() % 16:
+            return False
+        if not (p.is_contiguous() or i in laid_out
+                and p.is_contiguous(memory_format=torch.channels_last)):
             return False
     return True
 
@@ -1286,7 +1311,7 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
     params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'], cv['weight'],
               bp['weight'], bp['bias'])
     bn_train = _bn_training(bn)
-    if not _params_ready(params) or (bn.training and bn.momentum is None):
+    if not _params_ready(params, laid_out=(4,)) or (bn.training and bn.momentum is None):
         return None
     if _strides(x) is None:
         x = x.contiguous()
@@ -1302,7 +1327,8 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
     rest = [x if rm is None else rm, x if rv is None else rv, x if nbt is None else nbt,
             _counters_for(x, stream, plan.counter_slots),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
-    key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum)
+    key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum,
+                 _weight_channels_last(params[4]))
 
     def checks():
         return (_same(module._modules, 'channel_attention', 'spatial_attention')

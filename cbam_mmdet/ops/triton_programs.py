@@ -173,15 +173,17 @@ class Recorder:
         return program
 
 
-def train_state(forward, backward, plan):
-    """The C++ training state of ``plan`` (a ``_Plan``) from its two programs."""
+def train_state(forward, backward, plan, params):
+    """The C++ training state of ``plan`` (a ``_Plan``) from its two programs; the
+    gradients are laid out as ``params``."""
     offsets, offset = [], plan.split_sizes[0]
     for size in plan.grad_sizes:
         offsets.append(offset)
         offset += size
     return _ext.TrainState(forward, backward, plan.total_size, offsets,
                            [list(s) for s in plan.grad_shapes],
-                           [tuple(r) for r in plan.atomic_regions])
+                           [tuple(r) for r in plan.atomic_regions],
+                           [list(p.stride()) for p in params])
 
 
 # entries a module's Bindings keep (input signatures and modes: one training and one

@@ -297,7 +297,7 @@ struct TrainState {
   int64_t ws_size = 0;
   std::vector<int64_t> grad_offsets;
   std::vector<std::vector<int64_t>> grad_shapes;
-  std::vector<std::vector<int64_t>> grad_strides;  // contiguous, from grad_shapes
+  std::vector<std::vector<int64_t>> grad_strides;  // the parameters' (contiguous if not given)
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
 };
 
@@ -527,7 +527,8 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
 //   - x has the recorded device, dtype, sizes, strides and 16-byte alignment (or not);
 //   - autograd records (grad mode on and x or a parameter requiring grad) as recorded;
 //   - the current stream is the recorded one;
-//   - the parameters are contiguous, 16-byte aligned float32 (what the kernels read);
+//   - the parameters are 16-byte aligned float32 with the recorded strides (the layout
+//     the kernels were chosen for and read);
 //   - every check holds: an entry of a Python dict (a module's _parameters, _buffers,
 //     _modules or __dict__) is the recorded object (or, for checks with `equal`, equals
 //     it), so a replaced parameter, submodule or BatchNorm setting is noticed;
@@ -559,6 +560,7 @@ struct Entry {
   c10::Stream stream_id{c10::Stream::DEFAULT, at::Device(at::kCPU)};
   uint64_t stream = 0;
   std::vector<at::Tensor> params;
+  std::vector<std::vector<int64_t>> param_strides;
   std::vector<at::Tensor> rest;
   std::vector<bool> rest_is_x;  // slots that take the call's x (absent BatchNorm buffers)
   std::vector<Check> checks;
@@ -613,6 +615,7 @@ struct Bindings {
     e.aligned = aligned16(x);
     e.stream_id = current_stream(x.device());
     e.stream = stream;
+    for (const auto& p : params) e.param_strides.push_back(p.strides().vec());
     e.params = std::move(params);
     for (auto& t : rest) {
       const bool is_x = t.unsafeGetTensorImpl() == x.unsafeGetTensorImpl();
@@ -653,8 +656,11 @@ struct Bindings {
     for (const auto& [name, value] : e.env) {
       if (getenv_value(name) != value) return false;
     }
-    for (const auto& p : e.params) {
-      if (p.scalar_type() != at::kFloat || !p.is_contiguous() || !aligned16(p)) return false;
+    for (size_t i = 0; i < e.params.size(); ++i) {
+      const at::Tensor& p = e.params[i];
+      if (p.scalar_type() != at::kFloat || p.strides() != e.param_strides[i] || !aligned16(p)) {
+        return false;
+      }
     }
     return current_stream(e.device) == e.stream_id;
   }
@@ -716,25 +722,36 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init([](Program forward, Program backward, int64_t ws_size,
                        std::vector<int64_t> grad_offsets,
                        std::vector<std::vector<int64_t>> grad_shapes,
-                       std::vector<std::pair<int64_t, int64_t>> atomic_regions) {
+                       std::vector<std::pair<int64_t, int64_t>> atomic_regions,
+                       std::vector<std::vector<int64_t>> grad_strides) {
+             TORCH_CHECK(grad_offsets.size() == grad_shapes.size(),
+                         "one gradient offset per gradient shape");
+             TORCH_CHECK(grad_strides.empty() || grad_strides.size() == grad_shapes.size(),
+                         "one gradient stride list per gradient shape");
+             for (size_t i = 0; i < grad_strides.size(); ++i) {
+               TORCH_CHECK(grad_strides[i].size() == grad_shapes[i].size(),
+                           "each gradient's strides must have one value per dimension");
+             }
+             if (grad_strides.empty()) {  // contiguous
+               for (const auto& shape : grad_shapes) {
+                 std::vector<int64_t> strides(shape.size(), 1);
+                 for (size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
+                 grad_strides.push_back(std::move(strides));
+               }
+             }
              auto s = std::make_unique<TrainState>();
              s->forward = std::move(forward);
              s->backward = std::move(backward);
              s->ws_size = ws_size;
              s->grad_offsets = std::move(grad_offsets);
              s->grad_shapes = std::move(grad_shapes);
-             for (const auto& shape : s->grad_shapes) {
-               std::vector<int64_t> strides(shape.size(), 1);
-               for (size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-               s->grad_strides.push_back(std::move(strides));
-             }
+             s->grad_strides = std::move(grad_strides);
              s->atomic_regions = std::move(atomic_regions);
-             TORCH_CHECK(s->grad_offsets.size() == s->grad_shapes.size(),
-                         "one gradient offset per gradient shape");
              return s;
            }),
            py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
-           py::arg("grad_shapes"), py::arg("atomic_regions"));
+           py::arg("grad_shapes"), py::arg("atomic_regions"),
+           py::arg("grad_strides") = std::vector<std::vector<int64_t>>());
   py::class_<Bindings>(m, "Bindings")
       .def(py::init<int64_t>(), py::arg("capacity"))
       .def("add", &Bindings::add, py::arg("owner"), py::arg("train"), py::arg("x"),
