@@ -29,7 +29,8 @@ def test_triton_programs_extension_is_built():
     ext = triton_programs._ext
     with pytest.raises(RuntimeError, match='one gradient stride list per gradient shape'):
         ext.TrainState(ext.Program(), ext.Program(), 256, [0, 32, 36], shapes, [], [[8, 1]])
-    with pytest.raises(RuntimeError, match="each gradient's strides must have one value per dimension"):
+    with pytest.raises(RuntimeError,
+                       match="each gradient's strides must have one value per dimension"):
         ext.TrainState(ext.Program(), ext.Program(), 256, [0, 32, 36], shapes, [],
                        [[8, 1], [1], [98, 1, 14]])
 

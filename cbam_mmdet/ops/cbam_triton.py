@@ -524,9 +524,10 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
                  TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
     backward for this block's pixels: ddesc stored, dW added by atomics (in the weight's
-    layout, W_CL: channels_last), TAPS taps of the K x K kernel at a time. Grid: samples x blocks of pixels. BatchNorm's sums over
-    the blocks' partials (dL/d gamma, dL/d beta) are read by every program when TRAIN
-    (they enter dzin), else by the first alone."""
+    layout, W_CL: channels_last), TAPS taps of the K x K kernel at a time. Grid: samples
+    x blocks of pixels. BatchNorm's sums over the blocks' partials (dL/d gamma, dL/d
+    beta) are read by every program when TRAIN (they enter dzin), else by the first
+    alone."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     first = (n == 0) & (pid == 0)
