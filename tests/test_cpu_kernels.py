@@ -118,7 +118,7 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(layout, kernel_cal
 @pytest.mark.parametrize('threads', [1, 2, 3, 5])
 @pytest.mark.parametrize('kernel', [3, 7])
 @pytest.mark.parametrize('shape', [(2, 24, 37, 13), (1, 40, 64, 9), (3, 8, 6, 5),
-                                   (1, 512, 41, 130)], ids=str)
+                                   (1, 512, 41, 130), (1, 200, 9, 7)], ids=str)
 @pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
 @LAYOUTS
 def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, inplace,
@@ -128,7 +128,8 @@ def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, 
     pixels), the gate (the threads split the rows, whose 7x7 neighbourhoods cross the
     splits) and the scale; the maximum sits on a row where two threads' rows meet. The
     pooling over H x W splits the pixels of a channels_last map over the threads and sums
-    chunks of 4096 (1 x 512 x 41 x 130)."""
+    chunks of 4096 (1 x 512 x 41 x 130), and on a small map, too few pixels for every
+    thread, the channels into blocks as well (1 x 200 x 9 x 7)."""
     ref, fast = pair(CBAM, shape[1], ratio=4, spatial_kernel=kernel, inplace=inplace)
     truth = CBAM(shape[1], ratio=4, spatial_kernel=kernel, implementation='reference')
     truth.load_state_dict(ref.state_dict())

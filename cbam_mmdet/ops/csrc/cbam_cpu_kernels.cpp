@@ -157,13 +157,28 @@ void scale_row(const float* row, float av, const float* srow, float* orow, int64
   for (int64_t p = 0; p < len; ++p) orow[p] = (row[p] * av) * srow[p];
 }
 
-// channels_last: acc += x_p and mx = max(mx, x_p) channel by channel over len pixels of
-// c channels each (x at the first pixel).
+// channels_last: acc += x_p and mx = max(mx, x_p) channel by channel over len pixels,
+// c channels of each (x at the first pixel's first channel; pixels `stride` apart).
 CBAM_MULTIVERSION
-void pool_pixels(const float* x, int64_t len, int64_t c, float* __restrict acc,
-                 float* __restrict mx) {
-  for (int64_t p = 0; p < len; ++p) {
-    const float* __restrict row = x + p * c;
+void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
+                 float* __restrict acc, float* __restrict mx) {
+  int64_t p = 0;
+  for (; p + 4 <= len; p += 4) {  // four pixels per update of acc and mx
+    const float* __restrict r0 = x + p * stride;
+    const float* __restrict r1 = r0 + stride;
+    const float* __restrict r2 = r1 + stride;
+    const float* __restrict r3 = r2 + stride;
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) {
+      acc[ci] += (r0[ci] + r1[ci]) + (r2[ci] + r3[ci]);
+      const float m01 = r0[ci] > r1[ci] ? r0[ci] : r1[ci];
+      const float m23 = r2[ci] > r3[ci] ? r2[ci] : r3[ci];
+      const float m = m01 > m23 ? m01 : m23;
+      mx[ci] = mx[ci] > m ? mx[ci] : m;
+    }
+  }
+  for (; p < len; ++p) {
+    const float* __restrict row = x + p * stride;
 #pragma omp simd
     for (int64_t ci = 0; ci < c; ++ci) {
       acc[ci] += row[ci];
@@ -228,28 +243,37 @@ void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
 
 int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(hw, 1)); }
 
-// channels_last: the threads split each sample's pixels into parts; every part sums
+// channels_last: the threads split each sample's pixels into parts, and where there are
+// fewer parts than threads (small maps) the channels into blocks as well; every part sums
 // chunks of kChunk pixels per channel in float and adds the chunks in double, and the
 // parts are then combined.
 void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg,
                        float* mx) {
+  const int64_t threads = at::get_num_threads();
   const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), hw / std::max<int64_t>(1, kChunk / 4)));
+      1, std::min<int64_t>(threads, hw / std::max<int64_t>(1, kChunk / 4)));
+  // channel blocks of at least kMinBlock channels (whole cache lines of a pixel)
+  constexpr int64_t kMinBlock = 64;
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(threads / std::max<int64_t>(1, n * parts), c / kMinBlock));
   std::vector<double> totals(n * parts * c);
   std::vector<float> maxima(n * parts * c);
-  at::parallel_for(0, n * parts, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n * parts * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(c);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t s = i / parts, t = i % parts;
+      const int64_t sp = i / blocks, b = i % blocks;
+      const int64_t s = sp / parts, t = sp % parts;
       const int64_t p0 = hw * t / parts, p1 = hw * (t + 1) / parts;
-      double* tot = totals.data() + i * c;
-      float* m = maxima.data() + i * c;
-      std::fill(tot, tot + c, 0.0);
-      std::fill(m, m + c, kNegInf);
+      const int64_t c0 = c * b / blocks, c1 = c * (b + 1) / blocks, cn = c1 - c0;
+      double* tot = totals.data() + sp * c + c0;
+      float* m = maxima.data() + sp * c + c0;
+      std::fill(tot, tot + cn, 0.0);
+      std::fill(m, m + cn, kNegInf);
       for (int64_t q = p0; q < p1; q += kChunk) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        pool_pixels(px + (s * hw + q) * c, std::min(p1, q + kChunk) - q, c, acc.data(), m);
-        for (int64_t ci = 0; ci < c; ++ci) tot[ci] += acc[ci];
+        std::fill(acc.begin(), acc.begin() + cn, 0.0f);
+        pool_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
+                    acc.data(), m);
+        for (int64_t ci = 0; ci < cn; ++ci) tot[ci] += acc[ci];
       }
     }
   });
