@@ -327,6 +327,21 @@ def test_graph_cache_captures_repeated_signatures_and_recaptures_new_weights(fak
     assert fake_capture.count == 4  # inference mode is part of the signature
 
 
+def test_graph_signature_follows_a_parameter_laid_out_anew():
+    """A parameter given another memory format over the same storage (same address and
+    version) gives a new signature: a graph captured for one layout is not replayed for
+    the other."""
+    m = CBAM(16, ratio=4)
+    x = torch.randn(1, 16, 5, 6)
+    before = cuda_graph.signature(m, x)
+    weight = m.spatial_attention.conv.weight
+    ptr, version = weight.data_ptr(), weight._version
+    cl_strides = weight.contiguous(memory_format=torch.channels_last).stride()
+    weight.data = weight.data.as_strided(weight.shape, cl_strides)
+    assert (weight.data_ptr(), weight._version) == (ptr, version)
+    assert cuda_graph.signature(m, x) != before
+
+
 def test_graph_cache_is_bounded_and_switches_off_when_shapes_vary(fake_capture):
     m = SE(8, ratio=4).eval()
     fn = lambda t: cbam_cpu.se_forward(t, m)  # noqa: E731

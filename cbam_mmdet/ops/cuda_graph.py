@@ -17,9 +17,9 @@ traffic per Faster R-CNN R50-FPN step at batch 2, 800x1216, fp16 (about 0.5 ms o
 H200), against several ms of host time saved.
 
 A graph is keyed by the input's shape, strides, dtype and device, the autocast and
-inference-mode state, and the ``data_ptr``, version and dtype of every parameter and
-buffer of the module, so a module that is moved, converted or reloaded
-(``load_state_dict``) is captured again. Policy, per module:
+inference-mode state, and the ``data_ptr``, version, dtype and strides of every
+parameter and buffer of the module, so a module that is moved, converted (also to
+another memory format) or reloaded (``load_state_dict``) is captured again. Policy, per module:
 
 - a signature is captured the ``CAPTURE_AFTER``-th time it is seen (one-off shapes run
   eagerly; warm-up runs on a side stream, as ``torch.cuda.graph`` requires);
@@ -129,10 +129,10 @@ def signature(module, x):
     for m in module.modules():
         for t in m._parameters.values():
             if t is not None:
-                state.append((t.data_ptr(), t._version, t.dtype))
+                state.append((t.data_ptr(), t._version, t.dtype, t.stride()))
         for t in m._buffers.values():
             if t is not None:
-                state.append((t.data_ptr(), t._version, t.dtype))
+                state.append((t.data_ptr(), t._version, t.dtype, t.stride()))
     return (tuple(x.shape), x.stride(), x.dtype, x.device,
             torch.is_autocast_enabled('cuda'), torch.get_autocast_dtype('cuda'),
             torch.is_inference_mode_enabled(), tuple(state))
