@@ -19,7 +19,8 @@ H200), against several ms of host time saved.
 A graph is keyed by the input's shape, strides, dtype and device, the autocast and
 inference-mode state, and the ``data_ptr``, version, dtype and strides of every
 parameter and buffer of the module, so a module that is moved, converted (also to
-another memory format) or reloaded (``load_state_dict``) is captured again. Policy, per module:
+another memory format) or reloaded (``load_state_dict``) is captured again. Policy, per
+module:
 
 - a signature is captured the ``CAPTURE_AFTER``-th time it is seen (one-off shapes run
   eagerly; warm-up runs on a side stream, as ``torch.cuda.graph`` requires);
