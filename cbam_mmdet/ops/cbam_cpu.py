@@ -5,8 +5,9 @@ Inference (autograd not recording) on a float32 CPU tensor, contiguous NCHW or
 channels_last, runs the C++ kernels of ``cbam_mmdet.ops._cpu_kernels``
 (csrc/cbam_cpu_kernels.cpp, built by ``setup.py build_ext``): the pooling over H x W
 in one pass, the shared MLP and its sigmoid in one call (each weight read once; a dozen
-PyTorch ops before), then for SE the scale, and for CBAM, with BatchNorm in running statistics, one call that forms the
-channel max and mean of ``M_c F`` in one pass over the map, runs the 7x7
+PyTorch ops before), then for SE the scale, and for CBAM, with BatchNorm in running
+statistics, one call that forms the channel max and mean of ``M_c F`` in one pass over
+the map, runs the 7x7
 convolution, BatchNorm and sigmoid on that small map, and writes ``F * M_c * M_s`` in a
 second pass (with batch statistics: the same two passes with the convolution and
 BatchNorm as PyTorch ops on the small maps in between). Everything

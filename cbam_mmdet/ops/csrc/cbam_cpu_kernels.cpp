@@ -243,6 +243,19 @@ void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
 
 int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(hw, 1)); }
 
+// channels_last passes over pixels: the threads split the N x HW pixels and each calls
+// fn(sample, first, stop) for its pixels [first, stop) of one sample at a time.
+template <typename F>
+void parallel_pixels(int64_t n, int64_t hw, int64_t c, const F& fn) {
+  at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t smp = i / hw, stop = std::min(end, (smp + 1) * hw);
+      fn(smp, i, stop);
+      i = stop;
+    }
+  });
+}
+
 // channels_last: the threads split each sample's pixels into parts, and where there are
 // fewer parts than threads (small maps) the channels into blocks as well; every part sums
 // chunks of kChunk pixels per channel in float and adds the chunks in double, and the
@@ -329,12 +342,8 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
   const float* ps = s.data_ptr<float>();
   float* po = out.data_ptr<float>();
   if (channels_last(x)) {
-    at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end;) {  // pixels of one sample at a time
-        const int64_t smp = i / hw, stop = std::min(end, (smp + 1) * hw);
-        scale_pixels(px + i * c, pa + smp * c, ps + i, po + i * c, stop - i, c);
-        i = stop;
-      }
+    parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
+      scale_pixels(px + i * c, pa + smp * c, ps + i, po + i * c, stop - i, c);
     });
     return;
   }
@@ -357,19 +366,16 @@ at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
   const float* pa = a.data_ptr<float>();
   float* po = out.data_ptr<float>();
   const float inv_c = 1.0f / static_cast<float>(c);
-  at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end;) {  // pixels of one sample at a time
-      const int64_t smp = i / hw, p0 = i % hw, stop = std::min(end, (smp + 1) * hw);
-      float* mx = po + smp * 2 * hw;
-      float* sm = mx + hw;
-      spatial_pixels(px + i * c, pa + smp * c, stop - i, c, mx + p0, sm + p0);
-      for (int64_t p = p0; p < p0 + (stop - i); ++p) {
-        sm[p] *= inv_c;
-        if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
-          mx[p] = nan_aware_channel_max(px + (smp * hw + p) * c, pa + smp * c, c, 1);
-        }
+  parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
+    const int64_t p0 = i % hw;
+    float* mx = po + smp * 2 * hw;
+    float* sm = mx + hw;
+    spatial_pixels(px + i * c, pa + smp * c, stop - i, c, mx + p0, sm + p0);
+    for (int64_t p = p0; p < p0 + (stop - i); ++p) {
+      sm[p] *= inv_c;
+      if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
+        mx[p] = nan_aware_channel_max(px + (smp * hw + p) * c, pa + smp * c, c, 1);
       }
-      i = stop;
     }
   });
   return out;
