@@ -186,17 +186,18 @@ def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-4):
 @needs_triton
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 @pytest.mark.parametrize('shape', SHAPES + [(2, 256, 50, 76), (2, 1024, 25, 38),
-                                            (2, 2048, 5, 7), (2, 64, 96, 96),
-                                            (2, 16, 192, 176)], ids=str)
+                                            (2, 2048, 5, 7), (1, 512, 48, 64),
+                                            (2, 64, 96, 96), (2, 16, 192, 176)], ids=str)
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training,
                                                  monkeypatch):
     """Shapes with C x H x W like ResNet's late stages take the kernels' channel splits
     and the MLP spread over the pooling programs; 2x2048x5x7 (256 hidden units) the
-    MLP's backward on wider channel blocks (``MLP_BWD_PROGRAMS``); 2x64x96x96 and
-    2x16x192x176 the pixel blocks of large maps (64 channels per step; 64- and 128-pixel
-    blocks)."""
+    MLP's backward on wider channel blocks (``MLP_BWD_PROGRAMS``); 1x512x48x64 (over
+    2048 pixels, the MLP spread over the pooling programs) CBAM's channel pooling on
+    512-pixel blocks; 2x64x96x96 and 2x16x192x176 the pixel blocks of large maps (64
+    channels per step; 64- and 128-pixel blocks)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     ref64 = copy.deepcopy(ref).double()

@@ -804,6 +804,20 @@ def _layout(sizes):
 PIXEL_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64
 MAX_SPLIT_PIXELS = 16384
+# The backward's pass over pixels (_bwd_pixels) where it splits the channels (contiguous
+# NCHW): steps of 64 channels x 32 pixels, 128 channels per program. Its sums over the
+# pixels of each step (dL/dM_c) cost more on wider pixel blocks: at 2x1024x50x76 on an
+# H200 the pass alone took 16.1 us against 21.6 us with the general rule (32 x 64,
+# 224 channels), and at 2x2048x25x38 9.3 us against 10.4 us (docs/speed.md, v24).
+SPLIT_PIX_BLOCK = (64, 32)
+SPLIT_PIX_CHANNELS = 128
+# (channels, pixels) per step of CBAM's channel pooling (_spatial_pool) where it splits
+# the channels and computes M_c itself (a direct pooling pass left it unformed): every
+# program reads W2's rows of its channels, so longer pixel blocks read them fewer
+# times. At most 2048 pixels per sample / more: at 2x2048x25x38 on an H200 the pass
+# took 7.9 us with 16 x 256 against 10.5 us with 16 x 128; at 2x1024x50x76 9.7 us with
+# 8 x 512 against 11.7 us (docs/speed.md, v24).
+GATE_SPLIT_SP_BLOCK = ((16, 256), (8, 512))
 # Stages of the software pipeline of each pass's loop over channel or pixel steps
 # (tl.range's num_stages: that many steps' loads in flight; 1, none). Of 1 / 2 / 3 / 4
 # (H200, docs/speed.md, v16): 3 took the least time for these three, 1 for the
@@ -913,13 +927,23 @@ class _Plan:
         wide = n * triton.cdiv(hw, 128) >= WIDE_PROGRAMS
         self.pix_bc, self.pix_bhw = (64, 32) if cl else (
             64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
+        fixed_split = not cl and n * hw <= MAX_SPLIT_PIXELS
+        if fixed_split:
+            self.pix_bc, self.pix_bhw = SPLIT_PIX_BLOCK
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
-        self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c, self.pix_bc)
+        if fixed_split:
+            self.pix_cps = min(SPLIT_PIX_CHANNELS, triton.cdiv(c, self.pix_bc) * self.pix_bc)
+            self.pix_splits = triton.cdiv(c, self.pix_cps)
+        else:
+            self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c,
+                                                           self.pix_bc)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
         self.conv_bwd_grid = (n, triton.cdiv(hw, CONV_BWD_BLOCK_HW), 1)
         # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
             (16, 128) if wide or n * hw <= MAX_SPLIT_PIXELS else (32, 64))
+        if not cl and self.direct and n * hw <= MAX_SPLIT_PIXELS:
+            self.sp_bc, self.sp_bhw = GATE_SPLIT_SP_BLOCK[hw > 2048]
         sp_blocks = triton.cdiv(hw, self.sp_bhw)
         self.sp_cps, self.sp_splits = _channel_split(n * sp_blocks, n, hw, c, self.sp_bc)
         self.sp_grid = (n * self.sp_splits, sp_blocks, 1)
