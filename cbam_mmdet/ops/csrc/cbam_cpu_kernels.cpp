@@ -6,7 +6,8 @@
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
 //   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
 //                  BatchNorm in running statistics: spatial_pool, the gate on the small
-//                  map, and scale in one call                            (two reads, one write)
+//                  map, and scale in one call                            (two reads, one write;
+//                  channels_last: in rows, the second read from the core's cache)
 // (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
 // between spatial_pool and scale.)
 //
@@ -359,24 +360,31 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
 // The threads split the channels; each walks whole rows (sequential reads) into its own
 // partial maps, which are then combined.
 // channels_last: the threads split the pixels, each pixel's channels reduced at once.
+// channels_last: the descriptor of the pixels [i, stop) of sample smp (i counts the N x HW
+// pixels) into desc (N, 2, HW).
+void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64_t stop,
+                 int64_t c, int64_t hw, float* desc) {
+  const int64_t p0 = i - smp * hw;
+  float* mx = desc + smp * 2 * hw;
+  float* sm = mx + hw;
+  const float inv_c = 1.0f / static_cast<float>(c);
+  spatial_pixels(px + i * c, pa + smp * c, stop - i, c, mx + p0, sm + p0);
+  for (int64_t p = p0; p < p0 + (stop - i); ++p) {
+    sm[p] *= inv_c;
+    if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
+      mx[p] = nan_aware_channel_max(px + (smp * hw + p) * c, pa + smp * c, c, 1);
+    }
+  }
+}
+
 at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
   auto out = at::empty({n, 2, h, w}, x.options());
   const float* px = x.data_ptr<float>();
   const float* pa = a.data_ptr<float>();
   float* po = out.data_ptr<float>();
-  const float inv_c = 1.0f / static_cast<float>(c);
   parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
-    const int64_t p0 = i % hw;
-    float* mx = po + smp * 2 * hw;
-    float* sm = mx + hw;
-    spatial_pixels(px + i * c, pa + smp * c, stop - i, c, mx + p0, sm + p0);
-    for (int64_t p = p0; p < p0 + (stop - i); ++p) {
-      sm[p] *= inv_c;
-      if (std::isnan(sm[p])) {  // NaN among the values: the maximum with NaN propagation
-        mx[p] = nan_aware_channel_max(px + (smp * hw + p) * c, pa + smp * c, c, 1);
-      }
-    }
+    desc_pixels(px, pa, smp, i, stop, c, hw, po);
   });
   return out;
 }
@@ -427,10 +435,56 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   return out;
 }
 
+// channels_last: one pass over the map in rows. The threads split the N x H rows into
+// parts. First every part forms the descriptor of its first and last K/2 rows (those
+// that another part's gate reads); then each part walks its rows in order: the
+// descriptor K/2 rows ahead, the gate of the row (the K x K convolution over the
+// descriptor rows around it), and the row's scale, which reads the row's pixels again
+// while they are still in the core's cache (K/2 + 1 rows after the descriptor read
+// them). out may be x: a part overwrites only its own rows, each after every descriptor
+// row that reads it has been formed.
+void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k,
+                    float bn_scale, float bn_shift, int64_t n, int64_t c, int64_t h,
+                    int64_t wd, float* desc, float* po) {
+  const int64_t hw = h * wd, rows = n * h, pad = k / 2;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  // row g is row g % h of sample g / h, pixels [g wd, (g + 1) wd) of the N x HW
+  const auto desc_row = [&](int64_t g) {
+    desc_pixels(px, pa, g / h, g * wd, (g + 1) * wd, c, hw, desc);
+  };
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g0 = rows * t / parts, g1 = rows * (t + 1) / parts;
+      for (int64_t g = g0; g < g1; ++g) {
+        if (g < g0 + pad || g >= g1 - pad) desc_row(g);
+      }
+    }
+  });
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> gate(wd);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g0 = rows * t / parts, g1 = rows * (t + 1) / parts;
+      int64_t next = std::min(g1, g0 + pad);            // the next row to form
+      const int64_t formed = std::max(next, g1 - pad);  // rows from here on are formed
+      for (int64_t g = g0; g < g1; ++g) {
+        for (const int64_t want = std::min(formed, g + pad + 1); next < want; ++next) {
+          desc_row(next);
+        }
+        const int64_t smp = g / h;
+        const float* dmax = desc + smp * 2 * hw;
+        gate_rows(dmax, dmax + hw, h, wd, g % h, g % h + 1, pw, k, bn_scale, bn_shift,
+                  gate.data());
+        scale_pixels(px + g * wd * c, pa + smp * c, gate.data(), po + g * wd * c, wd, c);
+      }
+    }
+  });
+}
+
 // CBAM's spatial attention and scale for BatchNorm in running statistics, in two passes
 // that each walk whole channel planes in order: the descriptor [max_c ; mean_c](a_c x_c)
 // (spatial_pool), the gate sigmoid(conv(desc) scale + shift) on the small map, then
-// out = (x a_c) s_p (scale). out may be x.
+// out = (x a_c) s_p (scale); channels_last: cbam_eval_nhwc.
+// out may be x.
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
                double bn_scale, double bn_shift, at::Tensor& out) {
   check_input(x, "x");
@@ -440,6 +494,13 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
   const int64_t k = weight.size(-1);
   check_gate(weight, 2 * k * k, "weight");
   TORCH_CHECK(k % 2 == 1, "the convolution's kernel must be odd");
+  if (channels_last(x)) {
+    auto desc = at::empty({n, 2, h, wd}, x.options());
+    cbam_eval_nhwc(x.data_ptr<float>(), a.data_ptr<float>(), weight.data_ptr<float>(), k,
+                   static_cast<float>(bn_scale), static_cast<float>(bn_shift), n, c, h, wd,
+                   desc.data_ptr<float>(), out.data_ptr<float>());
+    return;
+  }
   const at::Tensor desc = spatial_pool(x, a);
   auto gate = at::empty({n, h, wd}, x.options());
   const float* pd = desc.data_ptr<float>();
