@@ -807,8 +807,8 @@ MAX_SPLIT_PIXELS = 16384
 # The backward's pass over pixels (_bwd_pixels) where it splits the channels (contiguous
 # NCHW): steps of 64 channels x 32 pixels, 128 channels per program. Its sums over the
 # pixels of each step (dL/dM_c) cost more on wider pixel blocks: at 2x1024x50x76 on an
-# H200 the pass alone took 16.1 us against 21.6 us with the general rule (32 x 64,
-# 224 channels), and at 2x2048x25x38 9.3 us against 10.4 us (docs/speed.md, v24).
+# H200 the pass took 21.6 us against 26.1 us with the general rule (32 x 64, 224
+# channels), and at 2x2048x25x38 11.5 us against 13.2 us (docs/speed.md, v24).
 SPLIT_PIX_BLOCK = (64, 32)
 SPLIT_PIX_CHANNELS = 128
 # (channels, pixels) per step of CBAM's channel pooling (_spatial_pool) where it splits
