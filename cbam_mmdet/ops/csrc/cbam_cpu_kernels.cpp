@@ -355,11 +355,6 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
   });
 }
 
-
-// (N, 2, H, W): [max over channels ; mean over channels] of (F_c * a_c), a of N x C.
-// The threads split the channels; each walks whole rows (sequential reads) into its own
-// partial maps, which are then combined.
-// channels_last: the threads split the pixels, each pixel's channels reduced at once.
 // channels_last: the descriptor of the pixels [i, stop) of sample smp (i counts the N x HW
 // pixels) into desc (N, 2, HW).
 void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64_t stop,
@@ -377,6 +372,10 @@ void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64
   }
 }
 
+// (N, 2, H, W): [max over channels ; mean over channels] of (F_c * a_c), a of N x C.
+// The threads split the channels; each walks whole rows (sequential reads) into its own
+// partial maps, which are then combined.
+// channels_last: the threads split the pixels, each pixel's channels reduced at once.
 at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
   auto out = at::empty({n, 2, h, w}, x.options());
