@@ -925,25 +925,23 @@ class _Plan:
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
         wide = n * triton.cdiv(hw, 128) >= WIDE_PROGRAMS
-        self.pix_bc, self.pix_bhw = (64, 32) if cl else (
-            64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
-        fixed_split = not cl and n * hw <= MAX_SPLIT_PIXELS
-        if fixed_split:
+        if not cl and n * hw <= MAX_SPLIT_PIXELS:  # channel splits of a fixed size
             self.pix_bc, self.pix_bhw = SPLIT_PIX_BLOCK
-        pix_blocks = triton.cdiv(hw, self.pix_bhw)
-        if fixed_split:
             self.pix_cps = min(SPLIT_PIX_CHANNELS, triton.cdiv(c, self.pix_bc) * self.pix_bc)
-            self.pix_splits = triton.cdiv(c, self.pix_cps)
         else:
-            self.pix_cps, self.pix_splits = _channel_split(n * pix_blocks, n, hw, c,
-                                                           self.pix_bc)
+            self.pix_bc, self.pix_bhw = (64, 32) if cl else (
+                64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
+            self.pix_cps = _channel_split(n * triton.cdiv(hw, self.pix_bhw), n, hw, c,
+                                          self.pix_bc)[0]
+        self.pix_splits = triton.cdiv(c, self.pix_cps)
+        pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
         self.conv_bwd_grid = (n, triton.cdiv(hw, CONV_BWD_BLOCK_HW), 1)
-        # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS)
+        # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS; where the pass
+        # also forms M_c, after a direct pooling pass, longer pixel blocks)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
-            (16, 128) if wide or n * hw <= MAX_SPLIT_PIXELS else (32, 64))
-        if not cl and self.direct and n * hw <= MAX_SPLIT_PIXELS:
-            self.sp_bc, self.sp_bhw = GATE_SPLIT_SP_BLOCK[hw > 2048]
+            (GATE_SPLIT_SP_BLOCK[hw > 2048] if self.direct else (16, 128))
+            if n * hw <= MAX_SPLIT_PIXELS else (16, 128) if wide else (32, 64))
         sp_blocks = triton.cdiv(hw, self.sp_bhw)
         self.sp_cps, self.sp_splits = _channel_split(n * sp_blocks, n, hw, c, self.sp_bc)
         self.sp_grid = (n * self.sp_splits, sp_blocks, 1)

@@ -451,9 +451,10 @@ void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k
   const auto desc_row = [&](int64_t g) {
     desc_pixels(px, pa, g / h, g * wd, (g + 1) * wd, c, hw, desc);
   };
+  const auto first_row = [&](int64_t t) { return rows * t / parts; };  // of part t
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g0 = rows * t / parts, g1 = rows * (t + 1) / parts;
+      const int64_t g0 = first_row(t), g1 = first_row(t + 1);
       for (int64_t g = g0; g < g1; ++g) {
         if (g < g0 + pad || g >= g1 - pad) desc_row(g);
       }
@@ -462,7 +463,7 @@ void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> gate(wd);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g0 = rows * t / parts, g1 = rows * (t + 1) / parts;
+      const int64_t g0 = first_row(t), g1 = first_row(t + 1);
       int64_t next = std::min(g1, g0 + pad);            // the next row to form
       const int64_t formed = std::max(next, g1 - pad);  // rows from here on are formed
       for (int64_t g = g0; g < g1; ++g) {
