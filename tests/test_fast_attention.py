@@ -187,7 +187,8 @@ def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-4):
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 @pytest.mark.parametrize('shape', SHAPES + [(2, 256, 50, 76), (2, 1024, 25, 38),
                                             (2, 2048, 5, 7), (1, 512, 48, 64),
-                                            (2, 64, 96, 96), (2, 16, 192, 176)], ids=str)
+                                            (2, 64, 96, 96), (2, 16, 192, 176),
+                                            (2, 16, 160, 320)], ids=str)
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training,
@@ -197,7 +198,9 @@ def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, trai
     MLP's backward on wider channel blocks (``MLP_BWD_PROGRAMS``); 1x512x48x64 (over
     2048 pixels, the MLP spread over the pooling programs) CBAM's channel pooling on
     512-pixel blocks; 2x64x96x96 and 2x16x192x176 the pixel blocks of large maps (64
-    channels per step; 64- and 128-pixel blocks)."""
+    channels per step; 64- and 128-pixel blocks); 2x16x160x320 the spatial convolution's
+    backward on 512-pixel blocks (W a multiple of 16, 200 programs), the others on 128
+    (2x16x192x176, 2x64x96x96) and 64 (2x256x50x76 and smaller)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     ref64 = copy.deepcopy(ref).double()

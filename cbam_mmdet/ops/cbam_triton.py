@@ -844,9 +844,17 @@ POOL_PROGRAMS = 512
 # channels per step from PIX_WIDE_HW pixels per sample on, else 32 (docs/speed.md, v10).
 WIDE_PROGRAMS = 512
 PIX_WIDE_HW = 8192
-# pixels per program of the spatial convolution's backward: 128 measured best of
-# 32 / 64 / 128 / 256 at the four ResNet-50 stages (docs/speed.md, v11)
-CONV_BWD_BLOCK_HW = 128
+# pixels per program of the spatial convolution's backward (BLOCKS: long, default,
+# short): short blocks where the default would make fewer than CONV_BWD_PROGRAMS[1]
+# programs (an H200's SMs); long ones where BatchNorm uses running statistics, W is a
+# multiple of 16 and they still make CONV_BWD_PROGRAMS[0] programs. On an H200, CBAM
+# training, one module (docs/speed.md, v26): at 2x256x200x304 22.5 us with 512 pixels
+# against 29.1 with 128; at 2x1024x50x76 and 2x2048x25x38 5.2 / 4.5 us with 64 against
+# 6.4 / 5.8 with 128. With batch statistics the 512-pixel programs were slower (41.4
+# against 35.9 us), and where W is not a multiple of 16 they took 10-15x as long (the pass
+# alone at 2x200x300: 327 us; 128 stayed the best of 64 / 128 / 256 / 512 there).
+CONV_BWD_BLOCKS = (512, 128, 64)
+CONV_BWD_PROGRAMS = (200, 132)
 # taps of the spatial convolution's dW summed per step in _bwd_spatial (a power of 2)
 CONV_BWD_TAPS = 32
 # the MLP's backward: hidden units per program, channels per step of its serial phase
@@ -936,7 +944,15 @@ class _Plan:
         self.pix_splits = triton.cdiv(c, self.pix_cps)
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
-        self.conv_bwd_grid = (n, triton.cdiv(hw, CONV_BWD_BLOCK_HW), 1)
+        # the spatial convolution's backward: (pixels per program, grid) by whether
+        # BatchNorm uses batch statistics (which also reads z at every tap)
+        long_block, block, short_block = CONV_BWD_BLOCKS
+        if n * triton.cdiv(hw, block) < CONV_BWD_PROGRAMS[1]:
+            block = short_block
+        self.conv_bwd = {bn_train: (b, (n, triton.cdiv(hw, b), 1)) for bn_train, b in (
+            (True, block),
+            (False, long_block if w % 16 == 0 and n * triton.cdiv(hw, long_block)
+             >= CONV_BWD_PROGRAMS[0] else block))}
         # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS; where the pass
         # also forms M_c, after a direct pooling pass, longer pixel blocks)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
@@ -1152,10 +1168,11 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
            plan.stages['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
     w_cl = _weight_channels_last(conv_w)
-    launch(_bwd_spatial, plan.conv_bwd_grid, plan.compiled, ('bwdsp', bn_train, w_cl),
+    block, grid = plan.conv_bwd[bn_train]
+    launch(_bwd_spatial, grid, plan.compiled, ('bwdsp', bn_train, w_cl),
            stream, ws, ws, conv_w, bn_w, o['desc'], o['z'], o['stats'], b['dz'],
            b['bnpart'], plan.bnpart, b['dconv'], b['dbn'], b['ddesc'], plan.n, plan.h,
-           plan.w, bn_train, plan.k, w_cl, CONV_BWD_TAPS, 256, CONV_BWD_BLOCK_HW,
+           plan.w, bn_train, plan.k, w_cl, CONV_BWD_TAPS, 256, block,
            num_warps=plan.warps['_bwd_spatial'])
     launch(_bwd_desc_reduce, plan.desc_grid, plan.compiled, 'bwddesc', stream,
            x, ws, ws, o['a'], o['desc'], b['da'], b['ddesc'], plan.c, plan.hw, *st,
