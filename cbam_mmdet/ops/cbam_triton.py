@@ -882,6 +882,16 @@ DESC_BLOCK_C = 16
 # descriptors' reduction over 16 channels x 128 pixels; 8 warps helped none of the
 # backward passes, although they would need fewer registers per thread.
 NUM_WARPS = dict(_bwd_dx=1, _cbam_scale=1, _scale_channels=1, _bwd_desc_reduce=1)
+# Large maps (contiguous NCHW, N x H x W > MAX_SPLIT_PIXELS, H x W >= PIX_WIDE_HW), by
+# whether 128-pixel blocks are wide (see WIDE_PROGRAMS): the (channels, pixels) per step
+# of the backward's pass over pixels, and warps per kernel. Swept on an H200 (CBAM
+# training, one module; docs/speed.md, v26): at 2x256x200x304 (wide) `_bwd_pixels` took
+# 39.1 us with 32 x 128 at one warp against 44.4 with 64 x 128 at four; at 2x512x100x152
+# 24.1 us with 64 x 64 at two warps against 25.7 at four; `_bwd_desc_reduce` at two warps
+# 22.3 / 12.2 us against 24.0 / 13.1 at one.
+LARGE_PIX_BLOCK = {True: (32, 128), False: (64, 64)}
+LARGE_WARPS = {True: dict(_bwd_pixels=1, _bwd_desc_reduce=2),
+               False: dict(_bwd_pixels=2, _bwd_desc_reduce=2)}
 
 
 def _channel_split(programs, n, hw, c, block_c):
@@ -937,7 +947,8 @@ class _Plan:
             self.pix_bc, self.pix_bhw = SPLIT_PIX_BLOCK
             self.pix_cps = min(SPLIT_PIX_CHANNELS, triton.cdiv(c, self.pix_bc) * self.pix_bc)
         else:
-            self.pix_bc, self.pix_bhw = (64, 32) if cl else (
+            self.pix_bc, self.pix_bhw = (64, 32) if cl else LARGE_PIX_BLOCK[wide] if (
+                n * hw > MAX_SPLIT_PIXELS and hw >= PIX_WIDE_HW) else (
                 64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
             self.pix_cps = _channel_split(n * triton.cdiv(hw, self.pix_bhw), n, hw, c,
                                           self.pix_bc)[0]
@@ -1022,6 +1033,8 @@ class _Plan:
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
         self.warps = collections.defaultdict(lambda: 4, {} if cl else NUM_WARPS)
+        if not cl and n * hw > MAX_SPLIT_PIXELS and hw >= PIX_WIDE_HW:
+            self.warps.update(LARGE_WARPS[wide])
         self.stages = dict(LOOP_STAGES)
         # recorded programs (inference) and C++ training states by call kind, or None
         # where a recording cannot be replayed (triton_programs)
