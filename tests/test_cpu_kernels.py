@@ -75,6 +75,12 @@ def test_cpu_kernels_each_pass_matches_torch(layout):
     pooled = kern.channel_pool(x)
     torch.testing.assert_close(pooled[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(pooled[1], x.amax((2, 3)), rtol=0, atol=0)
+    mean = kern.channel_mean(x)
+    assert mean.shape == (1, 2, 43)
+    torch.testing.assert_close(mean[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
+    big = laid_out(torch.randn(2, 3, 70, 67) + 5, layout)  # chunks of 4096, a tail of 1
+    torch.testing.assert_close(kern.channel_mean(big)[0].double(),
+                               big.double().mean((2, 3)), rtol=1e-6, atol=0)
     y = x * a[:, :, None, None]
     desc = kern.spatial_pool(x, a)
     torch.testing.assert_close(desc[:, :1], y.amax(1, keepdim=True), rtol=0, atol=0)
@@ -86,6 +92,9 @@ def test_cpu_kernels_each_pass_matches_torch(layout):
     with pytest.raises(RuntimeError, match='float32 CPU tensor .*contiguous NCHW or '
                        'channels_last'):
         kern.channel_pool(x.double())
+    with pytest.raises(RuntimeError, match='float32 CPU tensor .*contiguous NCHW or '
+                       'channels_last'):
+        kern.channel_mean(x[:, :, ::2])
     with pytest.raises(RuntimeError, match='contiguous NCHW or channels_last'):
         kern.spatial_pool(x[:, :, ::2], a)
     other = 'nchw' if layout == 'channels_last' else 'channels_last'
@@ -111,6 +120,10 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(layout, kernel_cal
     pooled = kern.channel_pool(x)
     assert torch.isnan(pooled[1, 0, 3]) and torch.isnan(pooled[0, 0, 3])
     assert pooled[1, 1, 5] == float('inf')
+    mean = kern.channel_mean(x)[0]
+    assert torch.isnan(mean[0, 3]) and mean[1, 5] == float('inf')
+    assert mean[2, 6] == -float('inf')
+    assert torch.isfinite(mean[0, :3]).all()
     desc = kern.spatial_pool(x, torch.ones(3, 32))
     assert torch.isnan(desc[0, 0, 2, 2]) and desc[1, 0, 1, 4] == float('inf')
 

@@ -173,7 +173,7 @@ def _se_kernels(kern, x, se, inplace):
     """SE inference through the C++ kernels: one pass for the average, the MLP in one
     call, and the scale (in place or into a new tensor)."""
     n, c = x.shape[:2]
-    a = _mlp_gate(kern, kern.channel_pool(x)[:1], se).view(n, c, 1, 1)
+    a = _mlp_gate(kern, kern.channel_mean(x), se).view(n, c, 1, 1)
     return x.mul_(a) if inplace else x * a
 
 
