@@ -212,6 +212,27 @@ void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
   }
 }
 
+// channels_last: acc += x_p channel by channel over len pixels (pool_pixels without the
+// maximum).
+CBAM_MULTIVERSION
+void sum_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
+                float* __restrict acc) {
+  int64_t p = 0;
+  for (; p + 4 <= len; p += 4) {
+    const float* __restrict r0 = x + p * stride;
+    const float* __restrict r1 = r0 + stride;
+    const float* __restrict r2 = r1 + stride;
+    const float* __restrict r3 = r2 + stride;
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) acc[ci] += (r0[ci] + r1[ci]) + (r2[ci] + r3[ci]);
+  }
+  for (; p < len; ++p) {
+    const float* __restrict row = x + p * stride;
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) acc[ci] += row[ci];
+  }
+}
+
 // channels_last: dmax[p] = max_c a_c x_pc and dsum[p] = sum_c a_c x_pc over len pixels.
 CBAM_MULTIVERSION
 void spatial_pixels(const float* x, const float* a, int64_t len, int64_t c, float* dmax,
@@ -284,7 +305,7 @@ void parallel_pixels(int64_t n, int64_t hw, int64_t c, const F& fn) {
 // channels_last: the threads split each sample's pixels into parts, and where there are
 // fewer parts than threads (small maps) the channels into blocks as well; every part sums
 // chunks of kChunk pixels per channel in float and adds the chunks in double, and the
-// parts are then combined.
+// parts are then combined. With mx null, the average alone.
 void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg,
                        float* mx) {
   const int64_t threads = at::get_num_threads();
@@ -309,8 +330,13 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
       std::fill(m, m + cn, kNegInf);
       for (int64_t q = p0; q < p1; q += kChunk) {
         std::fill(acc.begin(), acc.begin() + cn, 0.0f);
-        pool_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
-                    acc.data(), m);
+        if (mx != nullptr) {
+          pool_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
+                      acc.data(), m);
+        } else {
+          sum_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
+                     acc.data());
+        }
         for (int64_t ci = 0; ci < cn; ++ci) tot[ci] += acc[ci];
       }
     }
@@ -318,16 +344,17 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
   for (int64_t s = 0; s < n; ++s) {
     for (int64_t ci = 0; ci < c; ++ci) {
       double total = 0;
+      for (int64_t t = 0; t < parts; ++t) total += totals[(s * parts + t) * c + ci];
+      avg[s * c + ci] = static_cast<float>(total / static_cast<double>(hw));
+      if (mx == nullptr) continue;
       float best = kNegInf;
       for (int64_t t = 0; t < parts; ++t) {
-        total += totals[(s * parts + t) * c + ci];
         best = nan_max(best, maxima[(s * parts + t) * c + ci]);
       }
       if (std::isnan(total)) {  // NaN among the values: the maximum with NaN propagation
         best = kNegInf;
         for (int64_t p = 0; p < hw; ++p) best = nan_max(best, px[(s * hw + p) * c + ci]);
       }
-      avg[s * c + ci] = static_cast<float>(total / static_cast<double>(hw));
       mx[s * c + ci] = best;
     }
   }
@@ -358,11 +385,14 @@ at::Tensor channel_pool(const at::Tensor& x) {
 // (1, N, C): the average of every channel over H x W (SE needs no maximum).
 at::Tensor channel_mean(const at::Tensor& x) {
   check_input(x, "x");
-  if (channels_last(x)) return channel_pool(x).narrow(0, 0, 1);
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   auto out = at::empty({1, n, c}, x.options());
   const float* px = x.data_ptr<float>();
   float* avg = out.data_ptr<float>();
+  if (channels_last(x)) {
+    channel_pool_nhwc(px, n, c, hw, avg, nullptr);
+    return out;
+  }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       avg[i] = static_cast<float>(sum_row(px + i * hw, hw) / static_cast<double>(hw));
