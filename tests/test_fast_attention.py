@@ -197,10 +197,10 @@ def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, trai
     and the MLP spread over the pooling programs; 2x2048x5x7 (256 hidden units) the
     MLP's backward on wider channel blocks (``MLP_BWD_PROGRAMS``); 1x512x48x64 (over
     2048 pixels, the MLP spread over the pooling programs) CBAM's channel pooling on
-    512-pixel blocks; 2x64x96x96 and 2x16x192x176 the pixel blocks of large maps (64
-    channels per step; 64- and 128-pixel blocks); 2x16x160x320 the spatial convolution's
-    backward on 512-pixel blocks (W a multiple of 16, 200 programs), the others on 128
-    (2x16x192x176, 2x64x96x96) and 64 (2x256x50x76 and smaller)."""
+    512-pixel blocks; 2x64x96x96 and 2x16x192x176 the backward's pixel blocks of large
+    maps (64 x 64 at two warps; 32 x 128, wide, at one); 2x16x160x320 the spatial
+    convolution's backward on 512-pixel blocks (W a multiple of 16, 200 programs), the
+    others on 128 (2x16x192x176, 2x64x96x96) and 64 (2x256x50x76 and smaller)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     ref64 = copy.deepcopy(ref).double()
