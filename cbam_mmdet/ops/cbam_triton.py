@@ -943,13 +943,13 @@ class _Plan:
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
         wide = n * triton.cdiv(hw, 128) >= WIDE_PROGRAMS
+        large = not cl and n * hw > MAX_SPLIT_PIXELS and hw >= PIX_WIDE_HW  # LARGE_*
         if not cl and n * hw <= MAX_SPLIT_PIXELS:  # channel splits of a fixed size
             self.pix_bc, self.pix_bhw = SPLIT_PIX_BLOCK
             self.pix_cps = min(SPLIT_PIX_CHANNELS, triton.cdiv(c, self.pix_bc) * self.pix_bc)
         else:
-            self.pix_bc, self.pix_bhw = (64, 32) if cl else LARGE_PIX_BLOCK[wide] if (
-                n * hw > MAX_SPLIT_PIXELS and hw >= PIX_WIDE_HW) else (
-                64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
+            self.pix_bc, self.pix_bhw = (64, 32) if cl else LARGE_PIX_BLOCK[wide] if large \
+                else (64 if hw >= PIX_WIDE_HW else 32, 128 if wide else 64)
             self.pix_cps = _channel_split(n * triton.cdiv(hw, self.pix_bhw), n, hw, c,
                                           self.pix_bc)[0]
         self.pix_splits = triton.cdiv(c, self.pix_cps)
@@ -1033,7 +1033,7 @@ class _Plan:
 
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
         self.warps = collections.defaultdict(lambda: 4, {} if cl else NUM_WARPS)
-        if not cl and n * hw > MAX_SPLIT_PIXELS and hw >= PIX_WIDE_HW:
+        if large:
             self.warps.update(LARGE_WARPS[wide])
         self.stages = dict(LOOP_STAGES)
         # recorded programs (inference) and C++ training states by call kind, or None

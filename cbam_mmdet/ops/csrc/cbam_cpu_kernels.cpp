@@ -182,8 +182,10 @@ void scale_row(const float* row, float av, const float* srow, float* orow, int64
   for (int64_t p = 0; p < len; ++p) orow[p] = (row[p] * av) * srow[p];
 }
 
-// channels_last: acc += x_p and mx = max(mx, x_p) channel by channel over len pixels,
-// c channels of each (x at the first pixel's first channel; pixels `stride` apart).
+// channels_last: acc += x_p and (kMax) mx = max(mx, x_p) channel by channel over len
+// pixels, c channels of each (x at the first pixel's first channel; pixels `stride`
+// apart). Without the maximum (SE's average alone) the pass runs faster.
+template <bool kMax>
 CBAM_MULTIVERSION
 void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
                  float* __restrict acc, float* __restrict mx) {
@@ -196,10 +198,12 @@ void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
 #pragma omp simd
     for (int64_t ci = 0; ci < c; ++ci) {
       acc[ci] += (r0[ci] + r1[ci]) + (r2[ci] + r3[ci]);
-      const float m01 = r0[ci] > r1[ci] ? r0[ci] : r1[ci];
-      const float m23 = r2[ci] > r3[ci] ? r2[ci] : r3[ci];
-      const float m = m01 > m23 ? m01 : m23;
-      mx[ci] = mx[ci] > m ? mx[ci] : m;
+      if constexpr (kMax) {
+        const float m01 = r0[ci] > r1[ci] ? r0[ci] : r1[ci];
+        const float m23 = r2[ci] > r3[ci] ? r2[ci] : r3[ci];
+        const float m = m01 > m23 ? m01 : m23;
+        mx[ci] = mx[ci] > m ? mx[ci] : m;
+      }
     }
   }
   for (; p < len; ++p) {
@@ -207,29 +211,8 @@ void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
 #pragma omp simd
     for (int64_t ci = 0; ci < c; ++ci) {
       acc[ci] += row[ci];
-      mx[ci] = mx[ci] > row[ci] ? mx[ci] : row[ci];
+      if constexpr (kMax) mx[ci] = mx[ci] > row[ci] ? mx[ci] : row[ci];
     }
-  }
-}
-
-// channels_last: acc += x_p channel by channel over len pixels (pool_pixels without the
-// maximum).
-CBAM_MULTIVERSION
-void sum_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
-                float* __restrict acc) {
-  int64_t p = 0;
-  for (; p + 4 <= len; p += 4) {
-    const float* __restrict r0 = x + p * stride;
-    const float* __restrict r1 = r0 + stride;
-    const float* __restrict r2 = r1 + stride;
-    const float* __restrict r3 = r2 + stride;
-#pragma omp simd
-    for (int64_t ci = 0; ci < c; ++ci) acc[ci] += (r0[ci] + r1[ci]) + (r2[ci] + r3[ci]);
-  }
-  for (; p < len; ++p) {
-    const float* __restrict row = x + p * stride;
-#pragma omp simd
-    for (int64_t ci = 0; ci < c; ++ci) acc[ci] += row[ci];
   }
 }
 
@@ -330,12 +313,12 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
       std::fill(m, m + cn, kNegInf);
       for (int64_t q = p0; q < p1; q += kChunk) {
         std::fill(acc.begin(), acc.begin() + cn, 0.0f);
+        const float* from = px + (s * hw + q) * c + c0;
+        const int64_t len = std::min(p1, q + kChunk) - q;
         if (mx != nullptr) {
-          pool_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
-                      acc.data(), m);
+          pool_pixels<true>(from, len, cn, c, acc.data(), m);
         } else {
-          sum_pixels(px + (s * hw + q) * c + c0, std::min(p1, q + kChunk) - q, cn, c,
-                     acc.data());
+          pool_pixels<false>(from, len, cn, c, acc.data(), nullptr);
         }
         for (int64_t ci = 0; ci < cn; ++ci) tot[ci] += acc[ci];
       }
