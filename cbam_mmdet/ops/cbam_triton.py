@@ -146,19 +146,20 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
               PAIR: tl.constexpr, DIRECT: tl.constexpr, ZERO_GRADS: tl.constexpr,
               INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
               MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-              STAGES: tl.constexpr):
+              GATE: tl.constexpr, STAGES: tl.constexpr):
     """avg and max of x over H x W and the shared MLP's first layer.
 
     DIRECT (one program covers all of H x W for its channels): the program stores its
     channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
     accumulator ``acc`` (zero between calls); else it stores partials over its span of
     H x W and the MLP's first layer runs in the last program of the sample
-    (:func:`_mlp_sample`; for CBAM (PAIR) also a[n] = M_c by :func:`_channel_gate`, for
-    SE the scale pass computes it). The last program of sample n to finish (a
-    counter per sample, reset after use) stores hpre[n] and h[n] (:func:`_hidden`), and
-    prepares the later passes: zeroes the backward's atomic accumulators of sample n
-    (ZERO_GRADS; the convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets
-    the descriptor of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
+    (:func:`_mlp_sample`). The last program of sample n to finish (a counter per sample,
+    reset after use) stores hpre[n] and h[n] (:func:`_hidden`); with GATE (CBAM, where
+    the pass is not direct or runs over a large map) also a[n] = M_c by
+    :func:`_channel_gate` (else the next pass computes it per program); and it prepares
+    the later passes: zeroes the backward's atomic accumulators of sample n (ZERO_GRADS;
+    the convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets the
+    descriptor of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -212,14 +213,14 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
         else:
             _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
                         N, C, HID, HW, tl.num_programs(1), PAIR, HID_P, MLP_BLOCK_C)
-            if PAIR:  # CBAM: the gate here (SE's next pass computes it per program)
-                tl.debug_barrier()  # h[n] is written before it is read
-                for c0 in range(0, C, MLP_BLOCK_C):
-                    oc = c0 + tl.arange(0, MLP_BLOCK_C)
-                    mc = oc < C
-                    tl.store(ws_ptr + OFF_A + n * C + oc,
-                             _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, oc, mc, HID,
-                                           PAIR, HID_P), mask=mc)
+        if GATE:  # CBAM: the gate here (else the next pass computes it per program)
+            tl.debug_barrier()  # h[n] is written before it is read
+            for c0 in range(0, C, MLP_BLOCK_C):
+                oc = c0 + tl.arange(0, MLP_BLOCK_C)
+                mc = oc < C
+                tl.store(ws_ptr + OFF_A + n * C + oc,
+                         _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, oc, mc, HID,
+                                       PAIR, HID_P), mask=mc)
         if ZERO_GRADS:
             _zero(ws_ptr + B_DA + n * C, C, 1024)
             _zero(ws_ptr + B_DPOOLED + n * 2 * C, 2 * C, 1024)
@@ -827,6 +828,16 @@ LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
 # in one program per sample where the weights have at least this many values.
 DIRECT_MLP_WEIGHTS = 32768
+# The pooling pass over large maps (contiguous NCHW, H x W >= PIX_WIDE_HW): direct, in
+# programs of LARGE_POOL_BLOCK (channels, pixels per step) with two pipeline stages, where
+# that makes at least LARGE_POOL_PROGRAMS programs. Then no program of the pass sums the
+# partials of the others for the MLP's first layer after they end. On an H200 (docs/
+# speed.md, v28), at 2x512x100x152: SE 16.3 -> 12.9 us, CBAM 21.0 -> 19.4 us; at
+# 2x256x200x304 (512 such programs) the spans were as fast (SE 24.9 against 25.5 us);
+# 2 or 4 channels per program were slower (21.7 / 34.6 us for SE at 2x512x100x152).
+LARGE_POOL_BLOCK = (1, 4096)
+LARGE_POOL_PROGRAMS = 1024
+LARGE_POOL_STAGES = 2
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
@@ -928,7 +939,13 @@ class _Plan:
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
         self.direct = c * hid >= DIRECT_MLP_WEIGHTS
-        if cl:  # (a direct pass has one program per channel block and sample)
+        large_pool = self.large_pool = (
+            not cl and hw >= PIX_WIDE_HW
+            and n * triton.cdiv(c, LARGE_POOL_BLOCK[0]) >= LARGE_POOL_PROGRAMS)
+        if large_pool:
+            self.direct = True
+            self.pool_bc, self.pool_bhw = LARGE_POOL_BLOCK
+        elif cl:  # (a direct pass has one program per channel block and sample)
             self.pool_bc, self.pool_bhw = CL_DIRECT_POOL_BLOCK if self.direct else (64, 32)
         else:
             self.pool_bc, self.pool_bhw = (8, POOL_BLOCK_HW // 2) \
@@ -940,6 +957,8 @@ class _Plan:
         self.pool_hw_per_prog = per * self.pool_bhw
         self.split = triton.cdiv(hw, self.pool_hw_per_prog)
         self.direct = self.direct or self.split == 1
+        # CBAM's gate formed by the pooling pass's last program (else by _spatial_pool)
+        self.gate_in_pool = not self.direct or large_pool
         self.pool_grid = (ncb, self.split, 1)
         # passes over blocks of pixels, the channels split over programs where few
         wide = n * triton.cdiv(hw, 128) >= WIDE_PROGRAMS
@@ -1036,6 +1055,8 @@ class _Plan:
         if large:
             self.warps.update(LARGE_WARPS[wide])
         self.stages = dict(LOOP_STAGES)
+        if large_pool:
+            self.stages['_pool_mlp'] = LARGE_POOL_STAGES
         # recorded programs (inference) and C++ training states by call kind, or None
         # where a recording cannot be replayed (triton_programs)
         self.native = {}
@@ -1047,7 +1068,7 @@ class _Plan:
             b['dz'] if cbam else 0, n, c, hid, hw, *st, self.pool_hw_per_prog,
             pair, self.direct, zero, cbam and self.sp_splits > 1,
             cbam and self.pix_splits > 1, self.hid_p, self.mlp_bc, self.pool_bc,
-            self.pool_bhw)
+            self.pool_bhw, pair and self.gate_in_pool)
             for zero in (False, True)}
         self.mlpbwd_tail = (
             o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
@@ -1113,7 +1134,7 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
     launch(_spatial_pool, plan.sp_grid, plan.compiled, 'spool', stream,
            x, ws, w2, b2, o['a'], o['h'], o['desc'], plan.c, plan.hid, plan.hw,
-           plan.sp_cps, *st, not plan.direct, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
+           plan.sp_cps, *st, plan.gate_in_pool, plan.sp_splits > 1, plan.hid_p, plan.sp_bc,
            plan.sp_bhw, plan.stages['_spatial_pool'],
            num_warps=plan.warps['_spatial_pool'])
     buffers = bn._buffers
