@@ -939,9 +939,8 @@ class _Plan:
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
         self.direct = c * hid >= DIRECT_MLP_WEIGHTS
-        large_pool = self.large_pool = (
-            not cl and hw >= PIX_WIDE_HW
-            and n * triton.cdiv(c, LARGE_POOL_BLOCK[0]) >= LARGE_POOL_PROGRAMS)
+        large_pool = (not cl and hw >= PIX_WIDE_HW
+                      and n * triton.cdiv(c, LARGE_POOL_BLOCK[0]) >= LARGE_POOL_PROGRAMS)
         if large_pool:
             self.direct = True
             self.pool_bc, self.pool_bhw = LARGE_POOL_BLOCK
