@@ -8,9 +8,11 @@ Python and records their launches; later calls replay the recording from C++
 (:mod:`.triton_programs`: inference in one call, training as a C++ autograd Function):
 
 - CBAM forward: ``_pool_mlp`` (avg and max over H, W and the shared MLP's first layer:
-  for large MLPs every program adds ``W1[:, its channels]`` times its channels' pooled
-  values into a per-sample accumulator; for small ones the last program of each sample
-  runs the whole MLP; it also zeroes the backward's accumulators), ``_spatial_pool``
+  for large MLPs, and over large maps in one-channel programs, every program adds
+  ``W1[:, its channels]`` times its channels' pooled values into a per-sample
+  accumulator; else the last program of each sample runs the MLP from the programs'
+  partials; that program also forms ``M_c`` unless the pass was direct over a small map,
+  and zeroes the backward's accumulators), ``_spatial_pool``
   (``M_c`` for the channels each program reads, by the MLP's second layer where the
   pooling pass left it, then [max; mean] over C of ``M_c F``, never stored),
   ``_spatial_conv`` (the 7x7 convolution; with BatchNorm in running statistics also
