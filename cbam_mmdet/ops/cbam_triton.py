@@ -11,8 +11,8 @@ Python and records their launches; later calls replay the recording from C++
   for large MLPs, and over large maps in one-channel programs, every program adds
   ``W1[:, its channels]`` times its channels' pooled values into a per-sample
   accumulator; else the last program of each sample runs the MLP from the programs'
-  partials; that program also forms ``M_c`` unless the pass was direct over a small map,
-  and zeroes the backward's accumulators), ``_spatial_pool``
+  partials; that program also forms ``M_c``, except after a direct pass that was not
+  over a large map, and zeroes the backward's accumulators), ``_spatial_pool``
   (``M_c`` for the channels each program reads, by the MLP's second layer where the
   pooling pass left it, then [max; mean] over C of ``M_c F``, never stored),
   ``_spatial_conv`` (the 7x7 convolution; with BatchNorm in running statistics also
