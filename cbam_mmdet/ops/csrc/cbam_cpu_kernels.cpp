@@ -343,14 +343,15 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
   }
 }
 
-// (2, N, C): average and maximum of every channel over H x W.
-at::Tensor channel_pool(const at::Tensor& x) {
+// (K, N, C): the average of every channel over H x W and, with_max (K = 2), its maximum
+// (one pass; without the maximum, SE's case, the pass runs faster).
+at::Tensor pool_channels(const at::Tensor& x, bool with_max) {
   check_input(x, "x");
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  auto out = at::empty({2, n, c}, x.options());
+  auto out = at::empty({with_max ? 2 : 1, n, c}, x.options());
   const float* px = x.data_ptr<float>();
   float* avg = out.data_ptr<float>();
-  float* mx = avg + n * c;
+  float* mx = with_max ? avg + n * c : nullptr;
   if (channels_last(x)) {
     channel_pool_nhwc(px, n, c, hw, avg, mx);
     return out;
@@ -358,31 +359,22 @@ at::Tensor channel_pool(const at::Tensor& x) {
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       double total;
-      pool_row(px + i * hw, hw, &total, mx + i);
+      if (with_max) {
+        pool_row(px + i * hw, hw, &total, mx + i);
+      } else {
+        total = sum_row(px + i * hw, hw);
+      }
       avg[i] = static_cast<float>(total / static_cast<double>(hw));
     }
   });
   return out;
 }
 
+// (2, N, C): average and maximum of every channel over H x W.
+at::Tensor channel_pool(const at::Tensor& x) { return pool_channels(x, true); }
+
 // (1, N, C): the average of every channel over H x W (SE needs no maximum).
-at::Tensor channel_mean(const at::Tensor& x) {
-  check_input(x, "x");
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  auto out = at::empty({1, n, c}, x.options());
-  const float* px = x.data_ptr<float>();
-  float* avg = out.data_ptr<float>();
-  if (channels_last(x)) {
-    channel_pool_nhwc(px, n, c, hw, avg, nullptr);
-    return out;
-  }
-  at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      avg[i] = static_cast<float>(sum_row(px + i * hw, hw) / static_cast<double>(hw));
-    }
-  });
-  return out;
-}
+at::Tensor channel_mean(const at::Tensor& x) { return pool_channels(x, false); }
 
 // out = (F * a_c) * s_p, a of N x C, s of N x H x W values; out may be x itself.
 void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Tensor& out) {
