@@ -188,8 +188,8 @@ def assert_as_accurate_as_reference(got, want, truth, factor=4.0, floor=1e-4):
 @pytest.mark.parametrize('shape', SHAPES + [(2, 256, 50, 76), (2, 1024, 25, 38),
                                             (2, 2048, 5, 7), (1, 512, 48, 64),
                                             (2, 64, 96, 96), (2, 16, 192, 176),
-                                            (2, 16, 160, 320), (2, 512, 90, 100)],
-                         ids=str)
+                                            (2, 16, 160, 320), (2, 512, 90, 100),
+                                            (1, 1024, 90, 100)], ids=str)
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, training,
@@ -203,7 +203,9 @@ def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, trai
     convolution's backward on 512-pixel blocks (W a multiple of 16, 200 programs), the
     others on 128 (2x16x192x176, 2x64x96x96) and 64 (2x256x50x76 and smaller);
     2x512x90x100 the direct pooling pass over large maps, one channel per program, with
-    CBAM's gate formed by its last program (``LARGE_POOL_BLOCK``)."""
+    CBAM's gate formed by its last program (``LARGE_POOL_BLOCK``); 1x1024x90x100 the same
+    where the passes over pixels also split the channels (the same last program sets
+    the descriptors and zeroes dL/ds)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     ref64 = copy.deepcopy(ref).double()

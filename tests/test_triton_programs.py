@@ -632,7 +632,9 @@ def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_la
 @needs_triton
 def test_triton_programs_second_backward_and_no_input_grad():
     """retain_graph: a second backward through a replayed call gives the same
-    gradients; an input without requires_grad skips dx."""
+    gradients; an input without requires_grad skips dx. The backward adds up with
+    atomics, so two backward passes agree to the order of their sums."""
+    tol = dict(rtol=1e-3, atol=1e-4)
     torch.manual_seed(0)
     m = CBAM(64, ratio=8).cuda()
     x = torch.randn(2, 64, 12, 10, device='cuda')
@@ -649,11 +651,11 @@ def test_triton_programs_second_backward_and_no_input_grad():
     out.backward(g)
     second = [p.grad for p in m.parameters()] + [xg.grad]
     for a, b in zip(first, second):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, **tol)
     m.zero_grad()
     m(x).backward(g)  # x without requires_grad: parameters only
     for p, want in zip(m.parameters(), first):
-        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.grad, want, **tol)
 
 
 @needs_triton

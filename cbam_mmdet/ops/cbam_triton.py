@@ -737,43 +737,49 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
 @triton.jit
 def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC, OFF_POOLED,
             B_DDESC, B_DPOOLED, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
-            HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+            HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+            TILES: tl.constexpr, STAGES: tl.constexpr):
     """CBAM: dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max])
     + dpooled_avg / HW + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW.
-    dx has x's strides."""
+    dx has x's strides. A program covers TILES consecutive pixel blocks of its channels
+    (their per-channel values loaded once)."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
     offs_c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
-    mask_hw = offs_hw < HW
-    mask = mask_c[:, None] & mask_hw[None, :]
     c64 = offs_c[:, None].to(tl.int64)
-    hw64 = offs_hw[None, :].to(tl.int64)
     n64 = n.to(tl.int64)
-    xoffs = n64 * sxn + c64 * sxc + hw64 * sxhw
-    xr = tl.load(x_ptr + xoffs, mask=mask, other=0.0)
-    x = xr.to(tl.float32)
-    g = tl.load(g_ptr + n64 * sgn + c64 * sgc + hw64 * sghw, mask=mask,
-                other=0.0).to(tl.float32)
     a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)[:, None]
     pooled = ws_ptr + OFF_POOLED + n * 2 * C + offs_c
     dpooled = bws_ptr + B_DPOOLED + n * 2 * C + offs_c
-    gavg = tl.load(dpooled, mask=mask_c, other=0.0)[:, None]
+    gavg = tl.load(dpooled, mask=mask_c, other=0.0)[:, None] / HW
     if HAS_S:
-        s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)[None, :]
-        dbase = n * 2 * HW + offs_hw
-        mx = tl.load(ws_ptr + OFF_DESC + dbase, mask=mask_hw, other=0.0)[None, :]
-        gmx = tl.load(bws_ptr + B_DDESC + dbase, mask=mask_hw, other=0.0)[None, :]
-        gmean = tl.load(bws_ptr + B_DDESC + dbase + HW, mask=mask_hw, other=0.0)[None, :] / C
         cmax = tl.load(pooled + C, mask=mask_c, other=0.0)[:, None]
         gmax = tl.load(dpooled + C, mask=mask_c, other=0.0)[:, None]
-        dy = g * s + gmean + tl.where(x * a == mx, gmx, 0.0)
-        dx = dy * a + gavg / HW + tl.where(x == cmax, gmax, 0.0)
-    else:
-        dx = g * a + gavg / HW
-    tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
+    hw_begin = tl.program_id(1) * (BLOCK_HW * TILES)
+    for t in tl.range(0, TILES, num_stages=STAGES):
+        offs_hw = hw_begin + t * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        mask_hw = offs_hw < HW
+        mask = mask_c[:, None] & mask_hw[None, :]
+        hw64 = offs_hw[None, :].to(tl.int64)
+        xoffs = n64 * sxn + c64 * sxc + hw64 * sxhw
+        xr = tl.load(x_ptr + xoffs, mask=mask, other=0.0)
+        x = xr.to(tl.float32)
+        g = tl.load(g_ptr + n64 * sgn + c64 * sgc + hw64 * sghw, mask=mask,
+                    other=0.0).to(tl.float32)
+        if HAS_S:
+            s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)[None, :]
+            dbase = n * 2 * HW + offs_hw
+            mx = tl.load(ws_ptr + OFF_DESC + dbase, mask=mask_hw, other=0.0)[None, :]
+            gmx = tl.load(bws_ptr + B_DDESC + dbase, mask=mask_hw, other=0.0)[None, :]
+            gmean = tl.load(bws_ptr + B_DDESC + dbase + HW, mask=mask_hw,
+                            other=0.0)[None, :] / C
+            dy = g * s + gmean + tl.where(x * a == mx, gmx, 0.0)
+            dx = dy * a + gavg + tl.where(x == cmax, gmax, 0.0)
+        else:
+            dx = g * a + gavg
+        tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
 
 
 # ---- plans: every integer argument, grid and workspace offset of one input signature ----
@@ -826,7 +832,14 @@ GATE_SPLIT_SP_BLOCK = ((16, 256), (8, 512))
 # (H200, docs/speed.md, v16): 3 took the least time for these three, 1 for the
 # pooling pass and the pixels' pass.
 LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce=3,
-                   _bwd_reduce=3)
+                   _bwd_reduce=3, _bwd_dx=1)
+# CBAM's and SE's dL/dF pass (_bwd_dx) on larger maps: DX_TILES consecutive pixel blocks
+# per program, their per-channel values loaded once, the blocks' loads pipelined in
+# DX_STAGES stages. On an H200 (CBAM training, one module; docs/speed.md, v28): 380.5 ->
+# 364.8 us per step; at 2x2048x25x38 (950 pixels) slower (9.3 against 8.3 us).
+DX_TILES = 2
+DX_TILES_HW = 2048
+DX_STAGES = 2
 # The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
 # in one program per sample where the weights have at least this many values.
 DIRECT_MLP_WEIGHTS = 32768
@@ -1003,6 +1016,11 @@ class _Plan:
         # tiles (channel block x pixel block)
         self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
         self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
+        # the backward's last pass (dL/dF): DX_TILES pixel blocks per program where the
+        # map has at least DX_TILES_HW pixels per sample (else one)
+        self.dx_tiles = DX_TILES if not cl and hw >= DX_TILES_HW else 1
+        self.dx_grid = (self.tile_grid[0],
+                        triton.cdiv(hw, self.tile_bhw * self.dx_tiles), 1)
         self.red_hw_per_prog, self.red_grid = _reduce_grid(n, c, hw, self.tile_bc,
                                                            self.tile_bhw)
         # the descriptors' reduction (CBAM) reads per-pixel values with every channel
@@ -1058,6 +1076,8 @@ class _Plan:
         self.stages = dict(LOOP_STAGES)
         if large_pool:
             self.stages['_pool_mlp'] = LARGE_POOL_STAGES
+        if self.dx_tiles > 1:
+            self.stages['_bwd_dx'] = DX_STAGES
         # recorded programs (inference) and C++ training states by call kind, or None
         # where a recording cannot be replayed (triton_programs)
         self.native = {}
@@ -1215,10 +1235,11 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
            plan.stages['_bwd_desc_reduce'], num_warps=plan.warps['_bwd_desc_reduce'])
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
-        launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
+        launch(_bwd_dx, plan.dx_grid, plan.compiled, ('dx', extra), stream,
                g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
                b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
-               plan.tile_bhw, num_warps=plan.warps['_bwd_dx'])
+               plan.tile_bhw, plan.dx_tiles, plan.stages['_bwd_dx'],
+               num_warps=plan.warps['_bwd_dx'])
 
 
 def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=launch):
@@ -1230,10 +1251,10 @@ def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=la
            num_warps=plan.warps['_bwd_reduce'])
     _mlp_backward(plan, stream, ws, params[0], params[2], launch)
     if dx is not None:
-        launch(_bwd_dx, plan.tile_grid, plan.compiled, ('dx', extra), stream,
+        launch(_bwd_dx, plan.dx_grid, plan.compiled, ('dx', extra), stream,
                g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
                plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw,
-               num_warps=plan.warps['_bwd_dx'])
+               plan.dx_tiles, plan.stages['_bwd_dx'], num_warps=plan.warps['_bwd_dx'])
 
 
 def _param_grads(plan, ws, needs, params):
