@@ -657,6 +657,23 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
 
 
 @triton.jit
+def _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n, offs_j, mask_j, dh,
+                PAIR: tl.constexpr):
+    """Stores dL/d hpre of sample n's hidden units offs_j (both branches where PAIR) from
+    dL/dh; returns their sum (db1's share)."""
+    hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
+    dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
+    dpa = tl.where(tl.load(hpre, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
+    # every channel block of _mlp_bwd computes the same values: any of them may store them
+    tl.store(dpre, dpa, mask=mask_j)
+    if PAIR:
+        dpm = tl.where(tl.load(hpre + HID, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
+        tl.store(dpre + HID, dpm, mask=mask_j)
+        dpa += dpm
+    return dpa
+
+
+@triton.jit
 def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA, B_DPRE,
              B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID, CPB,
              PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -672,27 +689,29 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
     mask_j = offs_j < HID
     first_c = pid_c == 0
     db1 = tl.zeros((BLOCK_J,), dtype=tl.float32)
-    for n in range(0, N):
-        dh = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    # two samples per pass over W2's rows (each row block loaded once for both)
+    for n in range(0, N, 2):
+        has_n1 = n + 1 < N
+        dh0 = tl.zeros((BLOCK_J,), dtype=tl.float32)
+        dh1 = tl.zeros((BLOCK_J,), dtype=tl.float32)
         for start in range(0, C, BLOCK_DH):
             offs_c = start + tl.arange(0, BLOCK_DH)
             mask_c = offs_c < C
+            mask_c1 = mask_c & has_n1
+            w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
+                         mask=mask_c[:, None] & mask_j[None, :], other=0.0)
             av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
             dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
                 * av * (1.0 - av)
-            w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
-                         mask=mask_c[:, None] & mask_j[None, :], other=0.0)
-            dh += tl.sum(w2 * dl[:, None], axis=0)
-        hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
-        dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
-        dpa = tl.where(tl.load(hpre, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
-        # every channel block computes the same values: any of them may store them
-        tl.store(dpre, dpa, mask=mask_j)
-        db1 += dpa
-        if PAIR:
-            dpm = tl.where(tl.load(hpre + HID, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
-            tl.store(dpre + HID, dpm, mask=mask_j)
-            db1 += dpm
+            dh0 += tl.sum(w2 * dl[:, None], axis=0)
+            av = tl.load(ws_ptr + OFF_A + (n + 1) * C + offs_c, mask=mask_c1, other=0.0)
+            dl = tl.load(bws_ptr + B_DA + (n + 1) * C + offs_c, mask=mask_c1, other=0.0) \
+                * av * (1.0 - av)
+            dh1 += tl.sum(w2 * dl[:, None], axis=0)
+        db1 += _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n, offs_j, mask_j, dh0,
+                           PAIR)
+        db1 += _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n + 1, offs_j,
+                           mask_j & has_n1, dh1, PAIR)
     tl.store(bws_ptr + B_DB1 + offs_j, db1, mask=mask_j & first_c)
     tl.debug_barrier()
     c_begin = pid_c * CPB
