@@ -680,9 +680,9 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
              BLOCK_DH: tl.constexpr):
     """The shared MLP's backward for one block of hidden units (grid axis 0) and CPB
     channels (axis 1): dL/d hpre of the block (every program computes it over all
-    channels, BLOCK_DH at a time; the first channel block stores it and db1), then for
-    its channels the rows of dW2 and columns of dW1, db2 (first hidden block) and
-    dL/d pooled (atomics over the hidden blocks)."""
+    channels, BLOCK_DH at a time, two samples per pass over W2's rows; the first channel
+    block stores db1), then for its channels the rows of dW2 and columns of dW1, db2
+    (first hidden block) and dL/d pooled (atomics over the hidden blocks)."""
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -911,7 +911,9 @@ MLP_BWD_BLOCK_DH = 1024
 # MLP_BWD_CHANNELS, doubled while there would be more than MLP_BWD_PROGRAMS programs. Of
 # 32 / 64 / 128 channels and 4 / 8 / 16 / 32 hidden units per program at 2 / 4 warps, 64
 # channels and 16 units at 4 warps took the least time at stages 1-3 of ResNet-50, 128
-# channels at stage 4 (256 programs of 64 channels; H200, docs/speed.md, v14)
+# channels at stage 4 (256 programs of 64 channels; H200, docs/speed.md, v14). With two
+# samples per pass over W2 (v29) these settings stayed the best of 10 (64 / 256
+# programs, 512 / 2048 channels per step, 8 / 32 units, 2 / 8 warps).
 MLP_BWD_CHANNELS = 64
 MLP_BWD_PROGRAMS = 128
 # programs of the reductions over H x W by channel blocks (spans of pixels per program)
