@@ -854,7 +854,7 @@ LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce
                    _bwd_reduce=3, _bwd_dx=1)
 # CBAM's and SE's dL/dF pass (_bwd_dx) on larger maps: DX_TILES consecutive pixel blocks
 # per program, their per-channel values loaded once, the blocks' loads pipelined in
-# DX_STAGES stages. On an H200 (CBAM training, one module; docs/speed.md, v28): 380.5 ->
+# DX_STAGES stages. On an H200 (CBAM training, one module; docs/speed.md, v28-v29): 380.5 ->
 # 364.8 us per step; at 2x2048x25x38 (950 pixels) slower (9.3 against 8.3 us).
 DX_TILES = 2
 DX_TILES_HW = 2048
