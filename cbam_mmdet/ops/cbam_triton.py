@@ -657,6 +657,13 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
 
 
 @triton.jit
+def _logit_grad(ws_ptr, bws_ptr, OFF_A, B_DA, n, C, offs_c, mask_c):
+    """dL/d(the MLP's output) of sample n's channels offs_c: dL/da a (1 - a)."""
+    av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
+    return tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) * av * (1.0 - av)
+
+
+@triton.jit
 def _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n, offs_j, mask_j, dh,
                 PAIR: tl.constexpr):
     """Stores dL/d hpre of sample n's hidden units offs_j (both branches where PAIR) from
@@ -700,13 +707,9 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
             mask_c1 = mask_c & has_n1
             w2 = tl.load(w2_ptr + offs_c[:, None] * HID + offs_j[None, :],
                          mask=mask_c[:, None] & mask_j[None, :], other=0.0)
-            av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
-            dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
-                * av * (1.0 - av)
+            dl = _logit_grad(ws_ptr, bws_ptr, OFF_A, B_DA, n, C, offs_c, mask_c)
             dh0 += tl.sum(w2 * dl[:, None], axis=0)
-            av = tl.load(ws_ptr + OFF_A + (n + 1) * C + offs_c, mask=mask_c1, other=0.0)
-            dl = tl.load(bws_ptr + B_DA + (n + 1) * C + offs_c, mask=mask_c1, other=0.0) \
-                * av * (1.0 - av)
+            dl = _logit_grad(ws_ptr, bws_ptr, OFF_A, B_DA, n + 1, C, offs_c, mask_c1)
             dh1 += tl.sum(w2 * dl[:, None], axis=0)
         db1 += _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n, offs_j, mask_j, dh0,
                            PAIR)
@@ -725,9 +728,7 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
         dw1t = tl.zeros((BLOCK_C, BLOCK_J), dtype=tl.float32)
         db2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
         for n in range(0, N):
-            av = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
-            dl = tl.load(bws_ptr + B_DA + n * C + offs_c, mask=mask_c, other=0.0) \
-                * av * (1.0 - av)
+            dl = _logit_grad(ws_ptr, bws_ptr, OFF_A, B_DA, n, C, offs_c, mask_c)
             db2 += dl
             hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
             dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
