@@ -7,7 +7,6 @@ The checkpoint must fit the config's model exactly. Known input errors (dataset 
 num_classes, checkpoints) print one message and exit with status 2.
 """
 import argparse
-import gc
 import os
 import os.path as osp
 import sys
@@ -55,6 +54,3 @@ def main(argv=None):
 
 if __name__ == '__main__':
     exit_on_known_errors(main)
-    # the runner (with a DDP model and its process group's worker threads) freed while the
-    # interpreter is alive: a gloo group freed during the interpreter's exit can abort it
-    gc.collect()

@@ -8,7 +8,6 @@ Known input errors (dataset files, num_classes, checkpoints) print one message a
 with status 2.
 """
 import argparse
-import gc
 import os
 import os.path as osp
 import sys
@@ -65,6 +64,3 @@ def main(argv=None):
 
 if __name__ == '__main__':
     exit_on_known_errors(main)
-    # the runner (with a DDP model and its process group's worker threads) freed while the
-    # interpreter is alive: a gloo group freed during the interpreter's exit can abort it
-    gc.collect()

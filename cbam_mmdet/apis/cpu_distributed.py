@@ -60,8 +60,8 @@ def prepare_cpu_distributed(cfg) -> bool:
 def finish_distributed():
     """Wait for every process, then tear the process group down before the interpreter
     exits (a gloo group left running aborts the process at exit). A DDP model still
-    holds the group: ``tools/train.py`` and ``tools/test.py`` free their runner (a
-    garbage collection) before they exit, for the same reason."""
+    holds the group: the tools' entry point (``exit_on_known_errors``) frees the runner
+    before they exit, for the same reason."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """The errors the tools report as one message (no traceback), and the helper that
 does it. Package functions raise them, so tests and callers can catch them."""
+import gc
 import sys
 
 from ..checkpoint import (CheckpointMismatchError, CorruptCheckpointError,
@@ -40,11 +41,15 @@ KNOWN_ERRORS = (InputError, UnsafeCheckpointError, CorruptCheckpointError,
 
 
 def exit_on_known_errors(main, argv=None, prog=None):
-    """Run ``main(argv)``; a known error prints ``PROG: error: MESSAGE`` on stderr and
-    exits with status 2, without a traceback."""
+    """Run ``main(argv)`` as a tool's entry point; a known error prints ``PROG: error:
+    MESSAGE`` on stderr and exits with status 2, without a traceback. The result is
+    dropped and garbage-collected before this returns: a runner lives in reference
+    cycles, and a DDP model's gloo process group freed during the interpreter's exit
+    can abort the process."""
     try:
-        return main(argv)
+        main(argv)
     except KNOWN_ERRORS as e:
         prog = prog or sys.argv[0]
         print(f'{prog}: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    gc.collect()
