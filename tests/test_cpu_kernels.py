@@ -75,12 +75,19 @@ def test_cpu_kernels_each_pass_matches_torch(layout):
     pooled = kern.channel_pool(x)
     torch.testing.assert_close(pooled[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(pooled[1], x.amax((2, 3)), rtol=0, atol=0)
-    mean = kern.channel_mean(x)
-    assert mean.shape == (1, 2, 43)
-    torch.testing.assert_close(mean[0], x.mean((2, 3)), rtol=1e-6, atol=1e-6)
-    big = laid_out(torch.randn(2, 3, 70, 67) + 5, layout)  # chunks of 4096, a tail of 1
-    torch.testing.assert_close(kern.channel_mean(big)[0].double(),
-                               big.double().mean((2, 3)), rtol=1e-6, atol=0)
+    w1, b1, w2, b2 = torch.randn(5, 43), torch.randn(5), torch.randn(43, 5), torch.randn(43)
+    gate = torch.sigmoid(torch.relu(x.mean((2, 3)) @ w1.T + b1) @ w2.T + b2)
+    se_out = torch.empty_like(x)
+    kern.se_eval(x, w1, b1, w2, b2, se_out)
+    assert_layout(se_out, layout)
+    torch.testing.assert_close(se_out, x * gate[:, :, None, None], rtol=1e-5, atol=1e-6)
+    # chunks of 4096, a tail of 1; the gate's logit is the average itself
+    big = laid_out(torch.randn(2, 3, 70, 67) + 5, layout)
+    eye = torch.eye(3)
+    big_out = torch.empty_like(big)
+    kern.se_eval(big, eye, torch.full((3,), 10.0), eye, torch.full((3,), -10.0), big_out)
+    want = big.double() * torch.sigmoid(big.double().mean((2, 3)))[:, :, None, None]
+    torch.testing.assert_close(big_out.double(), want, rtol=1e-6, atol=0)
     y = x * a[:, :, None, None]
     desc = kern.spatial_pool(x, a)
     torch.testing.assert_close(desc[:, :1], y.amax(1, keepdim=True), rtol=0, atol=0)
@@ -94,7 +101,9 @@ def test_cpu_kernels_each_pass_matches_torch(layout):
         kern.channel_pool(x.double())
     with pytest.raises(RuntimeError, match='float32 CPU tensor .*contiguous NCHW or '
                        'channels_last'):
-        kern.channel_mean(x[:, :, ::2])
+        kern.se_eval(x[:, :, ::2], w1, b1, w2, b2, se_out)
+    with pytest.raises(RuntimeError, match='w2 must be a contiguous float32 CPU tensor'):
+        kern.se_eval(x, w1, b1, w2[:4], b2, se_out)
     with pytest.raises(RuntimeError, match='contiguous NCHW or channels_last'):
         kern.spatial_pool(x[:, :, ::2], a)
     other = 'nchw' if layout == 'channels_last' else 'channels_last'
@@ -120,10 +129,15 @@ def test_cpu_kernels_propagate_nan_and_inf_like_the_reference(layout, kernel_cal
     pooled = kern.channel_pool(x)
     assert torch.isnan(pooled[1, 0, 3]) and torch.isnan(pooled[0, 0, 3])
     assert pooled[1, 1, 5] == float('inf')
-    mean = kern.channel_mean(x)[0]
-    assert torch.isnan(mean[0, 3]) and mean[1, 5] == float('inf')
-    assert mean[2, 6] == -float('inf')
-    assert torch.isfinite(mean[0, :3]).all()
+    se_ref, se_fast = pair(SE, 32, ratio=8)
+    with torch.no_grad():
+        se_want = se_ref.eval()(x)
+        se_got = torch.empty_like(x)
+        kern.se_eval(x, se_fast.fc1.weight, se_fast.fc1.bias, se_fast.fc2.weight,
+                     se_fast.fc2.bias, se_got)
+    assert torch.isnan(se_want[0]).all()  # the NaN reaches every gate of sample 0
+    assert torch.equal(torch.isnan(se_got), torch.isnan(se_want))
+    torch.testing.assert_close(se_got, se_want, equal_nan=True)
     desc = kern.spatial_pool(x, torch.ones(3, 32))
     assert torch.isnan(desc[0, 0, 2, 2]) and desc[1, 0, 1, 4] == float('inf')
 
@@ -181,6 +195,42 @@ def test_cpu_kernels_se_matches_reference(shape, layout, monkeypatch):
         got = fast.eval()(x)
         exact = truth.eval()(x.double())
     assert calls == [1]
+    assert_layout(got, layout)
+    err = (got.double() - exact).abs().max().item()
+    err_ref = (want.double() - exact).abs().max().item()
+    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+
+
+@pytest.mark.parametrize('threads', [1, 2, 3, 5])
+@pytest.mark.parametrize('shape', [(2, 24, 37, 13), (1, 512, 41, 130), (3, 7, 6, 5),
+                                   (1, 200, 9, 7)], ids=str)
+@pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
+@LAYOUTS
+def test_cpu_se_call_matches_reference_across_threads(threads, shape, inplace, layout,
+                                                      monkeypatch):
+    """SE in one C++ call: the threads split the channel planes (NCHW, each thread's in
+    descending order for the average and ascending for the scale) or the pixels
+    (channels_last); in place or into a new tensor."""
+    calls = []
+    real = cbam_cpu._se_kernels
+    monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
+    ref, fast = pair(SE, shape[1], ratio=4, inplace=inplace)
+    truth = SE(shape[1], ratio=4, implementation='reference')
+    truth.load_state_dict(ref.state_dict())
+    truth.double()
+    x = laid_out(torch.randn(shape, generator=torch.Generator().manual_seed(4)) * 2, layout)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            want = ref.eval()(x)
+            exact = truth.eval()(x.double())
+            x_in = x.clone()
+            got = fast.eval()(x_in)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [1]
+    assert (got.data_ptr() == x_in.data_ptr()) == inplace
     assert_layout(got, layout)
     err = (got.double() - exact).abs().max().item()
     err_ref = (want.double() - exact).abs().max().item()

@@ -3,9 +3,10 @@ equations in fewer passes.
 
 Inference (autograd not recording) on a float32 CPU tensor, contiguous NCHW or
 channels_last, runs the C++ kernels of ``cbam_mmdet.ops._cpu_kernels``
-(csrc/cbam_cpu_kernels.cpp, built by ``setup.py build_ext``): the pooling over H x W
-in one pass, the shared MLP and its sigmoid in one call (each weight read once; a dozen
-PyTorch ops before), then for SE the scale, and for CBAM, with BatchNorm in running
+(csrc/cbam_cpu_kernels.cpp, built by ``setup.py build_ext``). SE is one call
+(``se_eval``): the average over H x W in one pass, the shared MLP and its sigmoid (each
+weight read once), and the scale in a second pass. CBAM pools over H x W in one pass and
+runs the MLP in a second call (``mlp_gate``), then, with BatchNorm in running
 statistics, one call that forms the channel max and mean of ``M_c F`` in one pass over
 the map, runs the 7x7
 convolution, BatchNorm and sigmoid on that small map, and writes ``F * M_c * M_s`` in a
@@ -172,11 +173,12 @@ def _kernels_apply(kern, x, *modules):
 
 
 def _se_kernels(kern, x, se, inplace):
-    """SE inference through the C++ kernels: one pass for the average, the MLP in one
-    call, and the scale (in place or into a new tensor)."""
-    n, c = x.shape[:2]
-    a = _mlp_gate(kern, kern.channel_mean(x), se).view(n, c, 1, 1)
-    return x.mul_(a) if inplace else x * a
+    """SE inference in one C++ call (``se_eval``): one pass for the average, the MLP,
+    and the scale (in place or into a new tensor)."""
+    out = x if inplace else torch.empty_like(x)
+    fc1, fc2 = se.fc1, se.fc2
+    kern.se_eval(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, out)
+    return out
 
 
 def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):

@@ -1,8 +1,8 @@
 // CBAM and SE inference on CPU (float32, contiguous NCHW or channels_last), called from
 // cbam_mmdet/ops/cbam_cpu.py:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
-//   channel_mean:  avg over H x W of every channel (SE)                  (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
+//   se_eval:       out = F * mlp_gate(avg(F)): SE in one call            (two reads, one write)
 //   spatial_pool:  [max_c a_c F_c ; mean_c a_c F_c] for every pixel      (one read)
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
 //   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
@@ -21,7 +21,7 @@
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
 // the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
 // again with NaN propagation. Sums over H x W run in float (vector lanes) over chunks of
-// 4096 values and add the chunks in double (channel_mean: 16 lanes per chunk; without
+// 4096 values and add the chunks in double (SE's average: 16 lanes per chunk; without
 // the maximum it ran about 20% faster on a stage-1 map). The hot loops are compiled for
 // AVX-512, AVX2 and the baseline ISA (GCC function multiversioning, chosen at load time)
 // on x86-64.
@@ -343,15 +343,14 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
   }
 }
 
-// (K, N, C): the average of every channel over H x W and, with_max (K = 2), its maximum
-// (one pass; without the maximum, SE's case, the pass runs faster).
-at::Tensor pool_channels(const at::Tensor& x, bool with_max) {
+// (2, N, C): average and maximum of every channel over H x W (one pass).
+at::Tensor channel_pool(const at::Tensor& x) {
   check_input(x, "x");
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  auto out = at::empty({with_max ? 2 : 1, n, c}, x.options());
+  auto out = at::empty({2, n, c}, x.options());
   const float* px = x.data_ptr<float>();
   float* avg = out.data_ptr<float>();
-  float* mx = with_max ? avg + n * c : nullptr;
+  float* mx = avg + n * c;
   if (channels_last(x)) {
     channel_pool_nhwc(px, n, c, hw, avg, mx);
     return out;
@@ -359,22 +358,12 @@ at::Tensor pool_channels(const at::Tensor& x, bool with_max) {
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       double total;
-      if (with_max) {
-        pool_row(px + i * hw, hw, &total, mx + i);
-      } else {
-        total = sum_row(px + i * hw, hw);
-      }
+      pool_row(px + i * hw, hw, &total, mx + i);
       avg[i] = static_cast<float>(total / static_cast<double>(hw));
     }
   });
   return out;
 }
-
-// (2, N, C): average and maximum of every channel over H x W.
-at::Tensor channel_pool(const at::Tensor& x) { return pool_channels(x, true); }
-
-// (1, N, C): the average of every channel over H x W (SE needs no maximum).
-at::Tensor channel_mean(const at::Tensor& x) { return pool_channels(x, false); }
 
 // out = (F * a_c) * s_p, a of N x C, s of N x H x W values; out may be x itself.
 void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Tensor& out) {
@@ -564,28 +553,13 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
   scale(x, a, gate, out);
 }
 
-// The channel gate of K descriptors p (K, N, C) through the shared MLP:
-// a (N, C) = sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2), which is
-// sigmoid(sum_k (W2 relu(W1 p_k + b1) + b2)). Each weight is read once per call.
-at::Tensor mlp_gate(const at::Tensor& pooled, const at::Tensor& w1, const at::Tensor& b1,
-                    const at::Tensor& w2, const at::Tensor& b2) {
-  TORCH_CHECK(pooled.dim() == 3, "pooled must be (K, N, C)");
-  const int64_t k = pooled.size(0), n = pooled.size(1), c = pooled.size(2);
-  const int64_t hid = w1.size(0);
-  check_gate(pooled, k * n * c, "pooled");
-  check_gate(w1, hid * c, "w1");
-  check_gate(b1, hid, "b1");
-  check_gate(w2, c * hid, "w2");
-  check_gate(b2, c, "b2");
-  auto hidden = at::empty({n, hid}, pooled.options());
-  auto gate = at::empty({n, c}, pooled.options());
-  const float* pp = pooled.data_ptr<float>();
-  const float* pw1 = w1.data_ptr<float>();
-  const float* pb1 = b1.data_ptr<float>();
-  const float* pw2 = w2.data_ptr<float>();
-  const float* pb2 = b2.data_ptr<float>();
-  float* ph = hidden.data_ptr<float>();
-  float* pg = gate.data_ptr<float>();
+// The channel gate of K descriptors p (K, N, C) through the shared MLP into g (N, C):
+// g = sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2), which is
+// sigmoid(sum_k (W2 relu(W1 p_k + b1) + b2)); h (N, HID) holds the hidden units. Each
+// weight is read once per call.
+void mlp_gate_into(const float* pp, int64_t k, int64_t n, int64_t c, int64_t hid,
+                   const float* pw1, const float* pb1, const float* pw2, const float* pb2,
+                   float* ph, float* pg) {
   at::parallel_for(0, hid, std::max<int64_t>(1, 32768 / c), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       for (int64_t s = 0; s < n; ++s) {
@@ -607,17 +581,97 @@ at::Tensor mlp_gate(const at::Tensor& pooled, const at::Tensor& w1, const at::Te
       }
     }
   });
+}
+
+void check_mlp(const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+               const at::Tensor& b2, int64_t c) {
+  const int64_t hid = w1.size(0);
+  check_gate(w1, hid * c, "w1");
+  check_gate(b1, hid, "b1");
+  check_gate(w2, c * hid, "w2");
+  check_gate(b2, c, "b2");
+}
+
+// The channel gate a (N, C) of K descriptors p (K, N, C) (mlp_gate_into).
+at::Tensor mlp_gate(const at::Tensor& pooled, const at::Tensor& w1, const at::Tensor& b1,
+                    const at::Tensor& w2, const at::Tensor& b2) {
+  TORCH_CHECK(pooled.dim() == 3, "pooled must be (K, N, C)");
+  const int64_t k = pooled.size(0), n = pooled.size(1), c = pooled.size(2);
+  const int64_t hid = w1.size(0);
+  check_gate(pooled, k * n * c, "pooled");
+  check_mlp(w1, b1, w2, b2, c);
+  std::vector<float> hidden(n * hid);
+  auto gate = at::empty({n, c}, pooled.options());
+  mlp_gate_into(pooled.data_ptr<float>(), k, n, c, hid, w1.data_ptr<float>(),
+                b1.data_ptr<float>(), w2.data_ptr<float>(), b2.data_ptr<float>(),
+                hidden.data(), gate.data_ptr<float>());
   return gate;
+}
+
+CBAM_MULTIVERSION
+void scale_plane(const float* x, float av, float* out, int64_t len) {
+#pragma omp simd
+  for (int64_t p = 0; p < len; ++p) out[p] = x[p] * av;
+}
+
+// channels_last: out_pc = x_pc a_c over len pixels; out may be x.
+CBAM_MULTIVERSION
+void gate_pixels(const float* x, const float* a, float* out, int64_t len, int64_t c) {
+  for (int64_t p = 0; p < len; ++p) {
+    const float* row = x + p * c;
+    float* orow = out + p * c;
+#pragma omp simd
+    for (int64_t ci = 0; ci < c; ++ci) orow[ci] = row[ci] * a[ci];
+  }
+}
+
+// SE inference in one call: out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2); out may be
+// x itself. Two passes over the map (the average, the scale) and the MLP between them.
+// NCHW: each thread takes its planes in descending order for the average and in
+// ascending order for the scale, so that the scale starts on the planes the average
+// read last (still in the core's cache).
+void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+             const at::Tensor& w2, const at::Tensor& b2, at::Tensor& out) {
+  check_input(x, "x");
+  check_out(x, out);
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t hid = w1.size(0);
+  check_mlp(w1, b1, w2, b2, c);
+  std::vector<float> avg(n * c), hidden(n * hid), gate(n * c);
+  const float* px = x.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const bool nhwc = channels_last(x);
+  if (nhwc) {
+    channel_pool_nhwc(px, n, c, hw, avg.data(), nullptr);
+  } else {
+    at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
+      for (int64_t i = end - 1; i >= begin; --i) {
+        avg[i] = static_cast<float>(sum_row(px + i * hw, hw) / static_cast<double>(hw));
+      }
+    });
+  }
+  mlp_gate_into(avg.data(), 1, n, c, hid, w1.data_ptr<float>(), b1.data_ptr<float>(),
+                w2.data_ptr<float>(), b2.data_ptr<float>(), hidden.data(), gate.data());
+  const float* pg = gate.data();
+  if (nhwc) {
+    parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
+      gate_pixels(px + i * c, pg + smp * c, po + i * c, stop - i, c);
+    });
+    return;
+  }
+  at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) scale_plane(px + i * hw, pg[i], po + i * hw, hw);
+  });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W");
-  m.def("channel_mean", &channel_mean, "(1, N, C) average over H x W");
   m.def("spatial_pool", &spatial_pool, "(N, 2, H, W) [max_c ; mean_c] of F * a");
   m.def("scale", &scale, "out = (F * a_c) * s_p");
   m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)");
+  m.def("se_eval", &se_eval, "out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2)");
   m.def("cbam_eval", &cbam_eval,
         "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift)");
 }
