@@ -12,10 +12,11 @@
 // (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
 // between spatial_pool and scale.)
 //
-// Every pass over a contiguous NCHW map walks whole channel planes in order. Passes that
+// Every pass over a contiguous NCHW map walks whole channel planes, one after another
+// (SE's average: each thread's planes in descending order). Passes that
 // visit all channels of a band of rows before moving on (reading C streams at the
 // plane's stride at once) ran 3-4x slower in some processes than in others on the same
-// machine, depending on where the map's pages lay; whole planes in order did not. Over a
+// machine, depending on where the map's pages lay; whole planes did not. Over a
 // channels_last map every pass walks the pixels in order, each pixel's C values at once.
 //
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
