@@ -876,6 +876,12 @@ LARGE_POOL_STAGES = 2
 # pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
 # half as many pixels for a direct pass over at most 2048 pixels)
 POOL_BLOCK_HW = 1024
+# warps of the pooling pass where its programs take steps of 4 channels x POOL_BLOCK_HW
+# pixels (contiguous NCHW, not LARGE_POOL_BLOCK): on an H200 (docs/speed.md, v30), at
+# 2x256x200x304 SE 25.2 -> 24.3 us and CBAM 27.2 -> 26.3 us, at 2x1024x50x76 CBAM 10.6 ->
+# 9.2 us (inference) and 13.9 -> 11.1 us (training) against 4 warps; the other blocks were
+# slower with 8 (2x512x100x152: SE 13.0 -> 15.9 us; 2x2048x25x38: 5.5 -> 7.6 us).
+POOL_WIDE_WARPS = 8
 # (channels, pixels) per step of a direct pooling pass over channels_last inputs (one
 # program per block of channels and sample, over all pixels: 64 channels left 32 programs
 # at 2x1024x50x76, 73 us for CBAM; 16 channels, 27 us; docs/speed.md, v13)
@@ -1098,6 +1104,8 @@ class _Plan:
         self.stages = dict(LOOP_STAGES)
         if large_pool:
             self.stages['_pool_mlp'] = LARGE_POOL_STAGES
+        elif not cl and (self.pool_bc, self.pool_bhw) == (4, POOL_BLOCK_HW):
+            self.warps['_pool_mlp'] = POOL_WIDE_WARPS
         if self.dx_tiles > 1:
             self.stages['_bwd_dx'] = DX_STAGES
         # recorded programs (inference) and C++ training states by call kind, or None
