@@ -1,4 +1,6 @@
 """The fused C++ kernels of CBAM inference on CPU (cbam_mmdet/ops/csrc)."""
+import contextlib
+
 import pytest
 import torch
 
@@ -25,6 +27,25 @@ def assert_layout(y, layout):
     assert y.is_contiguous(memory_format=fmt)
 
 
+def assert_as_close_as_reference(got, want, exact):
+    """``got`` as close to the float64 evaluation ``exact`` as the float32 reference's
+    ``want`` is (within 4x, plus a relative 1e-6)."""
+    err = (got.double() - exact).abs().max().item()
+    err_ref = (want.double() - exact).abs().max().item()
+    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+
+
+@contextlib.contextmanager
+def num_threads(threads):
+    """torch's intra-op threads set to ``threads`` inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_cpu_kernels_are_built():
     assert cbam_cpu.kernels() is not None, (
         'cbam_mmdet.ops._cpu_kernels is missing: `python setup.py build_ext --inplace` '
@@ -37,6 +58,14 @@ def kernel_calls(monkeypatch):
     real = cbam_cpu._cbam_kernels
     monkeypatch.setattr(cbam_cpu, '_cbam_kernels',
                         lambda *a: calls.append(a[1].shape) or real(*a))
+    return calls
+
+
+@pytest.fixture
+def se_kernel_calls(monkeypatch):
+    calls = []
+    real = cbam_cpu._se_kernels
+    monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -59,9 +88,7 @@ def test_cpu_kernels_match_reference(shape, bn_training, layout, kernel_calls):
         exact = truth(x.double())
     assert kernel_calls == [shape]
     assert_layout(got, layout)
-    err = (got.double() - exact).abs().max().item()
-    err_ref = (want.double() - exact).abs().max().item()
-    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+    assert_as_close_as_reference(got, want, exact)
     for (name, b), (_, b_ref) in zip(fast.named_buffers(), ref.named_buffers()):
         torch.testing.assert_close(b, b_ref, msg=name)  # running statistics in BN training
 
@@ -164,28 +191,18 @@ def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2
     x[0, 1, shape[2] // 2, 2] = 40.0  # the maximum, on a boundary between two ranges
     x = laid_out(x, layout)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            want = ref.eval()(x)
-            exact = truth.eval()(x.double())
-            got = fast.eval()(x.clone())
-    finally:
-        torch.set_num_threads(previous)
+    with num_threads(threads), torch.no_grad():
+        want = ref.eval()(x)
+        exact = truth.eval()(x.double())
+        got = fast.eval()(x.clone())
     assert kernel_calls == [shape]
     assert_layout(got, layout)
-    err = (got.double() - exact).abs().max().item()
-    err_ref = (want.double() - exact).abs().max().item()
-    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+    assert_as_close_as_reference(got, want, exact)
 
 
 @LAYOUTS
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
-def test_cpu_kernels_se_matches_reference(shape, layout, monkeypatch):
-    calls = []
-    real = cbam_cpu._se_kernels
-    monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
+def test_cpu_kernels_se_matches_reference(shape, layout, se_kernel_calls):
     ref, fast = pair(SE, shape[1], ratio=8)
     truth = SE(shape[1], ratio=8, implementation='reference').double()
     truth.load_state_dict(ref.state_dict())
@@ -194,11 +211,9 @@ def test_cpu_kernels_se_matches_reference(shape, layout, monkeypatch):
         want = ref.eval()(x)
         got = fast.eval()(x)
         exact = truth.eval()(x.double())
-    assert calls == [1]
+    assert se_kernel_calls == [1]
     assert_layout(got, layout)
-    err = (got.double() - exact).abs().max().item()
-    err_ref = (want.double() - exact).abs().max().item()
-    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+    assert_as_close_as_reference(got, want, exact)
 
 
 @pytest.mark.parametrize('threads', [1, 2, 3, 5])
@@ -207,34 +222,24 @@ def test_cpu_kernels_se_matches_reference(shape, layout, monkeypatch):
 @pytest.mark.parametrize('inplace', [False, True], ids=['out', 'inplace'])
 @LAYOUTS
 def test_cpu_se_call_matches_reference_across_threads(threads, shape, inplace, layout,
-                                                      monkeypatch):
+                                                      se_kernel_calls):
     """SE in one C++ call: the threads split the channel planes (NCHW, each thread's in
     descending order for the average and ascending for the scale) or the pixels
     (channels_last); in place or into a new tensor."""
-    calls = []
-    real = cbam_cpu._se_kernels
-    monkeypatch.setattr(cbam_cpu, '_se_kernels', lambda *a: calls.append(1) or real(*a))
     ref, fast = pair(SE, shape[1], ratio=4, inplace=inplace)
     truth = SE(shape[1], ratio=4, implementation='reference')
     truth.load_state_dict(ref.state_dict())
     truth.double()
     x = laid_out(torch.randn(shape, generator=torch.Generator().manual_seed(4)) * 2, layout)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            want = ref.eval()(x)
-            exact = truth.eval()(x.double())
-            x_in = x.clone()
-            got = fast.eval()(x_in)
-    finally:
-        torch.set_num_threads(previous)
-    assert calls == [1]
+    with num_threads(threads), torch.no_grad():
+        want = ref.eval()(x)
+        exact = truth.eval()(x.double())
+        x_in = x.clone()
+        got = fast.eval()(x_in)
+    assert se_kernel_calls == [1]
     assert (got.data_ptr() == x_in.data_ptr()) == inplace
     assert_layout(got, layout)
-    err = (got.double() - exact).abs().max().item()
-    err_ref = (want.double() - exact).abs().max().item()
-    assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+    assert_as_close_as_reference(got, want, exact)
 
 
 def test_cpu_kernels_mlp_gate_matches_the_mlp():
