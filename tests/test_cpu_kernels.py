@@ -182,8 +182,9 @@ def test_cpu_gate_call_matches_reference_across_threads(threads, kernel, shape, 
     pixels), the gate (the threads split the rows, whose 7x7 neighbourhoods cross the
     splits) and the scale; the maximum sits on a row where two threads' rows meet. The
     pooling over H x W splits the pixels of a channels_last map over the threads and sums
-    chunks of 4096 (1 x 512 x 41 x 130), and on a small map, too few pixels for every
-    thread, the channels into blocks as well (1 x 200 x 9 x 7)."""
+    chunks of 4096 in descending blocks of 64 pixels (1 x 512 x 41 x 130), and on a small
+    map, too few pixels for every thread, the channels into blocks as well (1 x 200 x 9 x
+    7)."""
     ref, fast = pair(CBAM, shape[1], ratio=4, spatial_kernel=kernel, inplace=inplace)
     truth = CBAM(shape[1], ratio=4, spatial_kernel=kernel, implementation='reference')
     truth.load_state_dict(ref.state_dict())
@@ -223,9 +224,10 @@ def test_cpu_kernels_se_matches_reference(shape, layout, se_kernel_calls):
 @LAYOUTS
 def test_cpu_se_call_matches_reference_across_threads(threads, shape, inplace, layout,
                                                       se_kernel_calls):
-    """SE in one C++ call: the threads split the channel planes (NCHW, each thread's in
-    descending order for the average and ascending for the scale) or the pixels
-    (channels_last); in place or into a new tensor."""
+    """SE in one C++ call: the threads split the channel planes (NCHW) or the pixels
+    (channels_last, 128 or more per thread, else the channels as well), each thread's in
+    descending order for the average and ascending for the scale; in place or into a new
+    tensor."""
     ref, fast = pair(SE, shape[1], ratio=4, inplace=inplace)
     truth = SE(shape[1], ratio=4, implementation='reference')
     truth.load_state_dict(ref.state_dict())

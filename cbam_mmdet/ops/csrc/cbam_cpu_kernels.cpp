@@ -43,6 +43,8 @@
 namespace {
 
 constexpr int64_t kChunk = 4096;
+constexpr int64_t kPoolBlock = 64;      // channels_last pooling: pixels per block
+constexpr int64_t kMinPartPixels = 128;  // channels_last pooling: pixels per part
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
@@ -293,8 +295,8 @@ void parallel_pixels(int64_t n, int64_t hw, int64_t c, const F& fn) {
 void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg,
                        float* mx) {
   const int64_t threads = at::get_num_threads();
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(threads, hw / std::max<int64_t>(1, kChunk / 4)));
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>(threads, hw / kMinPartPixels));
   // channel blocks of at least kMinBlock channels (whole cache lines of a pixel)
   constexpr int64_t kMinBlock = 64;
   const int64_t blocks = std::max<int64_t>(
@@ -303,7 +305,7 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
   std::vector<float> maxima(n * parts * c);
   at::parallel_for(0, n * parts * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(c);
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = end - 1; i >= begin; --i) {  // descending, as within each part below
       const int64_t sp = i / blocks, b = i % blocks;
       const int64_t s = sp / parts, t = sp % parts;
       const int64_t p0 = hw * t / parts, p1 = hw * (t + 1) / parts;
@@ -312,14 +314,22 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
       float* m = maxima.data() + sp * c + c0;
       std::fill(tot, tot + cn, 0.0);
       std::fill(m, m + cn, kNegInf);
-      for (int64_t q = p0; q < p1; q += kChunk) {
+      // chunks, and blocks of kPoolBlock pixels in each, in descending order: the part's
+      // first pixels are read last, and are still in the core's cache when the next pass
+      // (the scale, CBAM's spatial pass) starts there
+      const int64_t chunks = (p1 - p0 + kChunk - 1) / kChunk;
+      for (int64_t k = chunks - 1; k >= 0; --k) {
         std::fill(acc.begin(), acc.begin() + cn, 0.0f);
-        const float* from = px + (s * hw + q) * c + c0;
-        const int64_t len = std::min(p1, q + kChunk) - q;
-        if (mx != nullptr) {
-          pool_pixels<true>(from, len, cn, c, acc.data(), m);
-        } else {
-          pool_pixels<false>(from, len, cn, c, acc.data(), nullptr);
+        const int64_t q0 = p0 + k * kChunk, q1 = std::min(p1, q0 + kChunk);
+        for (int64_t q = q0 + (q1 - q0 - 1) / kPoolBlock * kPoolBlock; q >= q0;
+             q -= kPoolBlock) {
+          const float* from = px + (s * hw + q) * c + c0;
+          const int64_t len = std::min(q1, q + kPoolBlock) - q;
+          if (mx != nullptr) {
+            pool_pixels<true>(from, len, cn, c, acc.data(), m);
+          } else {
+            pool_pixels<false>(from, len, cn, c, acc.data(), nullptr);
+          }
         }
         for (int64_t ci = 0; ci < cn; ++ci) tot[ci] += acc[ci];
       }
