@@ -366,8 +366,10 @@ at::Tensor channel_pool(const at::Tensor& x) {
     channel_pool_nhwc(px, n, c, hw, avg, mx);
     return out;
   }
+  // each thread's planes in descending order: its first planes are read last and are
+  // still in the core's cache when CBAM's spatial pooling starts there
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = end - 1; i >= begin; --i) {
       double total;
       pool_row(px + i * hw, hw, &total, mx + i);
       avg[i] = static_cast<float>(total / static_cast<double>(hw));
@@ -394,7 +396,8 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
     return;
   }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    // descending: CBAM's spatial pooling (ascending) read each thread's last planes last
+    for (int64_t i = end - 1; i >= begin; --i) {
       scale_row(px + i * hw, pa[i], ps + (i / c) * hw, po + i * hw, hw);
     }
   });
