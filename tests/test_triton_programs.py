@@ -604,6 +604,40 @@ def test_triton_programs_launch_kernel_by_kernel_into_a_capturing_stream(cls, gr
 
 @needs_triton
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_triton_programs_bound_graph_sets_only_changed_arguments(cls, graphs):
+    """A bound inference call launches a graph of its own: called again on the same
+    input, it leaves the kernel nodes whose arguments did not change as they are
+    (counted); on an input at another address, it sets them again. A second module of
+    the same shape shares the recorded program but not the graph. Every call returns
+    its own input's result."""
+    graphs(True)
+    torch.manual_seed(0)
+    first, second = cls(64, ratio=8).cuda().eval(), cls(64, ratio=8).cuda().eval()
+    references = []
+    for module in (first, second):
+        references.append(copy.deepcopy(module))
+        references[-1].implementation = 'reference'
+    x = torch.randn(2, 64, 12, 10, device='cuda')
+    y = torch.randn_like(x)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        for _ in range(3):  # record, bind, replay
+            first(x)
+        hits = first._bindings.infer_hits
+        kept = triton_programs._ext.graph_nodes_kept()
+        for _ in range(3):
+            torch.testing.assert_close(first(x), references[0](x), **tol)
+        assert first._bindings.infer_hits == hits + 3
+        assert triton_programs._ext.graph_nodes_kept() > kept
+        for _ in range(2):
+            for module, reference in zip((first, second), references):
+                for t in (y, x):
+                    torch.testing.assert_close(module(t), reference(t), **tol)
+    assert second._bindings.infer_hits >= 1
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_last, training,

@@ -26,6 +26,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -108,6 +109,7 @@ const Driver& driver() {
 // the environment variable CBAM_MMDET_PROGRAM_GRAPHS=0 (read on every run) turns it off.
 std::atomic<bool> g_graphs{true};
 std::atomic<int64_t> g_graph_launches{0};  // graph launches so far (graph_launches)
+std::atomic<int64_t> g_nodes_kept{0};  // kernel nodes not set again (graph_nodes_kept)
 
 bool graphs_enabled() {
   if (!g_graphs.load()) return false;
@@ -154,14 +156,19 @@ struct Program {
   }
 
   // The launches as one executable CUDA graph (a chain of kernel nodes), built on the
-  // first full run: a later run sets each node's arguments (cuGraphExecKernelNodeSetParams,
-  // which leaves launches already queued as they were) and launches the graph once. On
-  // the host that is a quarter to a half of the time of one cuLaunchKernel per kernel.
+  // first full run: a later run sets the arguments of each node whose arguments changed
+  // (cuGraphExecKernelNodeSetParams, which leaves launches already queued as they were)
+  // and launches the graph once. On the host that is a quarter to a half of the time of
+  // one cuLaunchKernel per kernel. A program's own graph serves every call of the
+  // program; a bound call (Bindings) has a graph of its own, whose arguments stay the
+  // same from call to call where the tensors' addresses do.
   struct Graph {
     void* graph = nullptr;
     void* exec = nullptr;
     std::vector<void*> nodes;
+    std::vector<std::vector<uint64_t>> args;  // each node's arguments, as last set
     bool failed = false;  // not buildable here: the program launches kernel by kernel
+    std::mutex mutex;     // graphs are not thread-safe
     Graph() = default;
     Graph(const Graph&) = delete;
     Graph& operator=(const Graph&) = delete;
@@ -172,7 +179,6 @@ struct Program {
   };
   // shared by copies of the program (pybind hands programs over by value)
   std::shared_ptr<Graph> graph = std::make_shared<Graph>();
-  std::shared_ptr<std::mutex> mutex = std::make_shared<std::mutex>();
 
   void fill(const Launch& l, const std::vector<at::Tensor>& slots, uint64_t* storage,
             void** params) const {
@@ -203,7 +209,7 @@ struct Program {
   // Runs every launch as one graph launch on `stream`; false where that cannot be done
   // (no graph entry points in the driver, a capturing stream, a graph that failed to
   // build), and nothing has been launched then.
-  bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream) const {
+  bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream, Graph& g) const {
     const Driver& d = driver();
     if (!d.graphs()) return false;
     int capturing = 0;
@@ -211,48 +217,57 @@ struct Program {
         capturing != 0) {
       return false;
     }
-    std::lock_guard<std::mutex> lock(*mutex);  // graphs are not thread-safe
-    if (graph->failed) return false;
+    std::lock_guard<std::mutex> lock(g.mutex);
+    if (g.failed) return false;
     std::array<uint64_t, kMaxParams> storage;
     std::array<void*, kMaxParams> params;
-    if (graph->exec == nullptr) {
-      bool ok = d.graph_create(&graph->graph, 0) == 0;
+    if (g.exec == nullptr) {
+      bool ok = d.graph_create(&g.graph, 0) == 0;
       void* previous = nullptr;
       for (size_t i = 0; ok && i < launches.size(); ++i) {
         fill(launches[i], slots, storage.data(), params.data());
         const KernelNodeParams k = node_params(launches[i], params.data());
         void* node = nullptr;
-        ok = d.graph_add_kernel(&node, graph->graph, previous ? &previous : nullptr,
+        ok = d.graph_add_kernel(&node, g.graph, previous ? &previous : nullptr,
                                 previous ? 1 : 0, &k) == 0;
-        graph->nodes.push_back(node);
+        g.nodes.push_back(node);
+        g.args.emplace_back(storage.begin(), storage.begin() + launches[i].slots.size());
         previous = node;
       }
-      ok = ok && d.graph_instantiate(&graph->exec, graph->graph, 0) == 0;
+      ok = ok && d.graph_instantiate(&g.exec, g.graph, 0) == 0;
       if (!ok) {
-        graph->failed = true;
-        graph->exec = nullptr;
+        g.failed = true;
+        g.exec = nullptr;
         return false;
       }
     } else {
       for (size_t i = 0; i < launches.size(); ++i) {
         fill(launches[i], slots, storage.data(), params.data());
+        std::vector<uint64_t>& last = g.args[i];
+        if (std::equal(last.begin(), last.end(), storage.begin())) {
+          ++g_nodes_kept;  // the node holds these arguments already
+          continue;
+        }
         const KernelNodeParams k = node_params(launches[i], params.data());
-        check_cuda(d.graph_set_params(graph->exec, graph->nodes[i], &k),
+        check_cuda(d.graph_set_params(g.exec, g.nodes[i], &k),
                    "cuGraphExecKernelNodeSetParams");
+        std::copy(storage.begin(), storage.begin() + last.size(), last.begin());
       }
     }
-    check_cuda(d.graph_launch(graph->exec, reinterpret_cast<void*>(stream)), "cuGraphLaunch");
+    check_cuda(d.graph_launch(g.exec, reinterpret_cast<void*>(stream)), "cuGraphLaunch");
     ++g_graph_launches;
     return true;
   }
 
-  // Launches the first `count` launches on `stream` with the tensors `slots`.
-  void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count) const {
+  // Launches the first `count` launches on `stream` with the tensors `slots`; all of
+  // them as one launch of `own` (a bound call's graph) or else of the program's graph.
+  void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count,
+           Graph* own = nullptr) const {
     TORCH_CHECK(static_cast<int64_t>(slots.size()) >= num_slots, "program needs ", num_slots,
                 " tensors, got ", slots.size());
     if (count == 0 || launches.empty()) return;
     if (count >= launches.size() && launches.size() > 1 && graphs_enabled() &&
-        run_graph(slots, stream)) {
+        run_graph(slots, stream, own != nullptr ? *own : *graph)) {
       return;
     }
     const Driver& d = driver();
@@ -272,7 +287,8 @@ struct Program {
 // [x, workspace, out, *rest] (rest: the parameters, then the other tensors the program
 // names). inplace: out is x.
 at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
-                 uint64_t stream, const std::vector<at::Tensor>& rest) {
+                 uint64_t stream, const std::vector<at::Tensor>& rest,
+                 Program::Graph* graph = nullptr) {
   c10::DeviceGuard guard(x.device());
   std::vector<at::Tensor> slots;
   slots.reserve(3 + rest.size());
@@ -280,7 +296,7 @@ at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int6
   slots.push_back(at::empty({ws_size}, x.options().dtype(at::kFloat)));
   slots.push_back(inplace ? x : at::empty_like(x));
   slots.insert(slots.end(), rest.begin(), rest.end());
-  program.run(slots, stream, program.launches.size());
+  program.run(slots, stream, program.launches.size(), graph);
   return slots[2];
 }
 
@@ -566,6 +582,8 @@ struct Entry {
   std::vector<Check> checks;
   std::vector<std::pair<std::string, std::optional<std::string>>> env;
   std::vector<NodePtr> accumulators;  // training: see train's `kept`
+  // inference: this call's own graph of the program (Program::Graph)
+  std::shared_ptr<Program::Graph> graph = std::make_shared<Program::Graph>();
 };
 
 std::optional<std::string> getenv_value(const std::string& name) {
@@ -692,7 +710,8 @@ struct Bindings {
       ++infer_hits;
       std::vector<at::Tensor> tail(e.params);
       tail.insert(tail.end(), rest.begin(), rest.end());
-      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail));
+      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail,
+                            e.graph.get()));
     }
     return py::none();
   }
@@ -703,6 +722,9 @@ struct Bindings {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_graphs", [](bool on) { g_graphs.store(on); }, py::arg("enabled"),
         "Run programs of several launches as one CUDA graph launch (default) or kernel by kernel");
+  m.def("graph_nodes_kept", []() { return g_nodes_kept.load(); },
+        "Kernel nodes of graph launches whose arguments had not changed since the graph's "
+        "last launch (not set again), in this process");
   m.def("graph_launches", []() { return g_graph_launches.load(); },
         "Programs run as one CUDA graph launch so far, in this process");
   m.def("set_direct_grads", [](bool on) { g_direct_grads.store(on); }, py::arg("enabled"),
@@ -764,7 +786,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__len__", [](const Bindings& b) { return b.entries.size(); })
       .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
       .def_readonly("train_hits", &Bindings::train_hits, "Training calls replayed");
-  m.def("infer", &infer, "Replay an inference program: returns the output",
+  m.def("infer",
+        [](const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
+           uint64_t stream, const std::vector<at::Tensor>& rest) {
+          return infer(program, x, inplace, ws_size, stream, rest);
+        },
+        "Replay an inference program: returns the output",
         py::arg("program"), py::arg("x"), py::arg("inplace"), py::arg("ws_size"),
         py::arg("stream"), py::arg("rest"));
   m.def("train",
