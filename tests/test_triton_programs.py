@@ -638,6 +638,48 @@ def test_triton_programs_bound_graph_sets_only_changed_arguments(cls, graphs):
 
 @needs_triton
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
+def test_triton_programs_bound_training_graphs_set_only_changed_arguments(cls, graphs):
+    """Bound training calls launch graphs of their own for the forward and the backward:
+    repeated on the same input, with the gradients set to None between steps, kernel
+    nodes keep their arguments (counted); on alternating inputs, the output, dx, the
+    parameter gradients and BatchNorm's running statistics equal the reference's."""
+    graphs(True)
+    torch.manual_seed(0)
+    fast = cls(64, ratio=8).cuda()
+    reference = copy.deepcopy(fast)
+    reference.implementation = 'reference'
+    grad = torch.randn(2, 64, 12, 10, device='cuda')
+
+    def step(module, x):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = module(x)
+        out.backward(grad)
+        return [out.detach(), x.grad] + [p.grad for p in module.parameters()]
+
+    x = torch.randn_like(grad).requires_grad_()
+    for _ in range(3):  # record, bind, replay
+        step(fast, x)
+    hits = fast._bindings.train_hits
+    kept = triton_programs._ext.graph_nodes_kept()
+    for _ in range(3):
+        step(fast, x)
+    assert fast._bindings.train_hits == hits + 3
+    assert triton_programs._ext.graph_nodes_kept() > kept
+    reference.load_state_dict(fast.state_dict())
+    inputs = [torch.randn_like(grad).requires_grad_() for _ in range(2)]
+    for _ in range(2):
+        for x in inputs:
+            for got, want in zip(step(fast, x), step(reference, x)):
+                torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(fast.named_buffers())[name], buffer, rtol=1e-4,
+                                   atol=1e-5, msg=name)
+    assert fast._bindings.train_hits >= hits + 7
+
+
+@needs_triton
+@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 def test_triton_programs_replay_is_as_accurate_as_the_reference(cls, channels_last, training,

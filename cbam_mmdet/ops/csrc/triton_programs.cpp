@@ -397,6 +397,7 @@ struct NodeMaker<c10::intrusive_ptr<torch::autograd::Node>> {
 struct AttentionBackward : public torch::autograd::Node {
   const TrainState* state = nullptr;
   uint64_t stream = 0;
+  std::shared_ptr<Program::Graph> graph;  // the binding's graph of the backward, or null
   SavedVariable x_;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
@@ -450,7 +451,7 @@ struct AttentionBackward : public torch::autograd::Node {
     slots.insert(slots.end(), rest_.begin(), rest_.end());
     const size_t launches = state->backward.launches.size();
     const size_t count = needs_dx || launches == 0 ? launches : launches - 1;
-    state->backward.run(slots, stream, count);
+    state->backward.run(slots, stream, count, graph.get());
     variable_list out(num_outputs());
     out[0] = dx;
     const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
@@ -492,9 +493,13 @@ struct AttentionBackward : public torch::autograd::Node {
 // there past the graph's life, so that the next call finds them (a parameter's
 // AccumulateGrad is otherwise made anew for every graph, which costs the host about
 // half a microsecond per parameter tensor and call).
+//
+// graphs: where given (a binding's), the graphs of the forward and backward programs
+// that this call launches instead of the programs' own (Program::Graph).
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
                  int64_t stream, std::vector<at::Tensor> rest,
-                 std::vector<NodePtr>* kept = nullptr) {
+                 std::vector<NodePtr>* kept = nullptr,
+                 const std::array<std::shared_ptr<Program::Graph>, 2>* graphs = nullptr) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
   c10::DeviceGuard guard(x.device());
@@ -508,11 +513,13 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
     slots.push_back(out);
     slots.insert(slots.end(), params.begin(), params.end());
     slots.insert(slots.end(), rest.begin(), rest.end());
-    state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size());
+    state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size(),
+                      graphs != nullptr ? (*graphs)[0].get() : nullptr);
   }
   if (!torch::autograd::compute_requires_grad(x, at::TensorList(params))) return out;
   auto node = NodeMaker<NodePtr>::template make<AttentionBackward>();
   node->state = &state;
+  if (graphs != nullptr) node->graph = (*graphs)[1];
   node->stream = static_cast<uint64_t>(stream);
   const bool direct = direct_grads_enabled();
   torch::autograd::edge_list edges{torch::autograd::impl::gradient_edge(x)};
@@ -582,8 +589,10 @@ struct Entry {
   std::vector<Check> checks;
   std::vector<std::pair<std::string, std::optional<std::string>>> env;
   std::vector<NodePtr> accumulators;  // training: see train's `kept`
-  // inference: this call's own graph of the program (Program::Graph)
-  std::shared_ptr<Program::Graph> graph = std::make_shared<Program::Graph>();
+  // this call's own graphs of its programs (Program::Graph): inference's, or training's
+  // forward and backward
+  std::array<std::shared_ptr<Program::Graph>, 2> graphs{std::make_shared<Program::Graph>(),
+                                                        std::make_shared<Program::Graph>()};
 };
 
 std::optional<std::string> getenv_value(const std::string& name) {
@@ -705,13 +714,13 @@ struct Bindings {
       if (e.train) {
         ++train_hits;
         return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
-                              std::move(rest), &e.accumulators));
+                              std::move(rest), &e.accumulators, &e.graphs));
       }
       ++infer_hits;
       std::vector<at::Tensor> tail(e.params);
       tail.insert(tail.end(), rest.begin(), rest.end());
       return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail,
-                            e.graph.get()));
+                            e.graphs[0].get()));
     }
     return py::none();
   }
