@@ -14,8 +14,9 @@
 //   train(state, x, ...)    an autograd node in C++: the forward replays the forward
 //                           program, its backward the backward program, with no Python.
 //
-// A program of several launches runs as one CUDA graph launch (Program::run_graph), its
-// kernel nodes' arguments set per call, where the driver has the graph entry points and
+// A program of several launches runs as one CUDA graph launch (Program::run_graph), the
+// arguments of its kernel nodes set where they changed since the graph's last launch
+// (a bound call has graphs of its own), where the driver has the graph entry points and
 // the stream is not capturing; set_graphs(False) launches kernel by kernel.
 //
 // The CUDA driver is reached through dlopen("libcuda.so.1") (loaded by PyTorch already), so
