@@ -18,10 +18,12 @@ without any Python while the input signature, autograd mode, stream, parameters,
 settings and environment variables are those of the bound call, and otherwise returns
 None (the Python path then runs and may bind again).
 
-A program of several launches runs as one CUDA graph launch, its kernel nodes'
-arguments set per call (a quarter to a half of the host time of one ``cuLaunchKernel`` per
-kernel), except on a capturing stream; :func:`set_graphs` (or
-``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel.
+A program of several launches runs as one CUDA graph launch (a quarter to a half of the
+host time of one ``cuLaunchKernel`` per kernel), except on a capturing stream;
+:func:`set_graphs` (or ``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel. A
+bound call launches graphs of its own, and a launch sets only the kernel nodes whose
+arguments (the tensors' addresses) changed since that graph's last launch
+(``_ext.graph_nodes_kept()`` counts the others; docs/speed.md, v31).
 
 In training, the parameters' gradients are accumulated into their ``.grad`` by the
 call's backward itself ("direct" gradients), as their autograd ``AccumulateGrad`` nodes
