@@ -583,17 +583,31 @@ def test_benchmark_sets_each_mode_once_outside_the_timed_steps(monkeypatch):
     assert calls == [True, True, False, False]
 
 
-def test_benchmark_times_the_plugins_with_forward_hooks():
-    from cbam_mmdet.benchmark import run_benchmark
+def test_benchmark_times_the_plugins_with_forward_hooks(monkeypatch):
+    """The time inside the plugins comes from one more step per model and round, with
+    forward hooks; the timed steps run without hooks."""
+    from cbam_mmdet.benchmark import Runner, run_benchmark
+    hooked = {}  # variant -> per step, whether its plugins had forward hooks
+    real_step = Runner.infer_step
+
+    def infer_step(self, images, samples):
+        hooks = [bool(m._forward_hooks) for m in self.model.modules()
+                 if isinstance(m, (CBAM, SE))]
+        hooked.setdefault(self.name, []).append(any(hooks))
+        return real_step(self, images, samples)
+
+    monkeypatch.setattr(Runner, 'infer_step', infer_step)
     logs = []
     results = run_benchmark(variants=('baseline', 'se', 'cbam'), modes=('infer',),
                             device='cpu', shape=(64, 64), backbone_only=True, rounds=2,
-                            warmup=0, iters=1, time_plugins=True, log=logs.append)
+                            warmup=1, iters=2, time_plugins=True, log=logs.append)
     by_name = {r['variant']: r for r in results}
     assert by_name['baseline']['plugin_ms'] == 0 and by_name['baseline']['plugin_share'] == 0
     for name in ('se', 'cbam'):
         r = by_name[name]
         assert 0 < r['plugin_ms'] < r['ms'] and r['plugin_share'] > 0
+        # warm-up 1 and per round 2 timed steps without hooks, then 1 with them
+        assert hooked[name] == [False] + [False, False, True] * 2
     assert 'in plugins ms' in logs[0]
 
 

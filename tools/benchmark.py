@@ -56,8 +56,9 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (CPU)')
     parser.add_argument('--time-plugins', action='store_true',
                         help='also report the time inside the CBAM/SE modules per step and '
-                        'its share of the rest of the step (forward hooks; host time on '
-                        'CUDA)')
+                        'its share of the rest of the step (forward hooks, in one more step '
+                        'per model and round; the timed steps run without them; host time '
+                        'on CUDA)')
     parser.add_argument('--breakdown', action='store_true',
                         help='after the timed rounds, per variant: the optimised parameter '
                         "tensors, the optimiser's time per training step and (CUDA) the "
