@@ -12,12 +12,15 @@
 // (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
 // between spatial_pool and scale.)
 //
-// Every pass over a contiguous NCHW map walks whole channel planes, one after another
-// (SE's average: each thread's planes in descending order). Passes that
-// visit all channels of a band of rows before moving on (reading C streams at the
-// plane's stride at once) ran 3-4x slower in some processes than in others on the same
-// machine, depending on where the map's pages lay; whole planes did not. Over a
-// channels_last map every pass walks the pixels in order, each pixel's C values at once.
+// Every pass over a contiguous NCHW map walks whole channel planes, one after another.
+// Passes that visit all channels of a band of rows before moving on (reading C streams
+// at the plane's stride at once) ran 3-4x slower in some processes than in others on the
+// same machine, depending on where the map's pages lay; whole planes did not. Over a
+// channels_last map every pass walks the pixels, each pixel's C values at once. Each
+// thread takes its planes (pixels) in descending order in one pass and in ascending order
+// in the next, so that the next pass starts on values still in the core's cache: SE's
+// average descending, its scale ascending; CBAM's pooling descending, its spatial pooling
+// (or, channels_last, its pass over rows) ascending, its scale (NCHW) descending.
 //
 // Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
 // the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
