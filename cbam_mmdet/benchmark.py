@@ -381,6 +381,12 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
         results = _time_modes(runners, modes, images, samples, device, rounds, warmup,
                               iters, time_plugins, not collect_in_steps, log, seed)
+    counts = replay_counts(runners, modes, images, samples)
+    if counts:
+        for r in results:
+            if (r['variant'], r['mode']) in counts:
+                r.update(counts[r['variant'], r['mode']])
+        log(format_replayed(results))
     if breakdown:
         first = {}
         for r in runners:
@@ -391,6 +397,56 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
                 r.update(parts[r['variant']])
         log(format_breakdown([r for r in results if r['mode'] == 'train']))
     return results
+
+
+def replay_counts(runners, modes, images, samples):
+    """On CUDA, per plugin variant (its first model) and mode: ``plugin_calls``, the CBAM
+    and SE calls of one step, and ``replayed_calls``, how many of them were replayed from
+    C++ (:func:`.ops.triton_programs.replayed_calls`), counted in one more step after
+    the timed rounds; ``replay_expected``: whether the variant's ``implementation``
+    replays calls from C++ where the extension is built (:func:`.ops.bindable`; not
+    ``-graph``, not ``-ref``). A plugin variant whose calls were not replayed timed
+    another implementation than the one shipped (Triton kernels launched from Python,
+    :mod:`.ops.extensions`). Empty on CPU, where no call is replayed."""
+    from .models import CBAM, SE
+    from .ops import bindable
+    from .ops.triton_programs import replayed_calls
+    first = {}
+    for r in runners:
+        first.setdefault(r.name, r)
+    counts = {}
+    for name, r in first.items():
+        implementation = split_variant(name)[1]
+        if r.device.type != 'cuda' or name == 'baseline' or implementation == 'reference':
+            continue
+        plugins = sum(isinstance(m, (CBAM, SE)) for m in r.model.modules())
+        for mode in modes:
+            r.set_mode(mode)
+            before = replayed_calls(r.model)
+            getattr(r, f'{mode}_step')(images, samples)
+            _sync(r.device)
+            counts[name, mode] = dict(plugin_calls=plugins,
+                                      replayed_calls=replayed_calls(r.model) - before,
+                                      replay_expected=bindable(implementation))
+    return counts
+
+
+def format_replayed(results):
+    """The calls replayed from C++ per step (:func:`replay_counts`), and a warning for
+    every variant and mode whose calls should all have been replayed and were not."""
+    from .ops import extensions
+    counted = [r for r in results if 'replayed_calls' in r]
+    line = 'calls replayed from C++ per step: ' + ', '.join(
+        f"{r['variant']} {r['mode']} {r['replayed_calls']}/{r['plugin_calls']}"
+        for r in counted)
+    lines = [line]
+    for r in counted:
+        if r['replay_expected'] and r['replayed_calls'] < r['plugin_calls']:
+            lines.append(
+                f"WARNING: {r['variant']} {r['mode']}: {r['replayed_calls']} of "
+                f"{r['plugin_calls']} plugin calls replayed from C++; its time is not that "
+                f"of the shipped path ({extensions.describe('cuda')})")
+    return '\n'.join(lines)
 
 
 def training_breakdown(runners, images, samples, rounds=20, steps=5):

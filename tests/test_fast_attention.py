@@ -455,6 +455,26 @@ def test_benchmark_backbones_interleaved_with_ratios():
         if r['variant'] == 'baseline':
             assert r['ratio'] == 1.0
     assert len(logs) == 2 and 'cbam-ref' in logs[0]
+    # calls are replayed from C++ on CUDA only: nothing counted, nothing logged on CPU
+    assert not any('replayed_calls' in r for r in results)
+
+
+def test_benchmark_warns_where_plugin_calls_were_not_replayed_from_cpp():
+    from cbam_mmdet.benchmark import format_replayed
+    results = [
+        dict(variant='baseline', mode='train'),
+        dict(variant='se', mode='train', plugin_calls=16, replayed_calls=16,
+             replay_expected=True),
+        dict(variant='cbam', mode='infer', plugin_calls=16, replayed_calls=0,
+             replay_expected=True),
+        dict(variant='se-graph', mode='infer', plugin_calls=16, replayed_calls=0,
+             replay_expected=False)]
+    lines = format_replayed(results).splitlines()
+    assert lines[0] == ('calls replayed from C++ per step: se train 16/16, '
+                        'cbam infer 0/16, se-graph infer 0/16')
+    assert len(lines) == 2 and lines[1].startswith(
+        'WARNING: cbam infer: 0 of 16 plugin calls replayed from C++')
+    assert 'fast paths:' in lines[1]
 
 
 def test_benchmark_round_order_draws_every_place_and_never_repeats_a_model():

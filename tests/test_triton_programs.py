@@ -55,6 +55,22 @@ def bound_se(train=False, inplace=False):
     return se, x
 
 
+def test_triton_programs_replayed_calls_counts_the_bound_calls():
+    """What the benchmark checks its plugin variants with: the bound calls' hits of every
+    module of a model, restarting where a module's bindings are dropped."""
+    se, x = bound_se()
+    model = torch.nn.Sequential(torch.nn.ReLU(), se)
+    assert triton_programs.replayed_calls(model) == 0
+    with torch.no_grad():
+        model(x)
+        model(x)
+    assert triton_programs.replayed_calls(model) == 2
+    model(x)  # autograd records: the inference binding does not apply
+    assert triton_programs.replayed_calls(model) == 2
+    se.inplace = True  # drops the bindings
+    assert triton_programs.replayed_calls(model) == 0
+
+
 def test_bindings_apply_only_while_what_they_were_bound_for_holds(monkeypatch):
     from cbam_mmdet.ops import ENV_VAR
     se, x = bound_se()
@@ -798,3 +814,37 @@ def test_bound_calls_follow_reloaded_and_replaced_parameters_and_modes(cls):
             torch.testing.assert_close(fast.train()(x), ref.train()(x))
             torch.testing.assert_close(fast.eval()(x), ref.eval()(x))
     assert fast._bindings.infer_hits >= 6
+
+
+@needs_triton
+def test_triton_programs_replay_every_plugin_call_of_the_benchmark(monkeypatch):
+    """The benchmark counts, per plugin variant and mode, the calls of one step replayed
+    from C++: all 16 for the shipped path, none for -graph (not bound), and a warning
+    where the replay is switched off."""
+    from cbam_mmdet.benchmark import run_benchmark
+    monkeypatch.delenv(triton_programs.ENV_VAR, raising=False)
+    logs = []
+    results = run_benchmark(variants=('baseline', 'se', 'cbam', 'se-graph'),
+                            modes=('train', 'infer'), device='cuda', amp=True,
+                            shape=(128, 128), backbone_only=True, rounds=1, warmup=1,
+                            iters=1, log=logs.append)
+    counted = {(r['variant'], r['mode']): r for r in results if 'replayed_calls' in r}
+    assert set(counted) == {(v, m) for v in ('se', 'cbam', 'se-graph')
+                            for m in ('train', 'infer')}
+    for (variant, mode), r in counted.items():
+        assert r['plugin_calls'] == 16
+        if variant == 'se-graph':
+            assert not r['replay_expected'] and r['replayed_calls'] == 0
+        else:
+            assert r['replay_expected'] and r['replayed_calls'] == 16, (variant, mode)
+    assert logs[-1].startswith('calls replayed from C++ per step:')
+    assert 'WARNING' not in logs[-1]
+    monkeypatch.setenv(triton_programs.ENV_VAR, '0')
+    logs = []
+    results = run_benchmark(variants=('baseline', 'se'), modes=('infer',), device='cuda',
+                            amp=True, shape=(128, 128), backbone_only=True, rounds=1,
+                            warmup=1, iters=1, log=logs.append)
+    se = next(r for r in results if r['variant'] == 'se')
+    assert se['replayed_calls'] == 0 and se['replay_expected']
+    assert 'WARNING: se infer: 0 of 16' in logs[-1]
+    assert 'CBAM_MMDET_TRITON_PROGRAMS=0' in logs[-1]

@@ -7,7 +7,10 @@ Prints each variant's median step time in ms and its ratio to the baseline (medi
 per-round ratios, with their min..max); with ``--time-plugins`` also the time per step
 inside the plugins and its share of the rest of the step; with ``--breakdown`` the
 parameter tensors, optimiser time and (CUDA) kernel time per training step of each
-variant against the baseline's. Every detector proposes the same boxes (zeroed RPN
+variant against the baseline's. It also prints which fast paths this build runs
+(the compiled extensions are optional: cbam_mmdet/ops/extensions.py) and, on CUDA, how
+many plugin calls per step were replayed from C++, with a warning where fewer were than
+the shipped path replays. Every detector proposes the same boxes (zeroed RPN
 outputs and box classifier, learning rate 0) unless ``--random-proposals``.
 
 Variants: baseline and, for se and cbam, the plugins' default (no suffix), ``-ref``
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 from cbam_mmdet.benchmark import (DEFAULT_VARIANTS, MODES, VARIANTS,  # noqa: E402
                                   default_seeds, describe_device, parse_shape,
                                   run_benchmark)
+from cbam_mmdet.ops import extensions  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -92,6 +96,7 @@ def main(argv=None):
           f'proposals={"random" if args.random_proposals else "fixed"}, '
           f'{args.rounds} rounds x {args.iters} steps per model after {args.warmup} warm-up '
           f'rounds, {seeds} model(s) per variant')
+    print(extensions.describe(args.device))
     results = run_benchmark(
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
@@ -102,7 +107,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(args={**vars(args), 'seeds': seeds},
-                           device=describe_device(args.device), results=results), f,
+                           device=describe_device(args.device),
+                           fast_paths=extensions.describe(args.device), results=results), f,
                       indent=1)
 
 

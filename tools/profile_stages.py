@@ -19,6 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from cbam_mmdet.benchmark import (add_profile_arguments,  # noqa: E402
                                   check_profile_arguments, describe_device,
                                   write_profile)
+from cbam_mmdet.ops import extensions  # noqa: E402
 from cbam_mmdet.stage_profile import (MODES, VARIANTS, format_profile,  # noqa: E402
                                       profile_stages)
 
@@ -43,6 +44,7 @@ def main(argv=None):
     print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
           f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, '
           f'channels_last={args.channels_last}, batch_stats={args.batch_stats}')
+    print(extensions.describe(args.device))
     results = []
     for mode in args.modes:
         results += profile_stages(

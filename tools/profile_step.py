@@ -16,6 +16,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from cbam_mmdet.benchmark import (add_profile_arguments,  # noqa: E402
                                   check_profile_arguments, describe_device,
                                   write_profile)
+from cbam_mmdet.ops import extensions  # noqa: E402
 from cbam_mmdet.step_timeline import VARIANTS, format_timeline, profile_step  # noqa: E402
 
 
@@ -38,6 +39,7 @@ def main(argv=None):
     args = parse_args(argv)
     print(f'device: {describe_device(args.device)}; batch {args.batch_size}, '
           f'{args.shape[0]}x{args.shape[1]}, amp={args.amp}, {args.rounds} rounds')
+    print(extensions.describe(args.device))
     results = profile_step(variants=args.variants, device=args.device, amp=args.amp,
                            batch_size=args.batch_size, shape=args.shape,
                            rounds=args.rounds, warmup=args.warmup, plugins=args.plugins)

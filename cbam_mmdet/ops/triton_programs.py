@@ -213,3 +213,15 @@ def infer(program, x, inplace, ws_size, stream, rest):
 
 def train(state, x, params, stream, rest):
     return _ext.train(state, x, params, stream, rest)
+
+
+def replayed_calls(model):
+    """The calls of the CBAM and SE modules in ``model`` (an ``nn.Module``) replayed from
+    C++ so far: their bound calls' training and inference hits. Counts restart where a
+    module's bindings are dropped (``implementation`` or ``inplace`` set)."""
+    total = 0
+    for module in model.modules():
+        bindings = module.__dict__.get('_bindings')
+        if bindings is not None:
+            total += bindings.train_hits + bindings.infer_hits
+    return total

@@ -1,0 +1,36 @@
+"""Which compiled extensions of the fast paths a process runs (cbam_mmdet/ops/extensions.py)."""
+from cbam_mmdet.ops import cbam_cpu, extensions, triton_programs
+
+
+def test_extensions_are_built_with_the_package():
+    """The test command's setup builds both (setup.py build_ext); without them the
+    plugins still run, on slower paths, which describe() must say."""
+    state = extensions.status()
+    assert state['cpu_kernels'] and triton_programs._ext is not None
+    line = extensions.describe('cpu')
+    assert '_cpu_kernels' in line and 'not built' not in line
+
+
+def test_extensions_describe_names_a_missing_cpu_build(monkeypatch):
+    monkeypatch.setattr(cbam_cpu, 'kernels', lambda: None)
+    assert not extensions.status()['cpu_kernels']
+    line = extensions.describe('cpu')
+    assert 'PyTorch only' in line and '_cpu_kernels' in line and 'not built' in line
+    assert 'pip install -e .' in line
+
+
+def test_extensions_describe_names_a_missing_or_disabled_cuda_replay(monkeypatch):
+    monkeypatch.setattr(extensions, 'triton_available', lambda: True)
+    monkeypatch.delenv(triton_programs.ENV_VAR, raising=False)
+    line = extensions.describe('cuda')
+    assert 'replayed from C++' in line and 'Python' not in line
+    monkeypatch.setenv(triton_programs.ENV_VAR, '0')
+    line = extensions.describe('cuda:0')
+    assert 'launched from Python' in line and 'CBAM_MMDET_TRITON_PROGRAMS=0' in line
+    assert not extensions.status()['triton_programs']
+    monkeypatch.delenv(triton_programs.ENV_VAR)
+    monkeypatch.setattr(triton_programs, '_ext', None)
+    line = extensions.describe('cuda')
+    assert 'launched from Python' in line and 'not built' in line
+    monkeypatch.setattr(extensions, 'triton_available', lambda: False)
+    assert extensions.describe('cuda') == 'fast paths: PyTorch (Triton is not available)'
