@@ -34,3 +34,29 @@ def test_extensions_describe_names_a_missing_or_disabled_cuda_replay(monkeypatch
     assert 'launched from Python' in line and 'not built' in line
     monkeypatch.setattr(extensions, 'triton_available', lambda: False)
     assert extensions.describe('cuda') == 'fast paths: PyTorch (Triton is not available)'
+
+
+def test_plugins_warn_once_where_the_cpu_kernels_are_not_built(monkeypatch):
+    import warnings
+
+    import pytest
+    import torch
+
+    from cbam_mmdet import CBAM, SE
+    monkeypatch.setattr(cbam_cpu, 'kernels', lambda: None)
+    monkeypatch.setattr(extensions, '_warned', set())
+    se, cbam = SE(32, ratio=8).eval(), CBAM(32, ratio=8).eval()
+    x = torch.randn(1, 32, 6, 5)
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match=r'cbam_mmdet\.ops\._cpu_kernels is not '
+                          r'built.*pip install -e \.'):
+            out = se(x)
+        torch.testing.assert_close(out, se.reference_forward(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # once per process: no second warning
+            torch.testing.assert_close(cbam(x), cbam.reference_forward(x))
+            se(x)
+    monkeypatch.setattr(extensions, '_warned', set())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        se.train()(x).sum().backward()  # training never runs the CPU kernels: no warning

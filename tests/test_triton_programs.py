@@ -848,3 +848,30 @@ def test_triton_programs_replay_every_plugin_call_of_the_benchmark(monkeypatch):
     assert se['replayed_calls'] == 0 and se['replay_expected']
     assert 'WARNING: se infer: 0 of 16' in logs[-1]
     assert 'CBAM_MMDET_TRITON_PROGRAMS=0' in logs[-1]
+
+
+@needs_triton
+def test_triton_programs_missing_warns_once_and_the_python_launches_match(monkeypatch):
+    """Without the extension the Triton kernels run from Python, with the same outputs
+    and gradients, and the first call warns that the replay is not built."""
+    import warnings
+
+    from cbam_mmdet.ops import extensions
+    monkeypatch.setattr(triton_programs, '_ext', None)
+    monkeypatch.setattr(extensions, '_warned', set())
+    se = SE(64, ratio=8).cuda()
+    x = torch.randn(2, 64, 9, 11, device='cuda', requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r'_triton_programs is not built.*launched '
+                      'from Python'):
+        out = se(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = se.reference_forward(ref_x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    dx, = torch.autograd.grad(out, x, g)
+    ref_dx, = torch.autograd.grad(ref, ref_x, g)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-4, atol=1e-5)
+    assert se.__dict__.get('_bindings') is None  # nothing bound without the extension
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        se(x)

@@ -85,11 +85,19 @@ def spatial_logits(desc, spatial_attention):
     return sa.bn(F.conv2d(desc, conv.weight.to(dt), None, conv.stride, conv.padding))
 
 
+def _warn_if_not_built(kern, x, *modules):
+    if kern is None and x.device.type == 'cpu' and x.dtype == torch.float32 and \
+            not records_grad(x, *modules):
+        from .extensions import warn_not_built
+        warn_not_built('_cpu_kernels', 'CBAM and SE CPU inference run the PyTorch fast path')
+
+
 def se_forward(x, se, inplace=False):
     """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`)."""
     kern = kernels()
     if _kernels_apply(kern, x, se):
         return _se_kernels(kern, x, se, inplace)
+    _warn_if_not_built(kern, x, se)
     n, c = x.shape[:2]
     cdt = compute_dtype(x)
     pooled = x.mean((2, 3), dtype=cdt)
@@ -107,6 +115,7 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
     kern = kernels()
     if _kernels_apply(kern, x, channel_attention, spatial_attention):
         return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace)
+    _warn_if_not_built(kern, x, channel_attention, spatial_attention)
     recording = records_grad(x, channel_attention, spatial_attention)
     n, c, h, w = x.shape
     cdt = compute_dtype(x)

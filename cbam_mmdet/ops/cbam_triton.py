@@ -1385,6 +1385,10 @@ def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes
     else the Python passes (``passes(stream, ws, out, launch)``), recording them.
     ``bind(owner, train)``, where given, binds a replayed call to its module."""
     native = triton_programs.enabled()
+    if triton_programs.not_built():
+        from .extensions import warn_not_built
+        warn_not_built('_triton_programs', 'the Triton kernels are launched from Python, '
+                       'with more host time per call')
     if _records_grad(x, params):
         key = ('train', bn_train) + key_extra
         state = plan.native.get(key) if native else None

@@ -12,14 +12,30 @@ path, without an error.
   time per call (on an H200 host a detector's training step is mostly bound by host
   time, docs/speed.md).
 
-Timings of a build without them are timings of another implementation:
+A plugin call that would have used a missing extension warns once per process
+(:func:`warn_not_built`). Timings of a build without them are timings of another
+implementation:
 ``tools/benchmark.py`` prints :func:`describe` and counts the calls replayed from C++
 (:func:`.triton_programs.replayed_calls`).
 """
+import warnings
+
 from . import cbam_cpu, triton_programs
 from .dispatch import triton_available
 
 BUILD_HINT = 'pip install -e . or python setup.py build_ext --inplace'
+_warned = set()
+
+
+def warn_not_built(name, what_runs):
+    """Warn once per process that the extension ``cbam_mmdet.ops.<name>`` is not built
+    and ``what_runs`` instead (called where a plugin call would have used it)."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    warnings.warn(f'cbam_mmdet: the compiled extension cbam_mmdet.ops.{name} is not built, '
+                  f'so {what_runs} (the same outputs, more time); build it with '
+                  f'{BUILD_HINT}', RuntimeWarning, stacklevel=3)
 
 
 def status():

@@ -72,6 +72,12 @@ def enabled():
             and os.environ.get(ENV_VAR, '1').strip() != '0')
 
 
+def not_built():
+    """Whether the extension is missing where it would run (not under Triton's
+    interpreter, which launches from Python anyway)."""
+    return _ext is None and not _INTERPRET
+
+
 def _switch(name, enabled):
     """Set the extension's setting ``name`` (read by ``_ext.<name>()``, written by
     ``_ext.set_<name>(enabled)``); the previous value, or False without the extension
