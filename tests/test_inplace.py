@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cbam_mmdet import CBAM, SE
-from cbam_mmdet.ops import cbam_cpu
+from cbam_mmdet.ops import cbam_cpu, extensions
 from test_fast_attention import needs_triton, pair
 
 
@@ -13,6 +13,8 @@ def test_inplace_inference_writes_into_the_input_and_training_does_not(
         cls, with_kernels, monkeypatch):
     if not with_kernels:
         monkeypatch.setattr(cbam_cpu, 'kernels', lambda: None)
+        # the warning that the kernels are not built (tests/test_extensions.py)
+        monkeypatch.setattr(extensions, '_warned', {'_cpu_kernels'})
     check_inplace(cls, 'cpu')
 
 
