@@ -601,7 +601,9 @@ def pool_runs(runs):
     it existed and counts as that setting's value then. Raises ValueError for fewer than
     two runs, a run that does not record another setting of :data:`WORKLOAD`, or runs
     that differ in their device or in such a setting (rounds, steps and models per
-    variant may differ)."""
+    variant may differ), or in the fast paths they record (``fast_paths``: a run without
+    the C++ extensions timed other implementations; runs written before it was recorded
+    are not compared)."""
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
     for index, run in enumerate(runs):
@@ -615,6 +617,10 @@ def pool_runs(runs):
         if any(value != values[0] for value in values):
             raise ValueError(f'the runs differ in {name!r} ({values}): only runs of one '
                              'workload on one kind of device pool')
+    paths = [run['fast_paths'] for run in runs if 'fast_paths' in run]
+    if any(p != paths[0] for p in paths):
+        raise ValueError(f"the runs differ in 'fast_paths' ({paths}): only runs of the "
+                         'same implementations pool')
     ratios = {}  # (mode, variant) -> ratio of each run, in the order first met
     for index, run in enumerate(runs):
         for r in run['results']:

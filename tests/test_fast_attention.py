@@ -798,6 +798,13 @@ def test_benchmark_pool_runs_refuses_runs_of_different_workloads():
     random = benchmark_run({'baseline': 1.0, 'se': 1.04})
     random['args']['random_proposals'] = True
     assert [p['mean'] for p in pool_runs([before, random])] == pytest.approx([1.0, 1.035])
+    # runs of other implementations (a build without the C++ replay) do not pool
+    replayed, python = (benchmark_run({'baseline': 1.0, 'se': 1.03}) for _ in range(2))
+    replayed['fast_paths'] = 'fast paths: Triton kernels, calls replayed from C++'
+    python['fast_paths'] = 'fast paths: Triton kernels launched from Python'
+    with pytest.raises(ValueError, match="differ in 'fast_paths'"):
+        pool_runs([replayed, run, python])
+    assert len(pool_runs([replayed, run, dict(replayed)])) == 2  # unrecorded: not compared
 
 
 def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
@@ -807,10 +814,15 @@ def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
     paths = []
     for i, ratio in enumerate((1.04, 1.06)):
         paths.append(tmp_path / f'run{i}.json')
-        paths[-1].write_text(json.dumps(benchmark_run({'baseline': 1.0, 'cbam': ratio})))
+        run = benchmark_run({'baseline': 1.0, 'cbam': ratio})
+        if i:
+            run['fast_paths'] = 'fast paths: Triton kernels, calls replayed from C++'
+        paths[-1].write_text(json.dumps(run))
     pooled = main([str(p) for p in paths])
     assert [p['mean'] for p in pooled] == pytest.approx([1.0, 1.05])
-    assert '2 runs on NVIDIA H200' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '2 runs on NVIDIA H200' in out
+    assert 'fast paths: Triton kernels, calls replayed from C++ (1 of the runs record it)' in out
     missing = tmp_path / 'missing.json'
     with pytest.raises(SystemExit):
         main([str(paths[0]), str(missing)])

@@ -6,8 +6,8 @@ Prints, per mode and variant, each run's median ratio to the baseline and the me
 standard deviation and range of those ratios over the runs. Runs in separate processes
 build new models and meet the machine in other states, so their spread shows what one
 run's confidence interval does not. The runs must share their device and workload
-(batch size, shape, amp, channels_last, backbone_only); rounds, steps and models per
-variant may differ.
+(batch size, shape, amp, channels_last, backbone_only) and the fast paths they record;
+rounds, steps and models per variant may differ.
 """
 import argparse
 import json
@@ -42,6 +42,9 @@ def main(argv=None):
     except ValueError as e:
         parser.error(str(e))
     print(f'{len(runs)} runs on {runs[0]["device"]}')
+    recorded = [run['fast_paths'] for run in runs if 'fast_paths' in run]
+    if recorded:
+        print(f'{recorded[0]} ({len(recorded)} of the runs record it)')
     print(format_pooled(pooled))
     return pooled
 
