@@ -96,7 +96,8 @@ def main(argv=None):
           f'proposals={"random" if args.random_proposals else "fixed"}, '
           f'{args.rounds} rounds x {args.iters} steps per model after {args.warmup} warm-up '
           f'rounds, {seeds} model(s) per variant')
-    print(extensions.describe(args.device))
+    fast_paths = extensions.describe(args.device)
+    print(fast_paths)
     results = run_benchmark(
         variants=args.variants, modes=args.modes, device=args.device, amp=args.amp,
         batch_size=args.batch_size, shape=args.shape, channels_last=args.channels_last,
@@ -108,7 +109,7 @@ def main(argv=None):
         with open(args.json, 'w') as f:
             json.dump(dict(args={**vars(args), 'seeds': seeds},
                            device=describe_device(args.device),
-                           fast_paths=extensions.describe(args.device), results=results), f,
+                           fast_paths=fast_paths, results=results), f,
                       indent=1)
 
 
