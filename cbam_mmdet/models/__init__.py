@@ -1,5 +1,6 @@
 from .cbam import CBAM
 from .channel_attention import ChannelAttention
+from .fused_tail_resnet import FusedTailBottleneck, FusedTailResNet  # noqa: F401
 from .neck_attention import NeckAttention  # noqa: F401
 from .resnet_basic_plugins import BasicBlockWithPlugins, PluginResNet  # noqa: F401
 from .se import SE

@@ -1,7 +1,7 @@
 import torch
 from mmdet.registry import MODELS
 
-from ..ops import bindable, se_forward, select_backend
+from ..ops import bindable, se_forward, se_residual_forward, select_backend
 from ._bound_calls import BoundCalls
 from .channel_attention import ChannelAttention
 
@@ -52,6 +52,32 @@ class SE(BoundCalls, ChannelAttention):
             return se_forward(backend, x, self, inplace=self.inplace,
                               bind=backend == 'triton' and bindable(self.implementation))
         return self.reference_forward(x)
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The end of a residual block with SE on its branch (the block's "tail"):
+
+        .. math::
+            \\mathrm{out} = \\max(s \\otimes F + R,\\ 0)
+
+        with ``x`` = F and ``residual`` = R (the identity or the downsampled input), as
+        mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
+        (CUDA) the addition and ReLU run inside SE's last pass, and its backward gives
+        both gradients in SE's last backward pass, so that the block launches two
+        operations fewer each way; elsewhere (and for a residual not laid out as ``x``)
+        it is ``torch.relu(self(x) + residual)``. Used by
+        :class:`~cbam_mmdet.models.FusedTailResNet`.
+        """
+        bindings = self._bindings
+        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
+            out = bindings(x, residual)
+            if out is not None:
+                return out
+        backend = select_backend(self.implementation, x, has_fast_path=True)
+        if backend == 'reference':
+            return torch.relu(self.reference_forward(x) + residual)
+        return se_residual_forward(
+            backend, x, residual, self, inplace=self.inplace,
+            bind=backend == 'triton' and bindable(self.implementation))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The equation as written: the definition the fast paths are tested against."""

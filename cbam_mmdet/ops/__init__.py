@@ -4,6 +4,8 @@
 CUDA) compute the same outputs and gradients as the plugins' reference ``forward``;
 :mod:`.cuda_graph` replays either of them from a CUDA graph for CUDA inference.
 """
+import torch
+
 from . import cuda_graph  # noqa: F401
 from .dispatch import (ENV_VAR, GRAPH_BY_DEFAULT, IMPLEMENTATIONS, bindable,
                        check_implementation, eager_backend, select_backend, triton_available)
@@ -46,6 +48,22 @@ def se_forward(backend, x, se, inplace=False, bind=False):
     return cbam_cpu.se_forward(x, se, inplace)
 
 
+def se_residual_forward(backend, x, residual, se, inplace=False, bind=False):
+    """The end of a residual block with SE on its branch, ``max(SE(x) + residual, 0)``:
+    on ``'triton'`` one fused pass where ``residual`` is laid out as ``x`` (``bind``:
+    binds replayed calls to ``se``), else SE on ``backend``, then the addition and ReLU."""
+    if backend == 'triton':
+        from . import cbam_triton
+        out = cbam_triton.se_forward(x, se, inplace, bind, residual)
+        if out is not None:
+            return out
+    out = se_forward(backend, x, se, inplace)
+    if backend != 'graph' and not (torch.is_grad_enabled() and (
+            out.requires_grad or residual.requires_grad)):
+        return out.add_(residual).relu_()  # as mmdet's block, in inference
+    return torch.relu(out + residual)
+
+
 __all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'bindable', 'check_implementation',
            'eager_backend', 'select_backend', 'triton_available', 'cbam_forward',
-           'se_forward']
+           'se_forward', 'se_residual_forward']

@@ -427,11 +427,12 @@ def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
 
 
 @triton.jit
-def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
-                    sxn, sxc, sxhw, HID_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_HW: tl.constexpr):
+def _scale_channels(x_ptr, ws_ptr, out_ptr, r_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
+                    sxn, sxc, sxhw, RESIDUAL: tl.constexpr, HID_P: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """SE: a[n, c] by :func:`_channel_gate` from h[n] (stored by the programs of the
-    first pixel block), then out = x a[n, c]; out has x's strides."""
+    first pixel block), then out = x a[n, c], or with RESIDUAL the block's tail
+    out = max(x a[n, c] + r, 0); out and r have x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -444,7 +445,10 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0)
     a = _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID, False, HID_P)
     tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
-    tl.store(out_ptr + offs, (xv.to(tl.float32) * a[:, None]).to(xv.dtype), mask=mask)
+    y = xv.to(tl.float32) * a[:, None]
+    if RESIDUAL:
+        y = tl.maximum(y + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+    tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
 
 
 @triton.jit
@@ -631,10 +635,11 @@ def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, 
 
 
 @triton.jit
-def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
-                hw_per_prog, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                STAGES: tl.constexpr):
-    """SE: da[n, c] += sum over a span of hw of g x."""
+def _bwd_reduce(g_ptr, x_ptr, o_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
+                hw_per_prog, RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
+    """SE: da[n, c] += sum over a span of hw of g x; with RESIDUAL (the block's tail
+    max(x a + r, 0)) g is taken where the saved output o (x's strides) is > 0."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -643,6 +648,7 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
     mask_c = offs_c < C
     xbase = x_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
     gbase = g_ptr + n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc
+    obase = o_ptr + n.to(tl.int64) * sxn + offs_c[:, None].to(tl.int64) * sxc
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=tl.float32)
     hw_begin = pid_hw * hw_per_prog
     for step in tl.range(0, hw_per_prog, BLOCK_HW, num_stages=STAGES):
@@ -651,6 +657,9 @@ def _bwd_reduce(g_ptr, x_ptr, bws_ptr, B_DA, C, HW, sxn, sxc, sxhw, sgn, sgc, sg
         hw64 = offs_hw[None, :].to(tl.int64)
         xv = tl.load(xbase + hw64 * sxhw, mask=mask, other=0.0).to(tl.float32)
         gv = tl.load(gbase + hw64 * sghw, mask=mask, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            ov = tl.load(obase + hw64 * sxhw, mask=mask, other=0.0)
+            gv = tl.where(ov > 0, gv, 0.0)
         acc += gv * xv
     tl.atomic_add(bws_ptr + B_DA + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c,
                   sem='relaxed')
@@ -755,14 +764,15 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
 
 
 @triton.jit
-def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC, OFF_POOLED,
-            B_DDESC, B_DPOOLED, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
-            HAS_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-            TILES: tl.constexpr, STAGES: tl.constexpr):
+def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, o_ptr, dr_ptr, OFF_A, OFF_S, OFF_DESC,
+            OFF_POOLED, B_DDESC, B_DPOOLED, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
+            HAS_S: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
+            BLOCK_HW: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr):
     """CBAM: dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max])
-    + dpooled_avg / HW + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW.
-    dx has x's strides. A program covers TILES consecutive pixel blocks of its channels
-    (their per-channel values loaded once)."""
+    + dpooled_avg / HW + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW,
+    with RESIDUAL (SE's block tail max(x a + r, 0)) g taken where the saved output o > 0
+    and stored as dr. dx, o and dr have x's strides. A program covers TILES consecutive
+    pixel blocks of its channels (their per-channel values loaded once)."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -784,11 +794,11 @@ def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC, OFF_P
         mask = mask_c[:, None] & mask_hw[None, :]
         hw64 = offs_hw[None, :].to(tl.int64)
         xoffs = n64 * sxn + c64 * sxc + hw64 * sxhw
-        xr = tl.load(x_ptr + xoffs, mask=mask, other=0.0)
-        x = xr.to(tl.float32)
         g = tl.load(g_ptr + n64 * sgn + c64 * sgc + hw64 * sghw, mask=mask,
                     other=0.0).to(tl.float32)
         if HAS_S:
+            xr = tl.load(x_ptr + xoffs, mask=mask, other=0.0)
+            x = xr.to(tl.float32)
             s = tl.load(ws_ptr + OFF_S + n * HW + offs_hw, mask=mask_hw, other=0.0)[None, :]
             dbase = n * 2 * HW + offs_hw
             mx = tl.load(ws_ptr + OFF_DESC + dbase, mask=mask_hw, other=0.0)[None, :]
@@ -797,9 +807,14 @@ def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC, OFF_P
                             other=0.0)[None, :] / C
             dy = g * s + gmean + tl.where(x * a == mx, gmx, 0.0)
             dx = dy * a + gavg + tl.where(x == cmax, gmax, 0.0)
+            tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
         else:
+            if RESIDUAL:
+                ov = tl.load(o_ptr + xoffs, mask=mask, other=0.0)
+                g = tl.where(ov > 0, g, 0.0)
+                tl.store(dr_ptr + xoffs, g.to(ov.dtype), mask=mask)
             dx = g * a + gavg
-        tl.store(dx_ptr + xoffs, dx.to(xr.dtype), mask=mask)
+            tl.store(dx_ptr + xoffs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---- plans: every integer argument, grid and workspace offset of one input signature ----
@@ -1209,14 +1224,17 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
            not train, plan.tile_bc, plan.tile_bhw, num_warps=plan.warps['_cbam_scale'])
 
 
-def _se_passes(plan, stream, x, ws, out, params, zero_grads, launch=launch):
+def _se_passes(plan, stream, x, ws, out, params, zero_grads, residual=None, launch=launch):
+    """The forward passes (two launches); ``residual``: the block's tail
+    ``max(SE(x) + residual, 0)`` (residual laid out as x)."""
     w1, b1, w2, b2 = params
     counters = _counters_for(x, stream, plan.n)
     _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, launch)
-    launch(_scale_channels, plan.tile_grid, plan.compiled, 'scale', stream,
-           x, ws, out, w2, b2, plan.ws['a'], plan.ws['h'], plan.c, plan.hid, plan.hw,
-           *plan.st, plan.hid_p, plan.tile_bc, plan.tile_bhw,
-           num_warps=plan.warps['_scale_channels'])
+    fused = residual is not None
+    launch(_scale_channels, plan.tile_grid, plan.compiled, ('scale', fused), stream,
+           x, ws, out, residual if fused else x, w2, b2, plan.ws['a'], plan.ws['h'],
+           plan.c, plan.hid, plan.hw, *plan.st, fused, plan.hid_p, plan.tile_bc,
+           plan.tile_bhw, num_warps=plan.warps['_scale_channels'])
 
 
 def _backward_common(ctx, g):
@@ -1266,25 +1284,31 @@ def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counter
     _mlp_backward(plan, stream, ws, fc1_w, fc2_w, launch)
     if dx is not None:
         launch(_bwd_dx, plan.dx_grid, plan.compiled, ('dx', extra), stream,
-               g, x, ws, ws, dx, o['a'], o['s'], o['desc'], o['pooled'], b['ddesc'],
-               b['dpooled'], plan.c, plan.hw, *st, *sg, True, plan.tile_bc,
+               g, x, ws, ws, dx, x, dx, o['a'], o['s'], o['desc'], o['pooled'],
+               b['ddesc'], b['dpooled'], plan.c, plan.hw, *st, *sg, True, False,
+               plan.tile_bc,
                plan.tile_bhw, plan.dx_tiles, plan.stages['_bwd_dx'],
                num_warps=plan.warps['_bwd_dx'])
 
 
-def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, launch=launch):
-    """The backward passes (three launches; two where ``dx`` is None)."""
+def _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, out=None, dr=None,
+                        launch=launch):
+    """The backward passes (three launches; two where ``dx`` is None). With the block's
+    tail (``out``: the forward's output, ``dr``: the residual's gradient, both laid out
+    as x) the ReLU's mask comes from ``out`` and the last pass also writes ``dr``."""
     o, b, st = plan.ws, plan.bws, plan.st
-    launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra), stream,
-           g, x, ws, b['da'], plan.c, plan.hw, *st, *sg, plan.red_hw_per_prog,
-           plan.tile_bc, plan.tile_bhw, plan.stages['_bwd_reduce'],
-           num_warps=plan.warps['_bwd_reduce'])
+    fused = out is not None
+    launch(_bwd_reduce, plan.red_grid, plan.compiled, ('bwdred', extra, fused), stream,
+           g, x, out if fused else x, ws, b['da'], plan.c, plan.hw, *st, *sg,
+           plan.red_hw_per_prog, fused, plan.tile_bc, plan.tile_bhw,
+           plan.stages['_bwd_reduce'], num_warps=plan.warps['_bwd_reduce'])
     _mlp_backward(plan, stream, ws, params[0], params[2], launch)
     if dx is not None:
-        launch(_bwd_dx, plan.dx_grid, plan.compiled, ('dx', extra), stream,
-               g, x, ws, ws, dx, o['a'], 0, 0, o['pooled'], 0, b['dpooled'],
-               plan.c, plan.hw, *st, *sg, False, plan.tile_bc, plan.tile_bhw,
-               plan.dx_tiles, plan.stages['_bwd_dx'], num_warps=plan.warps['_bwd_dx'])
+        launch(_bwd_dx, plan.dx_grid, plan.compiled, ('dx', extra, fused), stream,
+               g, x, ws, ws, dx, out if fused else x, dr if fused else dx, o['a'], 0, 0,
+               o['pooled'], 0, b['dpooled'], plan.c, plan.hw, *st, *sg, False, fused,
+               plan.tile_bc, plan.tile_bhw, plan.dx_tiles, plan.stages['_bwd_dx'],
+               num_warps=plan.warps['_bwd_dx'])
 
 
 def _param_grads(plan, ws, needs, params):
@@ -1301,9 +1325,10 @@ class _AttentionFunction(torch.autograd.Function):
     ``native_key`` run as the C++ autograd Function instead."""
 
     @staticmethod
-    def forward(ctx, x, *inputs):
+    def forward(ctx, x, residual, *inputs):
         *params, plan, bn, bn_train, rest, native_key = inputs
         cbam = bn is not None
+        fused = residual is not None
         ws = torch.empty(plan.total_size, device=x.device, dtype=torch.float32)
         out = torch.empty_like(x)
         stream = current_stream(x.get_device())
@@ -1313,22 +1338,27 @@ class _AttentionFunction(torch.autograd.Function):
             bn_mode = 'train' if bn_train else 'eval_saved'
             _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, True, run)
         else:
-            _se_passes(plan, stream, x, ws, out, params, True, run)
-        ctx.save_for_backward(x, ws, *params)
+            _se_passes(plan, stream, x, ws, out, params, True, residual, run)
+        ctx.save_for_backward(x, ws, out if fused else None, *params)
         ctx.plan, ctx.cbam, ctx.bn_train, ctx.backward_done = plan, cbam, bn_train, False
         ctx.rest, ctx.native_key, ctx.forward_program = rest, native_key, None
+        ctx.fused = fused
         if recorder is not None:
-            ctx.forward_program = recorder.program([x, ws, out, *params, *rest])
+            tail = [residual] if fused else []
+            ctx.forward_program = recorder.program([x, ws, out, *params, *rest, *tail])
             if ctx.forward_program is None:
                 plan.native[native_key] = None  # not replayable: stay in Python
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ws, *params = ctx.saved_tensors
+        x, ws, out, *params = ctx.saved_tensors
         plan, stream, g, sg, extra = _backward_common(ctx, g)
         needs = ctx.needs_input_grad
-        dx = torch.empty_like(x) if needs[0] else None
+        fused = ctx.fused
+        # with the block's tail the last pass writes both gradients: always run
+        dx = torch.empty_like(x) if needs[0] or fused else None
+        dr = torch.empty_like(x) if fused else None
         # a program is recorded where the C++ Function would launch the same kernels: the
         # gradient laid out as x and aligned, dx computed
         record = (ctx.forward_program is not None and dx is not None and sg == plan.st
@@ -1340,12 +1370,15 @@ class _AttentionFunction(torch.autograd.Function):
             _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters,
                                   ctx.bn_train, run)
         else:
-            _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, run)
+            _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, out, dr, run)
         if recorder is not None:
-            backward = recorder.program([g, x, ws, dx, *params, *ctx.rest])
+            tail = [out, dr] if fused else []
+            backward = recorder.program([g, x, ws, dx, *params, *ctx.rest, *tail])
             plan.native[ctx.native_key] = None if backward is None else \
-                triton_programs.train_state(ctx.forward_program, backward, plan, params)
-        return (dx, *_param_grads(plan, ws, needs[1:1 + len(params)], params),
+                triton_programs.train_state(ctx.forward_program, backward, plan, params,
+                                            fused)
+        return (dx if needs[0] else None, dr if needs[1] else None,
+                *_param_grads(plan, ws, needs[2:2 + len(params)], params),
                 None, None, None, None, None)
 
 
@@ -1380,23 +1413,25 @@ def _records_grad(x, params):
 
 
 def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes,
-         bind=None):
+         bind=None, residual=None):
     """One call on ``plan``: the C++ replay of its recorded program where there is one,
     else the Python passes (``passes(stream, ws, out, launch)``), recording them.
-    ``bind(owner, train)``, where given, binds a replayed call to its module."""
+    ``bind(owner, train)``, where given, binds a replayed call to its module.
+    ``residual``: SE's block tail (the programs name it after ``rest``)."""
+    tail = [] if residual is None else [residual]
     native = triton_programs.enabled()
     if triton_programs.not_built():
         from .extensions import warn_not_built
         warn_not_built('_triton_programs', 'the Triton kernels are launched from Python, '
                        'with more host time per call')
-    if _records_grad(x, params):
+    if _records_grad(x, params) or residual is not None and _records_grad(residual, ()):
         key = ('train', bn_train) + key_extra
         state = plan.native.get(key) if native else None
         if state is not None:
             if bind is not None:
                 bind(state, True)
-            return triton_programs.train(state, x, list(params), stream, rest)
-        return _AttentionFunction.apply(x, *params, plan, bn, bn_train, rest,
+            return triton_programs.train(state, x, list(params), stream, rest + tail)
+        return _AttentionFunction.apply(x, residual, *params, plan, bn, bn_train, rest,
                                         key if native and key not in plan.native else None)
     key = ('infer', bn_train, inplace) + key_extra
     program = plan.native.get(key) if native else None
@@ -1404,17 +1439,23 @@ def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes
         if bind is not None:
             bind(program, False)
         return triton_programs.infer(program, x, inplace, plan.ws_size, stream,
-                                     [*params, *rest])
+                                     [*params, *rest, *tail])
     # inference: the last pass reads each element of x before it writes it (inplace)
     out = x if inplace else torch.empty_like(x)
     ws = torch.empty(plan.ws_size, device=x.device, dtype=torch.float32)
     if native and key not in plan.native:
         recorder = triton_programs.Recorder()
         passes(stream, ws, out, recorder)
-        plan.native[key] = recorder.program([x, ws, out, *params, *rest])
+        plan.native[key] = recorder.program([x, ws, out, *params, *rest, *tail])
     else:
         passes(stream, ws, out, launch)
     return out
+
+
+def _laid_out_as(t, x):
+    """Whether ``t`` can be read with ``x``'s offsets by kernels specialised for x."""
+    return (t.shape == x.shape and t.stride() == x.stride() and t.dtype == x.dtype
+            and t.device == x.device and (t.data_ptr() % 16 == 0) == (x.data_ptr() % 16 == 0))
 
 
 def _same(container, *keys):
@@ -1422,12 +1463,13 @@ def _same(container, *keys):
     return [(container, key, container[key], False) for key in keys]
 
 
-def _binder(module, inplace, x, stream, params, rest, plan, checks):
+def _binder(module, inplace, x, stream, params, rest, plan, checks, residual=False):
     """``bind`` for :func:`_run`, or None without a module to bind to."""
     if module is None:
         return None
     return lambda owner, train: triton_programs.bind(
-        module, owner, train, x, inplace, plan.ws_size, stream, params, rest, checks())
+        module, owner, train, x, inplace, plan.ws_size, stream, params, rest, checks(),
+        residual)
 
 
 def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=None):
@@ -1475,9 +1517,11 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
                 _binder(module, inplace, x, stream, params, rest, plan, checks))
 
 
-def se_forward(x, se, inplace=False, bind=False):
+def se_forward(x, se, inplace=False, bind=False, residual=None):
     """SE, or None where these kernels do not apply. ``bind``: bind replayed calls to
-    ``se`` (:func:`.triton_programs.bind`)."""
+    ``se`` (:func:`.triton_programs.bind`). ``residual``: the block's tail,
+    ``max(SE(x) + residual, 0)``, where ``residual`` is laid out as x (same shape,
+    dtype, strides and 16-byte alignment; else None)."""
     modules = se._modules
     f1, f2 = modules['fc1']._parameters, modules['fc2']._parameters
     params = (f1['weight'], f1['bias'], f2['weight'], f2['bias'])
@@ -1485,6 +1529,8 @@ def se_forward(x, se, inplace=False, bind=False):
         return None
     if _strides(x) is None:
         x = x.contiguous()
+    if residual is not None and not _laid_out_as(residual, x):
+        return None
     plan = _plan('se', x, params[0].shape[0], 0)
     stream = current_stream(x.get_device())
     rest = [_counters_for(x, stream, plan.n),
@@ -1493,8 +1539,9 @@ def se_forward(x, se, inplace=False, bind=False):
     def checks():
         return (_same(modules, 'fc1', 'fc2') + _same(f1, 'weight', 'bias')
                 + _same(f2, 'weight', 'bias'))
-    return _run(plan, x, stream, params, None, False, inplace, rest, ('se',),
+    fused = residual is not None
+    return _run(plan, x, stream, params, None, False, inplace, rest, ('se', fused),
                 lambda stream, ws, out, run: _se_passes(
-                    plan, stream, x, ws, out, params, False, run),
+                    plan, stream, x, ws, out, params, False, residual, run),
                 _binder(se if bind else None, inplace, x, stream, params, rest, plan,
-                        checks))
+                        checks, fused), residual)

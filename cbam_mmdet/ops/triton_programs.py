@@ -181,9 +181,11 @@ class Recorder:
         return program
 
 
-def train_state(forward, backward, plan, params):
+def train_state(forward, backward, plan, params, residual=False):
     """The C++ training state of ``plan`` (a ``_Plan``) from its two programs; the
-    gradients are laid out as ``params``."""
+    gradients are laid out as ``params``. ``residual``: SE's block tail, whose forward
+    program names the residual after ``rest`` and whose backward names the output and
+    the residual's gradient after ``rest``."""
     offsets, offset = [], plan.split_sizes[0]
     for size in plan.grad_sizes:
         offsets.append(offset)
@@ -191,7 +193,7 @@ def train_state(forward, backward, plan, params):
     return _ext.TrainState(forward, backward, plan.total_size, offsets,
                            [list(s) for s in plan.grad_shapes],
                            [tuple(r) for r in plan.atomic_regions],
-                           [list(p.stride()) for p in params])
+                           [list(p.stride()) for p in params], residual)
 
 
 # entries a module's Bindings keep (input signatures and modes: one training and one
@@ -199,18 +201,20 @@ def train_state(forward, backward, plan, params):
 MAX_BINDINGS = 4
 
 
-def bind(module, owner, train, x, inplace, ws_size, stream, params, rest, checks):
+def bind(module, owner, train, x, inplace, ws_size, stream, params, rest, checks,
+         residual=False):
     """Bind a call to ``module``: later calls that :meth:`Bindings.__call__` finds
     unchanged (``x``'s signature, the autograd mode, the stream, ``checks``: tuples
     ``(dict, key, value, equal)`` of what the call was chosen for, and this module's and
     :mod:`.dispatch`'s environment variables) replay ``owner`` (the recorded inference
     ``Program`` or the ``TrainState``) from C++ without running Python (the plugins'
-    ``forward`` tries ``module._bindings`` first)."""
+    ``forward`` tries ``module._bindings`` first). ``residual``: a call of the block's
+    tail (``module._bindings(x, residual)``, the residual laid out as x)."""
     bindings = module.__dict__.get('_bindings')
     if bindings is None:
         bindings = module.__dict__['_bindings'] = _ext.Bindings(MAX_BINDINGS)
     bindings.add(owner, train, x, inplace, ws_size, stream, list(params), list(rest),
-                 checks, [ATTENTION_ENV_VAR, ENV_VAR])
+                 checks, [ATTENTION_ENV_VAR, ENV_VAR], residual)
 
 
 def infer(program, x, inplace, ws_size, stream, rest):

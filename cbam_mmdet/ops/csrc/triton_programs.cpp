@@ -308,6 +308,10 @@ at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int6
 // accumulate into (zeroed by the forward; zeroed again for a second backward).
 // The state is owned by its plan on the Python side (kept for the process's life), so the
 // autograd graph may hold its address.
+//
+// residual (SE's block tail, out = max(SE(x) + r, 0)): the last of the forward's rest is
+// the residual r, a second input with a gradient; the backward's slots are
+// [grad_out, x, workspace, dx, *params, *rest without r, out, dr], every launch run.
 struct TrainState {
   Program forward;
   Program backward;
@@ -316,6 +320,7 @@ struct TrainState {
   std::vector<std::vector<int64_t>> grad_shapes;
   std::vector<std::vector<int64_t>> grad_strides;  // the parameters' (contiguous if not given)
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
+  bool residual = false;
 };
 
 // Parameter gradients delivered by the backward itself ("direct"): set_direct_grads, and
@@ -400,6 +405,12 @@ struct AttentionBackward : public torch::autograd::Node {
   uint64_t stream = 0;
   std::shared_ptr<Program::Graph> graph;  // the binding's graph of the backward, or null
   SavedVariable x_;
+  // residual states: the output (whose sign is the ReLU's mask) as an alias without
+  // autograd (a SavedVariable of an output needs the node's own pointer to unpack), and
+  // its version counter, checked as autograd checks a saved variable's
+  at::Tensor out_;
+  c10::VariableVersion out_version_{c10::VariableVersion::Disabled::DISABLED};
+  uint32_t out_saved_version_ = 0;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
   // per parameter, its grad accumulator where its gradient is direct (else null), kept
@@ -416,6 +427,7 @@ struct AttentionBackward : public torch::autograd::Node {
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     x_.reset_data();
+    out_.reset();
     for (auto& p : params_) p.reset_data();
     ws_.reset();
     rest_.clear();
@@ -445,16 +457,32 @@ struct AttentionBackward : public torch::autograd::Node {
       copy.copy_(g);
       g = copy;
     }
+    const bool residual = state->residual;
     const bool needs_dx = should_compute_output(0);
-    at::Tensor dx = needs_dx ? at::empty_strided(x.sizes(), x.strides(), x.options()) : at::Tensor();
-    std::vector<at::Tensor> slots{g, x, ws, needs_dx ? dx : x};
+    // with the residual, the last launch writes dx and dr: always run
+    at::Tensor dx = needs_dx || residual
+        ? at::empty_strided(x.sizes(), x.strides(), x.options()) : at::Tensor();
+    at::Tensor dr = residual ? at::empty_strided(x.sizes(), x.strides(), x.options())
+                             : at::Tensor();
+    std::vector<at::Tensor> slots{g, x, ws, dx.defined() ? dx : x};
     slots.insert(slots.end(), params.begin(), params.end());
     slots.insert(slots.end(), rest_.begin(), rest_.end());
+    if (residual) {
+      TORCH_CHECK(out_version_.current_version() == out_saved_version_,
+                  "one of the variables needed for gradient computation has been modified "
+                  "by an inplace operation: the output of an SE block tail "
+                  "(max(SE(x) + residual, 0)) is at version ",
+                  out_version_.current_version(), "; expected version ", out_saved_version_,
+                  " instead");
+      slots.push_back(out_);
+      slots.push_back(dr);
+    }
     const size_t launches = state->backward.launches.size();
-    const size_t count = needs_dx || launches == 0 ? launches : launches - 1;
+    const size_t count = dx.defined() || launches == 0 ? launches : launches - 1;
     state->backward.run(slots, stream, count, graph.get());
     variable_list out(num_outputs());
-    out[0] = dx;
+    if (needs_dx) out[0] = dx;
+    if (residual && should_compute_output(1)) out[1] = dr;
     const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
     const bool whole_graph = exec_info == nullptr || exec_info->empty();
     for (size_t i = 0; i < params.size(); ++i) {
@@ -503,6 +531,7 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
                  const std::array<std::shared_ptr<Program::Graph>, 2>* graphs = nullptr) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
+  TORCH_CHECK(!state.residual || !rest.empty(), "train: the residual must end rest");
   c10::DeviceGuard guard(x.device());
   at::Tensor ws = at::empty({state.ws_size}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty_like(x);
@@ -517,13 +546,22 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
     state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size(),
                       graphs != nullptr ? (*graphs)[0].get() : nullptr);
   }
-  if (!torch::autograd::compute_requires_grad(x, at::TensorList(params))) return out;
+  at::Tensor residual;
+  if (state.residual) {  // an input of its own: not kept for the backward
+    residual = std::move(rest.back());
+    rest.pop_back();
+  }
+  if (!torch::autograd::compute_requires_grad(x, at::TensorList(params)) &&
+      !(residual.defined() && torch::autograd::compute_requires_grad(residual))) {
+    return out;
+  }
   auto node = NodeMaker<NodePtr>::template make<AttentionBackward>();
   node->state = &state;
   if (graphs != nullptr) node->graph = (*graphs)[1];
   node->stream = static_cast<uint64_t>(stream);
   const bool direct = direct_grads_enabled();
   torch::autograd::edge_list edges{torch::autograd::impl::gradient_edge(x)};
+  if (residual.defined()) edges.push_back(torch::autograd::impl::gradient_edge(residual));
   for (const auto& p : params) {
     node->accumulators_.push_back(direct ? direct_grad_accumulator(p) : NodePtr());
     if (node->accumulators_.back() == nullptr && p.requires_grad()) {
@@ -541,6 +579,11 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
   node->ws_ = std::move(ws);
   node->rest_ = std::move(rest);
   torch::autograd::set_history(out, NodePtr(node));
+  if (residual.defined()) {
+    node->out_ = alias(out, out.sizes(), out.strides(), 0);
+    node->out_version_ = out.unsafeGetTensorImpl()->version_counter();
+    node->out_saved_version_ = node->out_version_.current_version();
+  }
   return out;
 }
 
@@ -575,6 +618,7 @@ struct Entry {
   const TrainState* state = nullptr;
   bool train = false;
   bool inplace = false;
+  bool residual = false;  // a call of SE's block tail: call(x, residual)
   int64_t ws_size = 0;  // inference (a TrainState has its own)
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
@@ -623,9 +667,10 @@ struct Bindings {
 
   void add(py::object owner, bool train, const at::Tensor& x, bool inplace, int64_t ws_size,
            uint64_t stream, std::vector<at::Tensor> params, std::vector<at::Tensor> rest,
-           py::list checks, std::vector<std::string> env) {
+           py::list checks, std::vector<std::string> env, bool residual) {
     Entry e;
     e.owner = owner;
+    e.residual = residual;
     if (train) {
       e.state = owner.cast<const TrainState*>();
       TORCH_CHECK(params.size() == e.state->grad_offsets.size(), "Bindings.add: expected ",
@@ -693,17 +738,27 @@ struct Bindings {
     return current_stream(e.device) == e.stream_id;
   }
 
-  // The output of the bound call for x, or None where no entry applies.
-  py::object call(py::handle obj) {
+  static bool matches(const Entry& e, const at::Tensor& t) {
+    return t.device() == e.device && t.scalar_type() == e.dtype && t.sizes() == e.sizes &&
+           t.strides() == e.strides && aligned16(t) == e.aligned;
+  }
+
+  // The output of the bound call for x (and for a call of the block's tail, its
+  // residual, laid out as x), or None where no entry applies.
+  py::object call(py::handle obj, py::handle res) {
     if (!THPVariable_Check(obj.ptr())) return py::none();
+    const bool has_residual = !res.is_none();
+    if (has_residual && !THPVariable_Check(res.ptr())) return py::none();
     const at::Tensor& x = THPVariable_Unpack(obj.ptr());
+    const at::Tensor residual = has_residual ? THPVariable_Unpack(res.ptr()) : at::Tensor();
     const bool grad_mode = at::GradMode::is_enabled();
     for (auto& e : entries) {
-      if (x.device() != e.device || x.scalar_type() != e.dtype || x.sizes() != e.sizes ||
-          x.strides() != e.strides || aligned16(x) != e.aligned) {
+      if (e.residual != has_residual || !matches(e, x) ||
+          (has_residual && !matches(e, residual))) {
         continue;
       }
-      bool records = grad_mode && x.requires_grad();
+      bool records = grad_mode && (x.requires_grad() ||
+                                   (has_residual && residual.requires_grad()));
       for (size_t i = 0; grad_mode && !records && i < e.params.size(); ++i) {
         records = e.params[i].requires_grad();
       }
@@ -712,6 +767,7 @@ struct Bindings {
       for (size_t i = 0; i < rest.size(); ++i) {
         if (e.rest_is_x[i]) rest[i] = x;
       }
+      if (has_residual) rest.push_back(residual);
       if (e.train) {
         ++train_hits;
         return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
@@ -755,7 +811,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        std::vector<int64_t> grad_offsets,
                        std::vector<std::vector<int64_t>> grad_shapes,
                        std::vector<std::pair<int64_t, int64_t>> atomic_regions,
-                       std::vector<std::vector<int64_t>> grad_strides) {
+                       std::vector<std::vector<int64_t>> grad_strides, bool residual) {
              TORCH_CHECK(grad_offsets.size() == grad_shapes.size(),
                          "one gradient offset per gradient shape");
              TORCH_CHECK(grad_strides.empty() || grad_strides.size() == grad_shapes.size(),
@@ -779,20 +835,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              s->grad_shapes = std::move(grad_shapes);
              s->grad_strides = std::move(grad_strides);
              s->atomic_regions = std::move(atomic_regions);
+             s->residual = residual;
              return s;
            }),
            py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
            py::arg("grad_shapes"), py::arg("atomic_regions"),
-           py::arg("grad_strides") = std::vector<std::vector<int64_t>>());
+           py::arg("grad_strides") = std::vector<std::vector<int64_t>>(),
+           py::arg("residual") = false);
   py::class_<Bindings>(m, "Bindings")
       .def(py::init<int64_t>(), py::arg("capacity"))
       .def("add", &Bindings::add, py::arg("owner"), py::arg("train"), py::arg("x"),
            py::arg("inplace"), py::arg("ws_size"), py::arg("stream"), py::arg("params"),
-           py::arg("rest"), py::arg("checks"), py::arg("env"),
+           py::arg("rest"), py::arg("checks"), py::arg("env"), py::arg("residual") = false,
            "Bind a call: its Program (inference) or TrainState (training), the input it "
            "was made for, and what must still hold for a later call to take it")
-      .def("__call__", &Bindings::call, py::arg("x"),
-           "The bound call's output for x, or None where no entry applies")
+      .def("__call__", &Bindings::call, py::arg("x"), py::arg("residual") = py::none(),
+           "The bound call's output for x (and a residual, for a call of SE's block "
+           "tail), or None where no entry applies")
       .def("__len__", [](const Bindings& b) { return b.entries.size(); })
       .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
       .def_readonly("train_hits", &Bindings::train_hits, "Training calls replayed");

@@ -1,0 +1,71 @@
+"""mmdet's ResNet whose Bottleneck hands its tail to an ``after_conv3`` plugin.
+
+A Bottleneck ends with ``relu(plugin(norm3(conv3(.))) + identity)``: after the plugin,
+two more operations (the addition and the ReLU), each a kernel and, in training, an
+autograd node with its own backward. :class:`FusedTailBottleneck` instead calls the
+plugin's ``forward_residual(out, identity)`` where the block's only ``after_conv3``
+plugin has one (:meth:`cbam_mmdet.SE.forward_residual`), which computes the same
+``max(SE(out) + identity, 0)`` in SE's own last pass on the Triton path. The values are
+those of mmdet's Bottleneck (the same equation; fp16 rounds once instead of three times);
+the parameters, buffers and state_dict keys are the same.
+
+The block takes mmdet's own forward where the tail cannot be handed over: no such plugin
+(or more than one at ``after_conv3``), checkpointing (``with_cp``) while training, or
+hooks on the plugin (forward or backward, its own or global), which must see the
+plugin's output as mmdet's block produces it.
+"""
+import torch.nn.modules.module as module_hooks
+from mmdet.models.backbones.resnet import Bottleneck, ResNet
+from mmdet.registry import MODELS
+
+from .resnet_basic_plugins import PluginResNet
+
+
+def _hooked(module):
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or module_hooks._global_forward_hooks
+                or module_hooks._global_forward_pre_hooks
+                or module_hooks._global_backward_hooks
+                or module_hooks._global_backward_pre_hooks)
+
+
+class FusedTailBottleneck(Bottleneck):
+    """mmdet's ``Bottleneck`` whose residual addition and final ReLU run inside the
+    ``after_conv3`` plugin's ``forward_residual`` where it has one (module docstring)."""
+
+    def fused_tail(self):
+        """The plugin's ``forward_residual`` this block hands its tail to, or None."""
+        if not self.with_plugins or len(self.after_conv3_plugin_names) != 1:
+            return None
+        plugin = getattr(self, self.after_conv3_plugin_names[0])
+        tail = getattr(plugin, 'forward_residual', None)
+        if tail is None or _hooked(plugin):
+            return None
+        return tail
+
+    def forward(self, x):
+        tail = self.fused_tail()
+        if tail is None or (self.with_cp and x.requires_grad):
+            return super().forward(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.forward_plugin(out, self.after_conv1_plugin_names)
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.forward_plugin(out, self.after_conv2_plugin_names)
+        out = self.norm3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return tail(out, identity)
+
+
+@MODELS.register_module()
+class FusedTailResNet(PluginResNet):
+    """mmdet's ``ResNet`` (as :class:`PluginResNet`, for every depth) whose Bottlenecks
+    (depth 50/101/152) are :class:`FusedTailBottleneck`: with
+    ``plugins=[dict(cfg=dict(type='SE'), position='after_conv3')]`` each block's
+    residual addition and ReLU run inside SE (:meth:`cbam_mmdet.SE.forward_residual`).
+    Same arguments, parameters and state_dict keys as mmdet's ``ResNet``; without such a
+    plugin the blocks compute exactly mmdet's."""
+
+    arch_settings = dict(PluginResNet.arch_settings)
+    for _depth in (50, 101, 152):
+        arch_settings[_depth] = (FusedTailBottleneck, ResNet.arch_settings[_depth][1])
+    del _depth

@@ -1,0 +1,244 @@
+"""SE's block tail: ``SE.forward_residual`` and ``FusedTailResNet``
+(cbam_mmdet/models/fused_tail_resnet.py)."""
+import copy
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+
+from cbam_mmdet import SE
+from cbam_mmdet.models import FusedTailBottleneck
+from cbam_mmdet.ops import triton_available, triton_programs
+from test_fast_attention import make_input, pair
+
+CUDA = torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
+                                  reason='needs CUDA and Triton')
+SE_PLUGIN = [dict(cfg=dict(type='SE', ratio=16), position='after_conv3')]
+
+
+def run_tail(module, x, r, grad, training, fused=True, autocast_dtype=None):
+    """(out, dx, dr, parameter grads) of the tail, or of relu(module(x) + r)."""
+    module.train(training)
+    x = x.detach().clone().requires_grad_()
+    r = r.detach().clone().requires_grad_()
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float16,
+                        enabled=autocast_dtype is not None):
+        out = module.forward_residual(x, r) if fused else torch.relu(module(x) + r)
+    out.backward(grad)
+    return (out.detach(), x.grad, r.grad,
+            {n: p.grad for n, p in module.named_parameters()})
+
+
+def assert_tail_close(got, want, tol):
+    for name, a, b in zip(('out', 'dx', 'dr'), got[:3], want[:3]):
+        assert a.shape == b.shape and a.stride() == b.stride(), name
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f'{name}: {m}')
+
+
+def away_from_zero(ref, x, r, autocast_dtype=None, margin=0.05):
+    """``r`` moved by 2 margin where SE(x) + r is within ``margin`` of 0 (in place, its
+    layout kept): the fused pass rounds x a + r once, the reference rounds x a first,
+    and in fp16 the two may fall on either side of the ReLU's 0, where the gradients
+    differ by g."""
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.float16,
+                                         enabled=autocast_dtype is not None):
+        pre = (ref(x) + r).float()
+    shift = torch.where(pre >= 0, 2 * margin, -2 * margin) * (pre.abs() < margin)
+    return r.add_(shift.to(r.dtype))
+    for k in want[3]:
+        torch.testing.assert_close(got[3][k], want[3][k], **tol, msg=lambda m: f'{k}: {m}')
+
+
+@pytest.mark.parametrize('implementation', ['reference', 'auto'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_se_forward_residual_is_relu_of_se_plus_residual_on_cpu(implementation,
+                                                                 channels_last):
+    """On CPU (no fused pass) the tail is SE, the addition and ReLU: values and
+    gradients of x, the residual and the parameters."""
+    ref, fast = pair(SE, 32, implementation=implementation, ratio=8)
+    x, grad = make_input((2, 32, 7, 9), channels_last, seed=2)
+    r = make_input((2, 32, 7, 9), channels_last, seed=3)[0]
+    tol = dict(rtol=1e-5, atol=1e-6)
+    assert_tail_close(run_tail(fast, x, r, grad, True),
+                      run_tail(ref, x, r, grad, True, fused=False), tol)
+    with torch.no_grad():
+        want = torch.relu(ref.eval()(x) + r)
+        torch.testing.assert_close(fast.eval().forward_residual(x.clone(), r), want, **tol)
+
+
+def backbones(depth=50, **kwargs):
+    """mmdet's ResNet and FusedTailResNet with SE after conv3, the same weights."""
+    cfg = dict(depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=0,
+               norm_cfg=dict(type='BN', requires_grad=True), plugins=SE_PLUGIN, **kwargs)
+    torch.manual_seed(0)
+    plain = MODELS.build(dict(type='ResNet', **cfg))
+    fused = MODELS.build(dict(type='FusedTailResNet', **cfg))
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def backbone_step(model, x, training):
+    model.train(training)
+    model.zero_grad(set_to_none=True)
+    outs = model(x)
+    if training:
+        sum((o.float() * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+    return [o.detach() for o in outs], {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_fused_tail_resnet_computes_mmdets_resnet(training):
+    """Same keys, outputs, parameter gradients and BatchNorm statistics as mmdet's
+    ResNet-50 with SE after conv3; every Bottleneck hands its tail to SE."""
+    plain, fused = backbones()
+    blocks = [m for m in fused.modules() if isinstance(m, FusedTailBottleneck)]
+    assert len(blocks) == 16 and all(b.fused_tail() is not None for b in blocks)
+    calls = []
+    se_type = type(blocks[0].se)
+    real = se_type.forward_residual
+    x = torch.randn(2, 3, 64, 64)
+    try:
+        se_type.forward_residual = lambda self, *a: calls.append(1) or real(self, *a)
+        got = backbone_step(fused, x, training)
+    finally:
+        se_type.forward_residual = real
+    assert len(calls) == 16
+    want = backbone_step(plain, x, training)
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if training:
+        for k, g in want[1].items():
+            torch.testing.assert_close(got[1][k], g, rtol=1e-3, atol=1e-5, msg=k)
+    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_fused_tail_falls_back_to_mmdets_block_where_the_tail_cannot_be_handed_over():
+    """A hook on the plugin sees its output as mmdet's block makes it; two plugins at
+    after_conv3, none, and with_cp in training take mmdet's forward."""
+    plain, fused = backbones()
+    block = fused.layer1[0]
+    seen = []
+    handle = block.se.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    assert block.fused_tail() is None
+    x = torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        out = block.eval()(x)
+        torch.testing.assert_close(out, plain.layer1[0].eval()(x))
+    assert len(seen) == 1 and (seen[0] < 0).any()  # SE's output, before the ReLU
+    handle.remove()
+    assert block.fused_tail() is not None
+    two = [dict(cfg=dict(type='SE', ratio=16, postfix=i), position='after_conv3')
+           for i in (1, 2)]
+    model = MODELS.build(dict(type='FusedTailResNet', depth=50, plugins=two))
+    assert model.layer1[0].fused_tail() is None
+    model = MODELS.build(dict(type='FusedTailResNet', depth=50))
+    assert model.layer1[0].fused_tail() is None
+    plain, fused = backbones(with_cp=True)
+    block = fused.layer1[0].train()
+    x = torch.randn(1, 64, 16, 16, requires_grad=True)
+    calls = []
+    real = type(block.se).forward_residual
+    try:
+        type(block.se).forward_residual = lambda self, *a: calls.append(1) or real(self, *a)
+        block(x).sum().backward()
+    finally:
+        type(block.se).forward_residual = real
+    assert calls == []
+
+
+# ---- CUDA: the fused Triton pass --------------------------------------------------------
+
+@needs_triton
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16], ids=['fp32', 'fp16'])
+@pytest.mark.parametrize('shape', [(2, 48, 9, 11), (2, 256, 50, 76), (1, 1024, 13, 19)],
+                         ids=str)
+def test_se_fused_tail_matches_the_reference_on_cuda(shape, dtype, channels_last):
+    """The fused pass (recorded, then replayed from C++ and through the module's
+    bindings) against relu(SE(x) + r) on the reference path: output, dx, dr and the
+    parameters' gradients, in training and inference (in place too)."""
+    ref, fast = pair(SE, shape[1], device='cuda', implementation='auto', ratio=16)
+    x, grad = make_input(shape, channels_last, 'cuda', dtype, seed=5)
+    r = make_input(shape, channels_last, 'cuda', dtype, seed=6)[0]
+    fp32 = dtype == torch.float32
+    tol = dict(rtol=1e-4, atol=1e-4) if fp32 else dict(rtol=1e-2, atol=2e-2)
+    ac = None if fp32 else torch.float16  # fp16 maps come from autocast in a detector
+    away_from_zero(ref, x, r, ac)
+    want = run_tail(ref, x, r, grad, True, fused=False, autocast_dtype=ac)
+    hits = []
+    for _ in range(3):
+        fast.zero_grad(set_to_none=True)
+        assert_tail_close(run_tail(fast, x, r, grad, True, autocast_dtype=ac), want, tol)
+        hits.append(fast._bindings.train_hits if fast._bindings is not None else 0)
+    assert hits[-1] >= 1, hits  # replayed through the bindings
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16, enabled=not fp32):
+        want = torch.relu(ref.eval()(x) + r)
+        fast.eval()
+        for inplace in (False, True, True):
+            fast.inplace = inplace
+            for _ in range(2):
+                xin = x.clone()
+                out = fast.forward_residual(xin, r)
+                assert out.stride() == x.stride()
+                torch.testing.assert_close(out, want, **tol)
+                assert (out.data_ptr() == xin.data_ptr()) == inplace
+        assert fast._bindings.infer_hits >= 1
+
+
+@needs_triton
+def test_se_fused_tail_gradients_reach_only_what_requires_them_and_check_versions():
+    """A residual without requires_grad, an x without it, and an output modified in place
+    before the backward (autograd's error)."""
+    ref, fast = pair(SE, 64, device='cuda', implementation='auto', ratio=16)
+    x, grad = make_input((2, 64, 12, 10), False, 'cuda', torch.float16, seed=7)
+    r = make_input((2, 64, 12, 10), False, 'cuda', torch.float16, seed=8)[0]
+    away_from_zero(ref, x.float(), r)
+    tol = dict(rtol=1e-2, atol=2e-2)
+    for _ in range(3):  # record, replay, bound replay
+        for x_grad, r_grad in ((True, False), (False, True)):
+            a = x.clone().requires_grad_(x_grad)
+            b = r.clone().requires_grad_(r_grad)
+            fast.zero_grad(set_to_none=True)
+            fast.forward_residual(a, b).backward(grad)
+            ref.zero_grad(set_to_none=True)
+            a2 = x.clone().requires_grad_(x_grad)
+            b2 = r.clone().requires_grad_(r_grad)
+            torch.relu(ref(a2.float()).half() + b2).backward(grad)
+            assert (a.grad is None) == (not x_grad) and (b.grad is None) == (not r_grad)
+            for t, t2 in ((a, a2), (b, b2)):
+                if t.grad is not None:
+                    torch.testing.assert_close(t.grad, t2.grad, **tol)
+            torch.testing.assert_close(fast.fc1.weight.grad, ref.fc1.weight.grad,
+                                       rtol=1e-2, atol=1e-2)
+    out = fast.forward_residual(x.clone().requires_grad_(), r.clone().requires_grad_())
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        out.backward(grad)
+
+
+@needs_triton
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_fused_tail_resnet_matches_mmdets_resnet_on_cuda(training):
+    """The whole backbone under fp16 autocast: FusedTailResNet with SE replayed from C++
+    against mmdet's ResNet with SE on the reference path."""
+    plain, fused = backbones()
+    for m in plain.modules():
+        if isinstance(m, SE):
+            m.implementation = 'reference'
+    plain, fused = plain.cuda(), fused.cuda()
+    x = torch.randn(2, 3, 128, 160, device='cuda')
+    for _ in range(3):
+        with torch.autocast('cuda', dtype=torch.float16):
+            got = backbone_step(fused, x, training)
+            want = backbone_step(plain, x, training)
+        for a, b in zip(got[0], want[0]):
+            torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=5e-2)
+        if training:
+            for k, g in want[1].items():
+                err = (got[1][k] - g).norm() / g.norm().clamp_min(1e-12)
+                assert err < 2e-2, (k, err.item())
+    calls = triton_programs.replayed_calls(fused)
+    assert calls >= 16, calls
