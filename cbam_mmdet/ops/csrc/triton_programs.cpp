@@ -405,12 +405,11 @@ struct AttentionBackward : public torch::autograd::Node {
   uint64_t stream = 0;
   std::shared_ptr<Program::Graph> graph;  // the binding's graph of the backward, or null
   SavedVariable x_;
-  // residual states: the output (whose sign is the ReLU's mask) as an alias without
-  // autograd (a SavedVariable of an output needs the node's own pointer to unpack), and
-  // its version counter, checked as autograd checks a saved variable's
-  at::Tensor out_;
-  c10::VariableVersion out_version_{c10::VariableVersion::Disabled::DISABLED};
-  uint32_t out_saved_version_ = 0;
+  // residual states: the output (whose sign is the ReLU's mask), saved as an alias
+  // without autograd history that shares its version counter (a SavedVariable of the
+  // output itself needs the node's own pointer to unpack), so that an in-place change of
+  // the output before the backward raises autograd's error
+  SavedVariable out_;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
   // per parameter, its grad accumulator where its gradient is direct (else null), kept
@@ -427,7 +426,7 @@ struct AttentionBackward : public torch::autograd::Node {
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     x_.reset_data();
-    out_.reset();
+    out_.reset_data();
     for (auto& p : params_) p.reset_data();
     ws_.reset();
     rest_.clear();
@@ -439,6 +438,7 @@ struct AttentionBackward : public torch::autograd::Node {
     TORCH_CHECK(!released_, torch::autograd::ERR_BACKWARD_TWICE);
     if (!grads[0].defined()) return variable_list(num_outputs());  // a zero gradient
     at::Tensor x = x_.unpack();
+    const at::Tensor out_saved = state->residual ? out_.unpack() : at::Tensor();
     std::vector<at::Tensor> params;
     params.reserve(params_.size());
     for (auto& p : params_) params.push_back(p.unpack());
@@ -468,13 +468,7 @@ struct AttentionBackward : public torch::autograd::Node {
     slots.insert(slots.end(), params.begin(), params.end());
     slots.insert(slots.end(), rest_.begin(), rest_.end());
     if (residual) {
-      TORCH_CHECK(out_version_.current_version() == out_saved_version_,
-                  "one of the variables needed for gradient computation has been modified "
-                  "by an inplace operation: the output of an SE block tail "
-                  "(max(SE(x) + residual, 0)) is at version ",
-                  out_version_.current_version(), "; expected version ", out_saved_version_,
-                  " instead");
-      slots.push_back(out_);
+      slots.push_back(out_saved);
       slots.push_back(dr);
     }
     const size_t launches = state->backward.launches.size();
@@ -580,9 +574,10 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
   node->rest_ = std::move(rest);
   torch::autograd::set_history(out, NodePtr(node));
   if (residual.defined()) {
-    node->out_ = alias(out, out.sizes(), out.strides(), 0);
-    node->out_version_ = out.unsafeGetTensorImpl()->version_counter();
-    node->out_saved_version_ = node->out_version_.current_version();
+    at::Tensor saved = alias(out, out.sizes(), out.strides(), 0);
+    saved.unsafeGetTensorImpl()->set_version_counter(
+        out.unsafeGetTensorImpl()->version_counter());
+    node->out_ = SavedVariable(saved, false);
   }
   return out;
 }
