@@ -14,9 +14,9 @@ ratios.
 Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``)
 and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
 path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graphs for CUDA
-inference). ``se-tail`` is ``se`` in ``FusedTailResNet``: each block's residual addition
-and ReLU run inside SE (:meth:`cbam_mmdet.SE.forward_residual`), against the same
-mmdet ResNet baseline.
+inference). ``se-tail`` and ``cbam-tail`` are ``se`` and ``cbam`` in ``FusedTailResNet``:
+each block's residual addition and ReLU run inside the plugin (``forward_residual``),
+against the same mmdet ResNet baseline.
 
 Detectors propose the same boxes in every model (:func:`fix_proposals`, the default):
 the RPN's output layers and the RoI head's classifier start at zero and the
@@ -41,10 +41,12 @@ DEFAULT_CONFIGS = {
     'se': 'configs/faster_rcnn_r50_se_coco.py',
     'cbam': 'configs/faster_rcnn_r50_cbam_coco.py',
     'se-tail': 'configs/faster_rcnn_r50_se_tail_coco.py',
+    'cbam-tail': 'configs/faster_rcnn_r50_cbam_tail_coco.py',
 }
 # variant suffix -> the plugins' ``implementation``
 SUFFIXES = {'': 'auto', '-ref': 'reference', '-eager': 'eager', '-graph': 'graph'}
-VARIANTS = ('baseline',) + tuple(p + s for p in ('se', 'cbam', 'se-tail') for s in SUFFIXES)
+VARIANTS = ('baseline',) + tuple(p + s for p in ('se', 'cbam', 'se-tail', 'cbam-tail')
+                                  for s in SUFFIXES)
 DEFAULT_VARIANTS = ('baseline', 'se-ref', 'se-eager', 'se-graph', 'cbam-ref',
                     'cbam-eager', 'cbam-graph')
 MODES = ('train', 'infer')

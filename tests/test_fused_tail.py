@@ -1,4 +1,4 @@
-"""SE's block tail: ``SE.forward_residual`` and ``FusedTailResNet``
+"""The block tail of SE and CBAM: ``forward_residual`` and ``FusedTailResNet``
 (cbam_mmdet/models/fused_tail_resnet.py)."""
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 
-from cbam_mmdet import SE
+from cbam_mmdet import CBAM, SE
 from cbam_mmdet.models import FusedTailBottleneck
 from cbam_mmdet.ops import triton_available, triton_programs
 from test_fast_attention import make_input, pair
@@ -14,7 +14,11 @@ from test_fast_attention import make_input, pair
 CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
                                   reason='needs CUDA and Triton')
-SE_PLUGIN = [dict(cfg=dict(type='SE', ratio=16), position='after_conv3')]
+PLUGIN_TYPES = {'SE': SE, 'CBAM': CBAM}
+
+
+def plugins(kind):
+    return [dict(cfg=dict(type=kind, ratio=16), position='after_conv3')]
 
 
 def run_tail(module, x, r, grad, training, fused=True, autocast_dtype=None):
@@ -34,29 +38,31 @@ def assert_tail_close(got, want, tol):
     for name, a, b in zip(('out', 'dx', 'dr'), got[:3], want[:3]):
         assert a.shape == b.shape and a.stride() == b.stride(), name
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f'{name}: {m}')
+    assert set(got[3]) == set(want[3])
+    for k in want[3]:
+        torch.testing.assert_close(got[3][k], want[3][k], **tol, msg=lambda m: f'{k}: {m}')
 
 
 def away_from_zero(ref, x, r, autocast_dtype=None, margin=0.05):
-    """``r`` moved by 2 margin where SE(x) + r is within ``margin`` of 0 (in place, its
-    layout kept): the fused pass rounds x a + r once, the reference rounds x a first,
-    and in fp16 the two may fall on either side of the ReLU's 0, where the gradients
-    differ by g."""
+    """``r`` moved by 2 margin where ref(x) + r is within ``margin`` of 0 (in place, its
+    layout kept): the fused pass rounds the attention's output plus r once, the
+    reference rounds the attention's output first, and in fp16 the two may fall on
+    either side of the ReLU's 0, where the gradients differ by g."""
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.float16,
                                          enabled=autocast_dtype is not None):
         pre = (ref(x) + r).float()
     shift = torch.where(pre >= 0, 2 * margin, -2 * margin) * (pre.abs() < margin)
     return r.add_(shift.to(r.dtype))
-    for k in want[3]:
-        torch.testing.assert_close(got[3][k], want[3][k], **tol, msg=lambda m: f'{k}: {m}')
 
 
+@pytest.mark.parametrize('kind', ['SE', 'CBAM'])
 @pytest.mark.parametrize('implementation', ['reference', 'auto'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
-def test_se_forward_residual_is_relu_of_se_plus_residual_on_cpu(implementation,
-                                                                 channels_last):
-    """On CPU (no fused pass) the tail is SE, the addition and ReLU: values and
+def test_forward_residual_is_relu_of_attention_plus_residual_on_cpu(kind, implementation,
+                                                                    channels_last):
+    """On CPU (no fused pass) the tail is the plugin, the addition and ReLU: values and
     gradients of x, the residual and the parameters."""
-    ref, fast = pair(SE, 32, implementation=implementation, ratio=8)
+    ref, fast = pair(PLUGIN_TYPES[kind], 32, implementation=implementation, ratio=8)
     x, grad = make_input((2, 32, 7, 9), channels_last, seed=2)
     r = make_input((2, 32, 7, 9), channels_last, seed=3)[0]
     tol = dict(rtol=1e-5, atol=1e-6)
@@ -67,10 +73,11 @@ def test_se_forward_residual_is_relu_of_se_plus_residual_on_cpu(implementation,
         torch.testing.assert_close(fast.eval().forward_residual(x.clone(), r), want, **tol)
 
 
-def backbones(depth=50, **kwargs):
-    """mmdet's ResNet and FusedTailResNet with SE after conv3, the same weights."""
+def backbones(depth=50, kind='SE', **kwargs):
+    """mmdet's ResNet and FusedTailResNet with ``kind`` after conv3, the same weights."""
     cfg = dict(depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=0,
-               norm_cfg=dict(type='BN', requires_grad=True), plugins=SE_PLUGIN, **kwargs)
+               norm_cfg=dict(type='BN', requires_grad=True), plugins=plugins(kind),
+               **kwargs)
     torch.manual_seed(0)
     plain = MODELS.build(dict(type='ResNet', **cfg))
     fused = MODELS.build(dict(type='FusedTailResNet', **cfg))
@@ -94,15 +101,16 @@ def backbone_step(model, x, training, loss_scale=1.0):
         for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize('kind', ['SE', 'CBAM'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
-def test_fused_tail_resnet_computes_mmdets_resnet(training, monkeypatch):
+def test_fused_tail_resnet_computes_mmdets_resnet(kind, training, monkeypatch):
     """Same keys, outputs, parameter gradients and BatchNorm statistics as mmdet's
-    ResNet-50 with SE after conv3; every Bottleneck hands its tail to SE."""
-    plain, fused = backbones()
+    ResNet-50 with SE or CBAM after conv3; every Bottleneck hands its tail to it."""
+    plain, fused = backbones(kind=kind)
     blocks = [m for m in fused.modules() if isinstance(m, FusedTailBottleneck)]
     assert len(blocks) == 16 and all(b.fused_tail() is not None for b in blocks)
     calls = []
-    se_type = type(blocks[0].se)
+    se_type = PLUGIN_TYPES[kind]
     real = se_type.forward_residual
     x = torch.randn(2, 3, 64, 64)
     with monkeypatch.context() as patch:
@@ -160,14 +168,23 @@ def test_fused_tail_falls_back_to_mmdets_block_where_the_tail_cannot_be_handed_o
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16], ids=['fp32', 'fp16'])
 @pytest.mark.parametrize('shape', [(2, 48, 9, 11), (2, 256, 50, 76), (1, 1024, 13, 19)],
                          ids=str)
-def test_se_fused_tail_matches_the_reference_on_cuda(shape, dtype, channels_last):
+@pytest.mark.parametrize('kind', ['SE', 'CBAM'])
+def test_fused_tail_matches_the_reference_on_cuda(kind, shape, dtype, channels_last):
     """The fused pass (recorded, then replayed from C++ and through the module's
-    bindings) against relu(SE(x) + r) on the reference path: output, dx, dr and the
-    parameters' gradients, in training and inference (in place too)."""
-    ref, fast = pair(SE, shape[1], device='cuda', implementation='auto', ratio=16)
+    bindings) against relu(plugin(x) + r): output, dx, dr and the parameters'
+    gradients, in training and inference (in place too). For SE the plugin is the
+    reference path; for CBAM it is CBAM's fast path without the tail, so that only the
+    tail differs: CBAM's fast path and its reference differ at a few positions of dx
+    where channels tie for the maximum (in fp16 by rounding; tests/test_fast_attention.py
+    compares the two against float64), and the whole backbone with the tail is compared
+    with the reference in fp32 in test_fused_tail_resnet_matches_mmdets_resnet_on_cuda."""
+    fp32 = dtype == torch.float32
+    ref, fast = pair(PLUGIN_TYPES[kind], shape[1], device='cuda', implementation='auto',
+                     ratio=16)
+    if kind == 'CBAM':
+        ref = copy.deepcopy(fast)
     x, grad = make_input(shape, channels_last, 'cuda', dtype, seed=5)
     r = make_input(shape, channels_last, 'cuda', dtype, seed=6)[0]
-    fp32 = dtype == torch.float32
     tol = dict(rtol=1e-4, atol=1e-4) if fp32 else dict(rtol=1e-2, atol=2e-2)
     ac = None if fp32 else torch.float16  # fp16 maps come from autocast in a detector
     away_from_zero(ref, x, r, ac)
@@ -178,6 +195,7 @@ def test_se_fused_tail_matches_the_reference_on_cuda(shape, dtype, channels_last
         assert_tail_close(run_tail(fast, x, r, grad, True, autocast_dtype=ac), want, tol)
         hits.append(fast._bindings.train_hits if fast._bindings is not None else 0)
     assert hits[-1] >= 1, hits  # replayed through the bindings
+    ref.load_state_dict(fast.state_dict())  # the same running statistics
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16, enabled=not fp32):
         want = torch.relu(ref.eval()(x) + r)
         fast.eval()
@@ -193,12 +211,13 @@ def test_se_fused_tail_matches_the_reference_on_cuda(shape, dtype, channels_last
 
 
 @needs_triton
-def test_se_fused_tail_gradients_reach_only_what_requires_them_and_check_versions():
+@pytest.mark.parametrize('kind,dtype', [('SE', torch.float16), ('CBAM', torch.float32)])
+def test_fused_tail_gradients_reach_only_what_requires_them_and_check_versions(kind, dtype):
     """A residual without requires_grad, an x without it, and an output modified in place
     before the backward (autograd's error)."""
-    ref, fast = pair(SE, 64, device='cuda', implementation='auto', ratio=16)
-    x, grad = make_input((2, 64, 12, 10), False, 'cuda', torch.float16, seed=7)
-    r = make_input((2, 64, 12, 10), False, 'cuda', torch.float16, seed=8)[0]
+    ref, fast = pair(PLUGIN_TYPES[kind], 64, device='cuda', implementation='auto', ratio=16)
+    x, grad = make_input((2, 64, 12, 10), False, 'cuda', dtype, seed=7)
+    r = make_input((2, 64, 12, 10), False, 'cuda', dtype, seed=8)[0]
     away_from_zero(ref, x.float(), r)
     tol = dict(rtol=1e-2, atol=2e-2)
     for _ in range(3):  # record, replay, bound replay
@@ -210,13 +229,14 @@ def test_se_fused_tail_gradients_reach_only_what_requires_them_and_check_version
             ref.zero_grad(set_to_none=True)
             a2 = x.clone().requires_grad_(x_grad)
             b2 = r.clone().requires_grad_(r_grad)
-            torch.relu(ref(a2.float()).half() + b2).backward(grad)
+            torch.relu(ref(a2.float()).to(dtype) + b2).backward(grad)
             assert (a.grad is None) == (not x_grad) and (b.grad is None) == (not r_grad)
             for t, t2 in ((a, a2), (b, b2)):
                 if t.grad is not None:
                     torch.testing.assert_close(t.grad, t2.grad, **tol)
-            torch.testing.assert_close(fast.fc1.weight.grad, ref.fc1.weight.grad,
-                                       rtol=1e-2, atol=1e-2)
+            for (name, p), p2 in zip(fast.named_parameters(), ref.parameters()):
+                torch.testing.assert_close(p.grad, p2.grad, rtol=1e-2, atol=1e-2,
+                                           msg=lambda m: f'{name}: {m}')
     out = fast.forward_residual(x.clone().requires_grad_(), r.clone().requires_grad_())
     out.mul_(2)
     with pytest.raises(RuntimeError, match='modified by an inplace operation'):
@@ -224,20 +244,28 @@ def test_se_fused_tail_gradients_reach_only_what_requires_them_and_check_version
 
 
 @needs_triton
+@pytest.mark.parametrize('kind', ['SE', 'CBAM'])
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
-def test_fused_tail_resnet_matches_mmdets_resnet_on_cuda(training):
-    """The whole backbone under fp16 autocast: FusedTailResNet with SE replayed from C++
-    against mmdet's ResNet with SE on the reference path. The loss is scaled as in AMP
-    training: unscaled, the reference's fp16 gradients of SE's first layer in stage 4
-    underflow to about zero while the fused pass's, accumulated in fp32, do not."""
-    plain, fused = backbones()
+def test_fused_tail_resnet_matches_mmdets_resnet_on_cuda(kind, training, monkeypatch):
+    """The whole backbone: FusedTailResNet with the plugin replayed from C++ against
+    mmdet's ResNet with the plugin on the reference path. SE under fp16 autocast, with
+    the loss scaled as in AMP training: unscaled, the reference's fp16 gradients of SE's
+    first layer in stage 4 underflow to about zero while the fused pass's, accumulated
+    in fp32, do not. CBAM in fp32 without TF32: in fp16 the two round M_c F, and so
+    CBAM's channel max and the ReLU's mask, differently at a few positions per block,
+    which sixteen blocks carry into the gradients (fp16 CBAM is compared per module in
+    test_fused_tail_matches_the_reference_on_cuda)."""
+    amp = kind == 'SE'
+    if not amp:
+        monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    plain, fused = backbones(kind=kind)
     for m in plain.modules():
-        if isinstance(m, SE):
+        if isinstance(m, PLUGIN_TYPES[kind]):
             m.implementation = 'reference'
     plain, fused = plain.cuda(), fused.cuda()
     x = torch.randn(2, 3, 128, 160, device='cuda')
     for _ in range(3):
-        with torch.autocast('cuda', dtype=torch.float16):
+        with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
             got = backbone_step(fused, x, training, loss_scale=2.0**16)
             want = backbone_step(plain, x, training, loss_scale=2.0**16)
         for a, b in zip(got[0], want[0]):

@@ -2,7 +2,8 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ..ops import bindable, cbam_forward, check_implementation, select_backend
+from ..ops import (bindable, cbam_forward, cbam_residual_forward, check_implementation,
+                   select_backend)
 from ._bound_calls import BoundCalls
 from ._validate import check_choice, check_odd_kernel, check_positive_int
 from .channel_attention import CHANNEL_POOLS, ChannelAttention
@@ -146,6 +147,33 @@ class CBAM(BoundCalls, nn.Module):
                                 module=self, inplace=self.inplace,
                                 bind=backend == 'triton' and bindable(self.implementation))
         return self.reference_forward(x)
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The end of a residual block with CBAM on its branch (the block's "tail"):
+
+        .. math::
+            \mathrm{out} = \max(F'' + R,\ 0)
+
+        with ``x`` = F and ``residual`` = R (the identity or the downsampled input), as
+        mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
+        (CUDA, the default options) the addition and ReLU run inside CBAM's last pass,
+        and its backward gives the residual's gradient in its first backward pass, so
+        that the block launches two operations fewer each way; elsewhere (and for a
+        residual not laid out as ``x``) it is ``torch.relu(self(x) + residual)``. Used
+        by :class:`~cbam_mmdet.models.FusedTailResNet`.
+        """
+        bindings = self._bindings
+        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
+            out = bindings(x, residual)
+            if out is not None:
+                return out
+        backend = select_backend(self.implementation, x, self.has_fast_path)
+        if backend == 'reference':
+            return torch.relu(self.reference_forward(x) + residual)
+        return cbam_residual_forward(
+            backend, x, residual, self.channel_attention, self.spatial_attention,
+            module=self, inplace=self.inplace,
+            bind=backend == 'triton' and bindable(self.implementation))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1) as written: the definition the fast paths are tested against."""

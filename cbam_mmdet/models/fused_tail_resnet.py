@@ -4,8 +4,9 @@ A Bottleneck ends with ``relu(plugin(norm3(conv3(.))) + identity)``: after the p
 two more operations (the addition and the ReLU), each a kernel and, in training, an
 autograd node with its own backward. :class:`FusedTailBottleneck` instead calls the
 plugin's ``forward_residual(out, identity)`` where the block's only ``after_conv3``
-plugin has one (:meth:`cbam_mmdet.SE.forward_residual`), which computes the same
-``max(SE(out) + identity, 0)`` in SE's own last pass on the Triton path. The values are
+plugin has one (:meth:`cbam_mmdet.SE.forward_residual`,
+:meth:`cbam_mmdet.CBAM.forward_residual`), which computes the same
+``max(plugin(out) + identity, 0)`` in the plugin's own last pass on the Triton path. The values are
 those of mmdet's Bottleneck (the same equation; fp16 rounds once instead of three times);
 the parameters, buffers and state_dict keys are the same.
 
@@ -60,8 +61,8 @@ class FusedTailBottleneck(Bottleneck):
 class FusedTailResNet(PluginResNet):
     """mmdet's ``ResNet`` (as :class:`PluginResNet`, for every depth) whose Bottlenecks
     (depth 50/101/152) are :class:`FusedTailBottleneck`: with
-    ``plugins=[dict(cfg=dict(type='SE'), position='after_conv3')]`` each block's
-    residual addition and ReLU run inside SE (:meth:`cbam_mmdet.SE.forward_residual`).
+    ``plugins=[dict(cfg=dict(type='SE'), position='after_conv3')]`` (or ``'CBAM'``) each
+    block's residual addition and ReLU run inside the plugin (its ``forward_residual``).
     Same arguments, parameters and state_dict keys as mmdet's ``ResNet``; without such a
     plugin the blocks compute exactly mmdet's."""
 

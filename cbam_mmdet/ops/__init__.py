@@ -32,6 +32,29 @@ def cbam_forward(backend, x, channel_attention, spatial_attention, module=None,
     return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention, inplace)
 
 
+def cbam_residual_forward(backend, x, residual, channel_attention, spatial_attention,
+                          module=None, inplace=False, bind=False):
+    """The end of a residual block with CBAM on its branch, ``max(CBAM(x) + residual,
+    0)``: on ``'triton'`` one fused pass where ``residual`` is laid out as ``x``
+    (``bind``: binds replayed calls to ``module``), else CBAM on ``backend``, then the
+    addition and ReLU."""
+    if backend == 'triton':
+        from . import cbam_triton
+        out = cbam_triton.cbam_forward(x, channel_attention, spatial_attention, inplace,
+                                       module if bind else None, residual)
+        if out is not None:
+            return out
+    out = cbam_forward(backend, x, channel_attention, spatial_attention, module, inplace)
+    return _add_relu(backend, out, residual)
+
+
+def _add_relu(backend, out, residual):
+    if backend != 'graph' and not (torch.is_grad_enabled() and (
+            out.requires_grad or residual.requires_grad)):
+        return out.add_(residual).relu_()  # as mmdet's block, in inference
+    return torch.relu(out + residual)
+
+
 def se_forward(backend, x, se, inplace=False, bind=False):
     """SE on ``backend`` ``'torch'``, ``'triton'`` or ``'graph'`` (cached on ``se``).
     ``bind``: the Triton path binds replayed calls to ``se``."""
@@ -57,13 +80,9 @@ def se_residual_forward(backend, x, residual, se, inplace=False, bind=False):
         out = cbam_triton.se_forward(x, se, inplace, bind, residual)
         if out is not None:
             return out
-    out = se_forward(backend, x, se, inplace)
-    if backend != 'graph' and not (torch.is_grad_enabled() and (
-            out.requires_grad or residual.requires_grad)):
-        return out.add_(residual).relu_()  # as mmdet's block, in inference
-    return torch.relu(out + residual)
+    return _add_relu(backend, se_forward(backend, x, se, inplace), residual)
 
 
 __all__ = ['ENV_VAR', 'GRAPH_BY_DEFAULT', 'IMPLEMENTATIONS', 'bindable', 'check_implementation',
            'eager_backend', 'select_backend', 'triton_available', 'cbam_forward',
-           'se_forward', 'se_residual_forward']
+           'cbam_residual_forward', 'se_forward', 'se_residual_forward']

@@ -394,13 +394,14 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_pt
 
 
 @triton.jit
-def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS, OFF_S, C,
-                HW, sxn, sxc, sxhw, S_READY: tl.constexpr, BLOCK_C: tl.constexpr,
-                BLOCK_HW: tl.constexpr):
-    """out[n, c, hw] = x a[n, c] s[n, hw] over one tile (channel block x pixel block);
-    s stored by :func:`_spatial_conv` (S_READY) or formed here from z and the batch
-    statistics, sigmoid((z - mean) / std gamma + beta), and stored by the first channel
-    block. out has x's strides."""
+def _cbam_scale(x_ptr, ws_ptr, out_ptr, r_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
+                OFF_S, C, HW, sxn, sxc, sxhw, S_READY: tl.constexpr, RESIDUAL: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """out[n, c, hw] = x a[n, c] s[n, hw] over one tile (channel block x pixel block), or
+    with RESIDUAL the block's tail out = max(x a s + r, 0); s stored by
+    :func:`_spatial_conv` (S_READY) or formed here from z and the batch statistics,
+    sigmoid((z - mean) / std gamma + beta), and stored by the first channel block. out
+    and r have x's strides."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -423,6 +424,8 @@ def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
         s = tl.sigmoid(t)
         tl.store(ws_ptr + OFF_S + n * HW + offs_hw, s, mask=mask_hw & (cb == 0))
     y = xv.to(tl.float32) * a[:, None] * s[None, :]
+    if RESIDUAL:
+        y = tl.maximum(y + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
     tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
 
 
@@ -452,12 +455,14 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, r_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H,
 
 
 @triton.jit
-def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF_STATS, B_DA,
-                B_DZ, B_BNPART, SLOT, N, C, HW, CPS, sxn, sxc, sxhw, sgn, sgc, sghw,
-                ATOMIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                STAGES: tl.constexpr):
+def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, o_ptr, dr_ptr, OFF_A, OFF_S, OFF_Z,
+                OFF_STATS, B_DA, B_DZ, B_BNPART, SLOT, N, C, HW, CPS, sxn, sxc, sxhw, sgn,
+                sgc, sghw, ATOMIC: tl.constexpr, RESIDUAL: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
     """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
-    ds = sum_c p a. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
+    ds = sum_c p a. With RESIDUAL (CBAM's block tail max(x a s + r, 0)) g is taken where
+    the saved output o is > 0 and stored as dr (o and dr have x's strides), which the
+    dx pass then reads as its g. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
     stored with the block's (sum dz, sum dz zhat) for BatchNorm's backward. ATOMIC: ds is
     added into the dz region (zeroed by the forward) and the last of a pixel block's
     channel splits to finish (its counter, SLOT + the block's index, reset after use)
@@ -477,6 +482,11 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z, OFF
         c64 = offs_c[:, None].to(tl.int64)
         xv = tl.load(xbase + c64 * sxc, mask=mask, other=0.0).to(tl.float32)
         gv = tl.load(gbase + c64 * sgc, mask=mask, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            xoffs = n.to(tl.int64) * sxn + c64 * sxc + offs_hw[None, :].to(tl.int64) * sxhw
+            ov = tl.load(o_ptr + xoffs, mask=mask, other=0.0)
+            gv = tl.where(ov > 0, gv, 0.0)
+            tl.store(dr_ptr + xoffs, gv.to(ov.dtype), mask=mask)
         a = tl.load(ws_ptr + OFF_A + n * C + offs_c, mask=mask_c, other=0.0)
         p = gv * xv
         ds += tl.sum(p * a[:, None], axis=0)
@@ -1190,10 +1200,12 @@ def _channel_map(plan, stream, counters, x, ws, w1, b1, w2, b2, zero_grads, laun
            plan.stages['_pool_mlp'], num_warps=plan.warps['_pool_mlp'])
 
 
-def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, launch=launch):
+def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, residual=None,
+                 launch=launch):
     """The forward passes (four launches). bn_mode: 'eval' (running statistics, nothing
     saved for a backward), 'eval_saved' (running statistics, z, s and the statistics
-    saved) or 'train' (batch statistics, running statistics updated, z and s saved)."""
+    saved) or 'train' (batch statistics, running statistics updated, z and s saved).
+    ``residual``: the block's tail ``max(CBAM(x) + residual, 0)`` (laid out as x)."""
     o, st = plan.ws, plan.st
     w1, b1, w2, b2, conv_w, bn_w, bn_b = params
     counters = _counters_for(x, stream, plan.counter_slots)
@@ -1219,9 +1231,11 @@ def _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, zero_grads, laun
            bn.momentum if update else 0.0, train, update, save_z, plan.k, w_cl,
            plan.conv_block,
            num_warps=plan.warps['_spatial_conv'])
-    launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train), stream,
-           x, ws, out, bn_w, bn_b, o['a'], o['z'], o['stats'], o['s'], plan.c, plan.hw, *st,
-           not train, plan.tile_bc, plan.tile_bhw, num_warps=plan.warps['_cbam_scale'])
+    fused = residual is not None
+    launch(_cbam_scale, plan.tile_grid, plan.compiled, ('cscale', train, fused), stream,
+           x, ws, out, residual if fused else x, bn_w, bn_b, o['a'], o['z'], o['stats'],
+           o['s'], plan.c, plan.hw, *st, not train, fused, plan.tile_bc, plan.tile_bhw,
+           num_warps=plan.warps['_cbam_scale'])
 
 
 def _se_passes(plan, stream, x, ws, out, params, zero_grads, residual=None, launch=launch):
@@ -1261,15 +1275,21 @@ def _mlp_backward(plan, stream, ws, w1, w2, launch=launch):
 
 
 def _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters, bn_train,
-                          launch=launch):
-    """The backward passes (five launches; four where ``dx`` is None)."""
+                          out=None, dr=None, launch=launch):
+    """The backward passes (five launches; four where ``dx`` is None). With the block's
+    tail (``out``: the forward's output, ``dr``: the residual's gradient, both laid out
+    as x) the first pass takes the ReLU's mask from ``out`` and writes the masked
+    gradient to ``dr``, which the last pass reads as its gradient."""
     o, b, st = plan.ws, plan.bws, plan.st
     fc1_w, fc2_w, conv_w, bn_w = params[0], params[2], params[4], params[5]
-    launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra), stream,
-           g, x, ws, ws, counters, o['a'], o['s'], o['z'], o['stats'], b['da'],
-           b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c, plan.hw, plan.pix_cps,
-           *st, *sg, plan.pix_splits > 1, plan.pix_bc, plan.pix_bhw,
-           plan.stages['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
+    fused = out is not None
+    launch(_bwd_pixels, plan.pix_grid, plan.compiled, ('bwdpix', extra, fused), stream,
+           g, x, ws, ws, counters, out if fused else x, dr if fused else x, o['a'], o['s'],
+           o['z'], o['stats'], b['da'], b['dz'], b['bnpart'], plan.n + 1, plan.n, plan.c,
+           plan.hw, plan.pix_cps, *st, *sg, plan.pix_splits > 1, fused, plan.pix_bc,
+           plan.pix_bhw, plan.stages['_bwd_pixels'], num_warps=plan.warps['_bwd_pixels'])
+    if fused:  # the dx pass reads the masked gradient, laid out as x
+        g, sg, extra = dr, st, (st, dr.dtype, True)
     w_cl = _weight_channels_last(conv_w)
     block, grid = plan.conv_bwd[bn_train]
     launch(_bwd_spatial, grid, plan.compiled, ('bwdsp', bn_train, w_cl),
@@ -1336,7 +1356,7 @@ class _AttentionFunction(torch.autograd.Function):
         run = recorder or launch
         if cbam:
             bn_mode = 'train' if bn_train else 'eval_saved'
-            _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, True, run)
+            _cbam_passes(plan, stream, x, ws, out, params, bn, bn_mode, True, residual, run)
         else:
             _se_passes(plan, stream, x, ws, out, params, True, residual, run)
         ctx.save_for_backward(x, ws, out if fused else None, *params)
@@ -1368,7 +1388,7 @@ class _AttentionFunction(torch.autograd.Function):
         if ctx.cbam:
             counters = ctx.rest[3]
             _cbam_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, counters,
-                                  ctx.bn_train, run)
+                                  ctx.bn_train, out, dr, run)
         else:
             _se_backward_passes(plan, stream, g, sg, extra, x, ws, dx, params, out, dr, run)
         if recorder is not None:
@@ -1417,7 +1437,7 @@ def _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra, passes
     """One call on ``plan``: the C++ replay of its recorded program where there is one,
     else the Python passes (``passes(stream, ws, out, launch)``), recording them.
     ``bind(owner, train)``, where given, binds a replayed call to its module.
-    ``residual``: SE's block tail (the programs name it after ``rest``)."""
+    ``residual``: the block's tail (the programs name it after ``rest``)."""
     tail = [] if residual is None else [residual]
     native = triton_programs.enabled()
     if triton_programs.not_built():
@@ -1472,10 +1492,13 @@ def _binder(module, inplace, x, stream, params, rest, plan, checks, residual=Fal
         residual)
 
 
-def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=None):
+def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=None,
+                 residual=None):
     """CBAM with the default options, or None where these kernels do not apply (the
     caller then runs the PyTorch fast path). ``module``: the CBAM module to bind
-    replayed calls to (:func:`.triton_programs.bind`), or None."""
+    replayed calls to (:func:`.triton_programs.bind`), or None. ``residual``: the
+    block's tail, ``max(CBAM(x) + residual, 0)``, where ``residual`` is laid out as x
+    (same shape, dtype, strides and 16-byte alignment; else None)."""
     ca_modules, sa_modules = channel_attention._modules, spatial_attention._modules
     bn = sa_modules['bn']
     f1, f2 = ca_modules['fc1']._parameters, ca_modules['fc2']._parameters
@@ -1487,6 +1510,8 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
         return None
     if _strides(x) is None:
         x = x.contiguous()
+    if residual is not None and not _laid_out_as(residual, x):
+        return None
     plan = _plan('cbam', x, params[0].shape[0], params[4].shape[-1])
     if bn_train and plan.n * plan.hw < 2:
         return None  # BatchNorm's own error for one value per channel
@@ -1499,8 +1524,9 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
     rest = [x if rm is None else rm, x if rv is None else rv, x if nbt is None else nbt,
             _counters_for(x, stream, plan.counter_slots),
             _accumulators_for(x, stream, plan.n * 2 * plan.hid)]
+    fused = residual is not None
     key_extra = ('cbam', rm is None, nbt is None, bn.eps, bn.momentum,
-                 _weight_channels_last(params[4]))
+                 _weight_channels_last(params[4]), fused)
 
     def checks():
         return (_same(module._modules, 'channel_attention', 'spatial_attention')
@@ -1513,8 +1539,9 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, module=
     return _run(plan, x, stream, params, bn, bn_train, inplace, rest, key_extra,
                 lambda stream, ws, out, run: _cbam_passes(
                     plan, stream, x, ws, out, params, bn, 'train' if bn_train else 'eval',
-                    False, run),
-                _binder(module, inplace, x, stream, params, rest, plan, checks))
+                    False, residual, run),
+                _binder(module, inplace, x, stream, params, rest, plan, checks, fused),
+                residual)
 
 
 def se_forward(x, se, inplace=False, bind=False, residual=None):

@@ -183,7 +183,7 @@ class Recorder:
 
 def train_state(forward, backward, plan, params, residual=False):
     """The C++ training state of ``plan`` (a ``_Plan``) from its two programs; the
-    gradients are laid out as ``params``. ``residual``: SE's block tail, whose forward
+    gradients are laid out as ``params``. ``residual``: the block tail, whose forward
     program names the residual after ``rest`` and whose backward names the output and
     the residual's gradient after ``rest``."""
     offsets, offset = [], plan.split_sizes[0]

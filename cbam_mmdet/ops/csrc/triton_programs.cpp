@@ -309,7 +309,7 @@ at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int6
 // The state is owned by its plan on the Python side (kept for the process's life), so the
 // autograd graph may hold its address.
 //
-// residual (SE's block tail, out = max(SE(x) + r, 0)): the last of the forward's rest is
+// residual (the block tail, out = max(plugin(x) + r, 0)): the last of the forward's rest is
 // the residual r, a second input with a gradient; the backward's slots are
 // [grad_out, x, workspace, dx, *params, *rest without r, out, dr], every launch run.
 struct TrainState {
@@ -613,7 +613,7 @@ struct Entry {
   const TrainState* state = nullptr;
   bool train = false;
   bool inplace = false;
-  bool residual = false;  // a call of SE's block tail: call(x, residual)
+  bool residual = false;  // a call of the block tail: call(x, residual)
   int64_t ws_size = 0;  // inference (a TrainState has its own)
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
@@ -845,7 +845,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "Bind a call: its Program (inference) or TrainState (training), the input it "
            "was made for, and what must still hold for a later call to take it")
       .def("__call__", &Bindings::call, py::arg("x"), py::arg("residual") = py::none(),
-           "The bound call's output for x (and a residual, for a call of SE's block "
+           "The bound call's output for x (and a residual, for a call of the block "
            "tail), or None where no entry applies")
       .def("__len__", [](const Bindings& b) { return b.entries.size(); })
       .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
