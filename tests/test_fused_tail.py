@@ -177,7 +177,10 @@ def test_fused_tail_matches_the_reference_on_cuda(kind, shape, dtype, channels_l
     tail differs: CBAM's fast path and its reference differ at a few positions of dx
     where channels tie for the maximum (in fp16 by rounding; tests/test_fast_attention.py
     compares the two against float64), and the whole backbone with the tail is compared
-    with the reference in fp32 in test_fused_tail_resnet_matches_mmdets_resnet_on_cuda."""
+    with the reference in fp32 in test_fused_tail_resnet_matches_mmdets_resnet_on_cuda.
+    CBAM's fast path is not bit-reproducible where its passes split the channels (float
+    atomics add in varying order): at 1x1024x13x19 in fp32 two of its runs without the
+    tail differ by up to 4e-4 in dx, hence CBAM's wider fp32 tolerance."""
     fp32 = dtype == torch.float32
     ref, fast = pair(PLUGIN_TYPES[kind], shape[1], device='cuda', implementation='auto',
                      ratio=16)
@@ -185,7 +188,9 @@ def test_fused_tail_matches_the_reference_on_cuda(kind, shape, dtype, channels_l
         ref = copy.deepcopy(fast)
     x, grad = make_input(shape, channels_last, 'cuda', dtype, seed=5)
     r = make_input(shape, channels_last, 'cuda', dtype, seed=6)[0]
-    tol = dict(rtol=1e-4, atol=1e-4) if fp32 else dict(rtol=1e-2, atol=2e-2)
+    tol = dict(rtol=1e-2, atol=2e-2)
+    if fp32:
+        tol = dict(rtol=1e-3, atol=1e-3) if kind == 'CBAM' else dict(rtol=1e-4, atol=1e-4)
     ac = None if fp32 else torch.float16  # fp16 maps come from autocast in a detector
     away_from_zero(ref, x, r, ac)
     want = run_tail(ref, x, r, grad, True, fused=False, autocast_dtype=ac)

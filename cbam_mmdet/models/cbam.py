@@ -152,7 +152,7 @@ class CBAM(BoundCalls, nn.Module):
         """The end of a residual block with CBAM on its branch (the block's "tail"):
 
         .. math::
-            \mathrm{out} = \max(F'' + R,\ 0)
+            \\mathrm{out} = \\max(F'' + R,\\ 0)
 
         with ``x`` = F and ``residual`` = R (the identity or the downsampled input), as
         mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
