@@ -462,11 +462,12 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, o_ptr, dr_ptr, OFF_A, OF
     """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
     ds = sum_c p a. With RESIDUAL (CBAM's block tail max(x a s + r, 0)) g is taken where
     the saved output o is > 0 and stored as dr (o and dr have x's strides), which the
-    dx pass then reads as its g. One channel split (not ATOMIC): ds is complete, dz = ds s (1 - s) is
-    stored with the block's (sum dz, sum dz zhat) for BatchNorm's backward. ATOMIC: ds is
-    added into the dz region (zeroed by the forward) and the last of a pixel block's
-    channel splits to finish (its counter, SLOT + the block's index, reset after use)
-    turns the block's ds into dz and stores the block's two sums."""
+    dx pass then reads as its g. One channel split (not ATOMIC): ds is complete,
+    dz = ds s (1 - s) is stored with the block's (sum dz, sum dz zhat) for BatchNorm's
+    backward. ATOMIC: ds is added into the dz region (zeroed by the forward) and the
+    last of a pixel block's channel splits to finish (its counter, SLOT + the block's
+    index, reset after use) turns the block's ds into dz and stores the block's two
+    sums."""
     n, _, c_begin, c_end = _channel_span(C, CPS)
     pid = tl.program_id(1)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
