@@ -73,6 +73,66 @@ def test_forward_residual_is_relu_of_attention_plus_residual_on_cpu(kind, implem
         torch.testing.assert_close(fast.eval().forward_residual(x.clone(), r), want, **tol)
 
 
+class KernelSpy:
+    """The C++ CPU kernels, recording each call's name and whether it got a residual (the
+    last of se_eval's and cbam_eval's 7 arguments, of scale's 5)."""
+
+    ARITY = {'se_eval': 7, 'cbam_eval': 7, 'scale': 5}
+
+    def __init__(self, kern):
+        self.kern, self.calls = kern, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.kern, name)
+
+        def call(*args):
+            residual = len(args) == self.ARITY.get(name) and args[-1] is not None
+            self.calls.append((name, residual))
+            return fn(*args)
+        return call
+
+
+@pytest.mark.parametrize('kind,bn_training', [('SE', False), ('CBAM', False),
+                                              ('CBAM', True)],
+                         ids=['SE', 'CBAM-running-stats', 'CBAM-batch-stats'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('inplace', [False, True], ids=['new', 'inplace'])
+def test_cpu_kernels_take_the_tail_in_inference(kind, bn_training, channels_last, inplace,
+                                                monkeypatch):
+    """CPU inference writes max(plugin(x) + r, 0) in the C++ kernels' last pass (SE's
+    se_eval; CBAM's cbam_eval with BatchNorm's running statistics, its scale with batch
+    statistics), equal to the reference's relu(plugin(x) + r); a residual laid out
+    otherwise, or recorded by autograd, takes the addition and ReLU after the kernels."""
+    from cbam_mmdet.ops import cbam_cpu
+    spy = KernelSpy(cbam_cpu.kernels())
+    assert spy.kern is not None, 'the CPU kernels are built by setup.py build_ext'
+    monkeypatch.setattr(cbam_cpu, 'kernels', lambda: spy)
+    ref, fast = pair(PLUGIN_TYPES[kind], 64, implementation='auto', ratio=8)
+    fast.inplace = inplace
+    x = make_input((2, 64, 9, 13), channels_last, seed=4)[0]
+    r = make_input((2, 64, 9, 13), channels_last, seed=9)[0]
+    ref.train(bn_training), fast.train(bn_training)
+    last = {'SE': 'se_eval', 'CBAM': 'scale' if bn_training else 'cbam_eval'}[kind]
+    with torch.no_grad():
+        want = torch.relu(ref(x) + r)
+        xin = x.clone()
+        out = fast.forward_residual(xin, r)
+        assert (last, True) in spy.calls, spy.calls
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        assert out.stride() == x.stride()
+        assert (out.data_ptr() == xin.data_ptr()) == inplace
+        spy.calls.clear()  # a residual in the other layout: the kernels without it
+        other = r.contiguous(memory_format=torch.contiguous_format if channels_last
+                             else torch.channels_last)
+        torch.testing.assert_close(fast.forward_residual(x.clone(), other), want,
+                                   rtol=1e-5, atol=1e-6)
+        assert (last, False) in spy.calls and (last, True) not in spy.calls, spy.calls
+    spy.calls.clear()  # autograd records the residual: PyTorch's addition and ReLU
+    out = fast.forward_residual(x.clone(), r.clone().requires_grad_())
+    assert out.requires_grad and (last, True) not in spy.calls, spy.calls
+    torch.testing.assert_close(out.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def backbones(depth=50, kind='SE', **kwargs):
     """mmdet's ResNet and FusedTailResNet with ``kind`` after conv3, the same weights."""
     cfg = dict(depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=0,

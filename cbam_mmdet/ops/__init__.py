@@ -36,7 +36,8 @@ def cbam_residual_forward(backend, x, residual, channel_attention, spatial_atten
                           module=None, inplace=False, bind=False):
     """The end of a residual block with CBAM on its branch, ``max(CBAM(x) + residual,
     0)``: on ``'triton'`` one fused pass where ``residual`` is laid out as ``x``
-    (``bind``: binds replayed calls to ``module``), else CBAM on ``backend``, then the
+    (``bind``: binds replayed calls to ``module``), on ``'torch'`` in the C++ kernels'
+    last write where they apply (CPU inference), else CBAM on ``backend``, then the
     addition and ReLU."""
     if backend == 'triton':
         from . import cbam_triton
@@ -44,6 +45,10 @@ def cbam_residual_forward(backend, x, residual, channel_attention, spatial_atten
                                        module if bind else None, residual)
         if out is not None:
             return out
+    if backend == 'torch':
+        from . import cbam_cpu
+        return cbam_cpu.cbam_forward(x, channel_attention, spatial_attention, inplace,
+                                     residual)
     out = cbam_forward(backend, x, channel_attention, spatial_attention, module, inplace)
     return _add_relu(backend, out, residual)
 
@@ -74,12 +79,16 @@ def se_forward(backend, x, se, inplace=False, bind=False):
 def se_residual_forward(backend, x, residual, se, inplace=False, bind=False):
     """The end of a residual block with SE on its branch, ``max(SE(x) + residual, 0)``:
     on ``'triton'`` one fused pass where ``residual`` is laid out as ``x`` (``bind``:
-    binds replayed calls to ``se``), else SE on ``backend``, then the addition and ReLU."""
+    binds replayed calls to ``se``), on ``'torch'`` in the C++ kernels' write where they
+    apply (CPU inference), else SE on ``backend``, then the addition and ReLU."""
     if backend == 'triton':
         from . import cbam_triton
         out = cbam_triton.se_forward(x, se, inplace, bind, residual)
         if out is not None:
             return out
+    if backend == 'torch':
+        from . import cbam_cpu
+        return cbam_cpu.se_forward(x, se, inplace, residual)
     return _add_relu(backend, se_forward(backend, x, se, inplace), residual)
 
 

@@ -92,12 +92,33 @@ def _warn_if_not_built(kern, x, *modules):
         warn_not_built('_cpu_kernels', 'CBAM and SE CPU inference run the PyTorch fast path')
 
 
-def se_forward(x, se, inplace=False):
-    """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`)."""
+def add_relu(out, residual, recording):
+    """The block's tail ``max(out + residual, 0)``, in ``out``'s memory in inference (as
+    mmdet's block; ``out`` is the attention's own output there)."""
+    if recording:
+        return torch.relu(out + residual)
+    return out.add_(residual).relu_()
+
+
+def _tail_applies(x, residual):
+    """Whether the C++ kernels take the block's tail: a float32 residual laid out as x
+    that autograd does not record."""
+    return residual is None or (
+        residual.dtype == torch.float32 and residual.device == x.device
+        and residual.shape == x.shape and residual.stride() == x.stride()
+        and not (torch.is_grad_enabled() and residual.requires_grad))
+
+
+def se_forward(x, se, inplace=False, residual=None):
+    """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`); with ``residual`` the
+    block's tail ``max(that + residual, 0)``, in the C++ kernels' write where they apply."""
     kern = kernels()
-    if _kernels_apply(kern, x, se):
-        return _se_kernels(kern, x, se, inplace)
+    if _kernels_apply(kern, x, se) and _tail_applies(x, residual):
+        return _se_kernels(kern, x, se, inplace, residual)
     _warn_if_not_built(kern, x, se)
+    if residual is not None:
+        return add_relu(se_forward(x, se, inplace), residual,
+                        records_grad(x, se) or residual.requires_grad)
     n, c = x.shape[:2]
     cdt = compute_dtype(x)
     pooled = x.mean((2, 3), dtype=cdt)
@@ -109,13 +130,21 @@ def se_forward(x, se, inplace=False):
     return x * a
 
 
-def cbam_forward(x, channel_attention, spatial_attention, inplace=False):
+def cbam_forward(x, channel_attention, spatial_attention, inplace=False, residual=None):
     """CBAM, channel then spatial attention, avg+max channel pooling and the
-    [max; mean] spatial descriptor (:class:`~cbam_mmdet.CBAM`'s defaults)."""
+    [max; mean] spatial descriptor (:class:`~cbam_mmdet.CBAM`'s defaults); with
+    ``residual`` the block's tail ``max(that + residual, 0)``, in the C++ kernels' last
+    write where they apply."""
     kern = kernels()
-    if _kernels_apply(kern, x, channel_attention, spatial_attention):
-        return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace)
+    if _kernels_apply(kern, x, channel_attention, spatial_attention) and \
+            _tail_applies(x, residual):
+        return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace,
+                             residual)
     _warn_if_not_built(kern, x, channel_attention, spatial_attention)
+    if residual is not None:
+        return add_relu(cbam_forward(x, channel_attention, spatial_attention, inplace),
+                        residual, records_grad(x, channel_attention, spatial_attention)
+                        or residual.requires_grad)
     recording = records_grad(x, channel_attention, spatial_attention)
     n, c, h, w = x.shape
     cdt = compute_dtype(x)
@@ -181,28 +210,29 @@ def _kernels_apply(kern, x, *modules):
     return True
 
 
-def _se_kernels(kern, x, se, inplace):
+def _se_kernels(kern, x, se, inplace, residual=None):
     """SE inference in one C++ call (``se_eval``): one pass for the average, the MLP,
-    and the scale (in place or into a new tensor)."""
+    and the scale (in place or into a new tensor; with ``residual``, the block's tail)."""
     out = x if inplace else torch.empty_like(x)
     fc1, fc2 = se.fc1, se.fc2
-    kern.se_eval(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, out)
+    kern.se_eval(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, out, residual)
     return out
 
 
-def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace):
+def _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace, residual=None):
     """CBAM inference through the C++ kernels: three passes over the map (the pooling,
-    the spatial descriptor, the scale), with the small maps' work in C++ where BatchNorm
-    uses running statistics and as PyTorch ops where it uses batch statistics."""
+    the spatial descriptor, the scale; with ``residual`` the block's tail in the scale's
+    write), with the small maps' work in C++ where BatchNorm uses running statistics and
+    as PyTorch ops where it uses batch statistics."""
     out = x if inplace else torch.empty_like(x)
     bn = spatial_attention.bn
     a = _mlp_gate(kern, kern.channel_pool(x), channel_attention)
     conv_w = spatial_attention.conv.weight.detach().contiguous()
     if not bn.training and bn.running_mean is not None:
-        kern.cbam_eval(x, a, conv_w, *_bn_affine(bn), out)
+        kern.cbam_eval(x, a, conv_w, *_bn_affine(bn), out, residual)
         return out
     with no_autocast(x):
         desc = kern.spatial_pool(x, a)
         s = torch.sigmoid(spatial_logits(desc, spatial_attention)).contiguous()
-    kern.scale(x, a, s, out)
+    kern.scale(x, a, s, out, residual)
     return out
