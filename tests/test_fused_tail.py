@@ -104,6 +104,9 @@ def test_cpu_kernels_take_the_tail_in_inference(kind, bn_training, channels_last
     statistics), equal to the reference's relu(plugin(x) + r); a residual laid out
     otherwise, or recorded by autograd, takes the addition and ReLU after the kernels."""
     from cbam_mmdet.ops import cbam_cpu
+    # as tests/test_fast_attention.py's CPU fast path: where y + r nears 0 the sum keeps
+    # y's absolute error (about 1e-6 from CBAM's convolution on some CPUs)
+    tol = dict(rtol=1e-4, atol=1e-5)
     spy = KernelSpy(cbam_cpu.kernels())
     assert spy.kern is not None, 'the CPU kernels are built by setup.py build_ext'
     monkeypatch.setattr(cbam_cpu, 'kernels', lambda: spy)
@@ -118,19 +121,19 @@ def test_cpu_kernels_take_the_tail_in_inference(kind, bn_training, channels_last
         xin = x.clone()
         out = fast.forward_residual(xin, r)
         assert (last, True) in spy.calls, spy.calls
-        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, want, **tol)
         assert out.stride() == x.stride()
         assert (out.data_ptr() == xin.data_ptr()) == inplace
         spy.calls.clear()  # a residual in the other layout: the kernels without it
         other = r.contiguous(memory_format=torch.contiguous_format if channels_last
                              else torch.channels_last)
         torch.testing.assert_close(fast.forward_residual(x.clone(), other), want,
-                                   rtol=1e-5, atol=1e-6)
+                                   **tol)
         assert (last, False) in spy.calls and (last, True) not in spy.calls, spy.calls
     spy.calls.clear()  # autograd records the residual: PyTorch's addition and ReLU
     out = fast.forward_residual(x.clone(), r.clone().requires_grad_())
     assert out.requires_grad and (last, True) not in spy.calls, spy.calls
-    torch.testing.assert_close(out.detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.detach(), want, **tol)
 
 
 def backbones(depth=50, kind='SE', **kwargs):
