@@ -158,9 +158,10 @@ class CBAM(BoundCalls, nn.Module):
         mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
         (CUDA, the default options) the addition and ReLU run inside CBAM's last pass,
         and its backward gives the residual's gradient in its first backward pass, so
-        that the block launches two operations fewer each way; elsewhere (and for a
-        residual not laid out as ``x``) it is ``torch.relu(self(x) + residual)``. Used
-        by :class:`~cbam_mmdet.models.FusedTailResNet`.
+        that the block launches two operations fewer each way; in CPU inference the C++
+        kernels' last pass writes the tail; elsewhere (and for a residual not laid out
+        as ``x``) it is ``torch.relu(self(x) + residual)``. Used by
+        :class:`~cbam_mmdet.models.FusedTailResNet`.
         """
         bindings = self._bindings
         if bindings is not None:  # a call replayed from C++ (see ._bound_calls)

@@ -63,8 +63,9 @@ class SE(BoundCalls, ChannelAttention):
         mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
         (CUDA) the addition and ReLU run inside SE's last pass, and its backward gives
         both gradients in SE's last backward pass, so that the block launches two
-        operations fewer each way; elsewhere (and for a residual not laid out as ``x``)
-        it is ``torch.relu(self(x) + residual)``. Used by
+        operations fewer each way; in CPU inference the C++ kernels' last pass writes
+        the tail; elsewhere (and for a residual not laid out as ``x``) it is
+        ``torch.relu(self(x) + residual)``. Used by
         :class:`~cbam_mmdet.models.FusedTailResNet`.
         """
         bindings = self._bindings
