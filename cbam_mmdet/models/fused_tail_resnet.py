@@ -7,8 +7,9 @@ plugin's ``forward_residual(out, identity)`` where the block's only ``after_conv
 plugin has one (:meth:`cbam_mmdet.SE.forward_residual`,
 :meth:`cbam_mmdet.CBAM.forward_residual`), which computes the same
 ``max(plugin(out) + identity, 0)`` in the plugin's own last pass on the Triton path (and
-in CPU inference, in the C++ kernels' last pass). The values are those of mmdet's Bottleneck (the same equation; fp16 rounds once instead of
-three times); the parameters, buffers and state_dict keys are the same.
+in CPU inference, in the C++ kernels' last pass). The values are those of mmdet's
+Bottleneck (the same equation; fp16 rounds once instead of three times); the
+parameters, buffers and state_dict keys are the same.
 
 The block takes mmdet's own forward where the tail cannot be handed over: no such plugin
 (or more than one at ``after_conv3``), checkpointing (``with_cp``) while training, or
