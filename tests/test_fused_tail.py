@@ -349,3 +349,42 @@ def test_fused_tail_resnet_matches_mmdets_resnet_on_cuda(kind, training, monkeyp
                 assert err < 2e-2, (k, err.item())
     calls = triton_programs.replayed_calls(fused)
     assert calls >= 16, calls
+
+
+@pytest.mark.parametrize('kind', ['SE', 'CBAM'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_fused_tail_resnet18_computes_plugin_resnet18(kind, training, monkeypatch):
+    """ResNet-18 (BasicBlocks, the plugin at after_conv2): the same keys, outputs,
+    parameter gradients and BatchNorm statistics as PluginResNet; every block hands its
+    tail over."""
+    cfg = dict(depth=18, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=0,
+               norm_cfg=dict(type='BN', requires_grad=True),
+               plugins=[dict(cfg=dict(type=kind, ratio=16), position='after_conv2')])
+    torch.manual_seed(0)
+    plain = MODELS.build(dict(type='PluginResNet', **cfg))
+    fused = MODELS.build(dict(type='FusedTailResNet', **cfg))
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    fused.load_state_dict(plain.state_dict())
+    calls = []
+    real = PLUGIN_TYPES[kind].forward_residual
+    x = torch.randn(2, 3, 64, 64)
+    with monkeypatch.context() as patch:
+        patch.setattr(PLUGIN_TYPES[kind], 'forward_residual',
+                      lambda self, *a: calls.append(1) or real(self, *a))
+        got = backbone_step(fused, x, training)
+    assert len(calls) == 8
+    want = backbone_step(plain, x, training)
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if training:
+        for k, g in want[1].items():
+            torch.testing.assert_close(got[1][k], g, rtol=1e-3, atol=1e-5, msg=k)
+    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_fused_tail_resnet18_zero_initialises_the_last_norm_as_mmdet():
+    """zero_init_residual reaches FusedTailResNet's BasicBlocks as PluginResNet's."""
+    model = MODELS.build(dict(type='FusedTailResNet', depth=18, zero_init_residual=True))
+    model.init_weights()
+    assert all((b.norm2.weight == 0).all() for b in model.layer1)

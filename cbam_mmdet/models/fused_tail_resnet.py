@@ -20,7 +20,7 @@ import torch.nn.modules.module as module_hooks
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 
-from .resnet_basic_plugins import PluginResNet
+from .resnet_basic_plugins import BasicBlockWithPlugins, PluginResNet
 
 
 def _hooked(module):
@@ -31,19 +31,28 @@ def _hooked(module):
                 or module_hooks._global_backward_pre_hooks)
 
 
+def _fused_tail(block, position):
+    """The ``forward_residual`` of the block's only plugin at ``position``, the end of its
+    residual branch, or None."""
+    if not block.with_plugins:
+        return None
+    names = getattr(block, position + '_plugin_names')
+    if len(names) != 1:
+        return None
+    plugin = getattr(block, names[0])
+    tail = getattr(plugin, 'forward_residual', None)
+    if tail is None or _hooked(plugin):
+        return None
+    return tail
+
+
 class FusedTailBottleneck(Bottleneck):
     """mmdet's ``Bottleneck`` whose residual addition and final ReLU run inside the
     ``after_conv3`` plugin's ``forward_residual`` where it has one (module docstring)."""
 
     def fused_tail(self):
         """The plugin's ``forward_residual`` this block hands its tail to, or None."""
-        if not self.with_plugins or len(self.after_conv3_plugin_names) != 1:
-            return None
-        plugin = getattr(self, self.after_conv3_plugin_names[0])
-        tail = getattr(plugin, 'forward_residual', None)
-        if tail is None or _hooked(plugin):
-            return None
-        return tail
+        return _fused_tail(self, 'after_conv3')
 
     def forward(self, x):
         tail = self.fused_tail()
@@ -58,16 +67,40 @@ class FusedTailBottleneck(Bottleneck):
         return tail(out, identity)
 
 
+class FusedTailBasicBlock(BasicBlockWithPlugins):
+    """:class:`BasicBlockWithPlugins` (ResNet-18/34) whose residual addition and final
+    ReLU run inside the ``after_conv2`` plugin's ``forward_residual`` where it has one
+    (the end of a BasicBlock's residual branch, as ``after_conv3`` is a Bottleneck's)."""
+
+    def fused_tail(self):
+        """The plugin's ``forward_residual`` this block hands its tail to, or None."""
+        return _fused_tail(self, 'after_conv2')
+
+    def forward(self, x):
+        tail = self.fused_tail()
+        if tail is None or (self.with_cp and x.requires_grad):
+            return super().forward(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.forward_plugin(out, self.after_conv1_plugin_names)
+        out = self.norm2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return tail(out, identity)
+
+
 @MODELS.register_module()
 class FusedTailResNet(PluginResNet):
     """mmdet's ``ResNet`` (as :class:`PluginResNet`, for every depth) whose Bottlenecks
-    (depth 50/101/152) are :class:`FusedTailBottleneck`: with
-    ``plugins=[dict(cfg=dict(type='SE'), position='after_conv3')]`` (or ``'CBAM'``) each
-    block's residual addition and ReLU run inside the plugin (its ``forward_residual``).
-    Same arguments, parameters and state_dict keys as mmdet's ``ResNet``; without such a
-    plugin the blocks compute exactly mmdet's."""
+    (depth 50/101/152) are :class:`FusedTailBottleneck` and whose BasicBlocks (depth
+    18/34) are :class:`FusedTailBasicBlock`: with
+    ``plugins=[dict(cfg=dict(type='SE'), position='after_conv3')]`` (or ``'CBAM'``;
+    ``'after_conv2'`` in a BasicBlock) each block's residual addition and ReLU run inside
+    the plugin (its ``forward_residual``). Same arguments, parameters and state_dict keys
+    as mmdet's ``ResNet`` (:class:`PluginResNet` for 18/34); without such a plugin the
+    blocks compute exactly those."""
 
     arch_settings = dict(PluginResNet.arch_settings)
+    for _depth in (18, 34):
+        arch_settings[_depth] = (FusedTailBasicBlock, ResNet.arch_settings[_depth][1])
     for _depth in (50, 101, 152):
         arch_settings[_depth] = (FusedTailBottleneck, ResNet.arch_settings[_depth][1])
     del _depth

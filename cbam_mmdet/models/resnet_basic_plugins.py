@@ -93,7 +93,7 @@ class PluginResNet(ResNet):
     def __init__(self, depth, pretrained=None, init_cfg=None, **kwargs):
         super().__init__(depth, pretrained=pretrained, init_cfg=init_cfg, **kwargs)
         # mmdet's ResNet picks the zero-init rule with `block is BasicBlock`.
-        if (self.block is BasicBlockWithPlugins and self.zero_init_residual
+        if (issubclass(self.block, BasicBlockWithPlugins) and self.zero_init_residual
                 and pretrained is None and init_cfg is None):
             zero_norm2 = dict(type='Constant', val=0, override=dict(name='norm2'))
             for name in self.res_layers:
