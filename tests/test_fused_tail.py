@@ -174,15 +174,20 @@ def test_fused_tail_resnet_computes_mmdets_resnet(kind, training, monkeypatch):
     plain, fused = backbones(kind=kind)
     blocks = [m for m in fused.modules() if isinstance(m, FusedTailBottleneck)]
     assert len(blocks) == 16 and all(b.fused_tail() is not None for b in blocks)
+    assert_backbone_computes(fused, plain, kind, training, 16, monkeypatch)
+
+
+def assert_backbone_computes(fused, plain, kind, training, blocks, monkeypatch):
+    """``fused`` hands ``blocks`` tails to ``kind``'s forward_residual in one step and
+    gives ``plain``'s outputs, parameter gradients and state (BatchNorm statistics)."""
     calls = []
-    se_type = PLUGIN_TYPES[kind]
-    real = se_type.forward_residual
+    real = PLUGIN_TYPES[kind].forward_residual
     x = torch.randn(2, 3, 64, 64)
     with monkeypatch.context() as patch:
-        patch.setattr(se_type, 'forward_residual',
+        patch.setattr(PLUGIN_TYPES[kind], 'forward_residual',
                       lambda self, *a: calls.append(1) or real(self, *a))
         got = backbone_step(fused, x, training)
-    assert len(calls) == 16
+    assert len(calls) == blocks
     want = backbone_step(plain, x, training)
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -365,22 +370,7 @@ def test_fused_tail_resnet18_computes_plugin_resnet18(kind, training, monkeypatc
     fused = MODELS.build(dict(type='FusedTailResNet', **cfg))
     assert list(fused.state_dict()) == list(plain.state_dict())
     fused.load_state_dict(plain.state_dict())
-    calls = []
-    real = PLUGIN_TYPES[kind].forward_residual
-    x = torch.randn(2, 3, 64, 64)
-    with monkeypatch.context() as patch:
-        patch.setattr(PLUGIN_TYPES[kind], 'forward_residual',
-                      lambda self, *a: calls.append(1) or real(self, *a))
-        got = backbone_step(fused, x, training)
-    assert len(calls) == 8
-    want = backbone_step(plain, x, training)
-    for a, b in zip(got[0], want[0]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    if training:
-        for k, g in want[1].items():
-            torch.testing.assert_close(got[1][k], g, rtol=1e-3, atol=1e-5, msg=k)
-    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
+    assert_backbone_computes(fused, plain, kind, training, 8, monkeypatch)
 
 
 def test_fused_tail_resnet18_zero_initialises_the_last_norm_as_mmdet():

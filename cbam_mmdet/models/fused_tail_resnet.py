@@ -31,60 +31,61 @@ def _hooked(module):
                 or module_hooks._global_backward_pre_hooks)
 
 
-def _fused_tail(block, position):
-    """The ``forward_residual`` of the block's only plugin at ``position``, the end of its
-    residual branch, or None."""
-    if not block.with_plugins:
-        return None
-    names = getattr(block, position + '_plugin_names')
-    if len(names) != 1:
-        return None
-    plugin = getattr(block, names[0])
-    tail = getattr(plugin, 'forward_residual', None)
-    if tail is None or _hooked(plugin):
-        return None
-    return tail
+class _FusedTail:
+    """What the two blocks share: the plugin at ``TAIL_POSITION`` (the end of the
+    residual branch) takes the tail; the subclass gives the branch up to it."""
 
-
-class FusedTailBottleneck(Bottleneck):
-    """mmdet's ``Bottleneck`` whose residual addition and final ReLU run inside the
-    ``after_conv3`` plugin's ``forward_residual`` where it has one (module docstring)."""
+    TAIL_POSITION = None
 
     def fused_tail(self):
         """The plugin's ``forward_residual`` this block hands its tail to, or None."""
-        return _fused_tail(self, 'after_conv3')
+        if not self.with_plugins:
+            return None
+        names = getattr(self, self.TAIL_POSITION + '_plugin_names')
+        if len(names) != 1:
+            return None
+        plugin = getattr(self, names[0])
+        tail = getattr(plugin, 'forward_residual', None)
+        if tail is None or _hooked(plugin):
+            return None
+        return tail
 
     def forward(self, x):
         tail = self.fused_tail()
         if tail is None or (self.with_cp and x.requires_grad):
             return super().forward(x)
+        out = self.branch(x)
+        identity = x if self.downsample is None else self.downsample(x)
+        return tail(out, identity)
+
+
+class FusedTailBottleneck(_FusedTail, Bottleneck):
+    """mmdet's ``Bottleneck`` whose residual addition and final ReLU run inside the
+    ``after_conv3`` plugin's ``forward_residual`` where it has one (module docstring)."""
+
+    TAIL_POSITION = 'after_conv3'
+
+    def branch(self, x):
+        """The residual branch up to the ``after_conv3`` plugin (mmdet's order)."""
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.forward_plugin(out, self.after_conv1_plugin_names)
         out = self.relu(self.norm2(self.conv2(out)))
         out = self.forward_plugin(out, self.after_conv2_plugin_names)
-        out = self.norm3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return tail(out, identity)
+        return self.norm3(self.conv3(out))
 
 
-class FusedTailBasicBlock(BasicBlockWithPlugins):
+class FusedTailBasicBlock(_FusedTail, BasicBlockWithPlugins):
     """:class:`BasicBlockWithPlugins` (ResNet-18/34) whose residual addition and final
     ReLU run inside the ``after_conv2`` plugin's ``forward_residual`` where it has one
     (the end of a BasicBlock's residual branch, as ``after_conv3`` is a Bottleneck's)."""
 
-    def fused_tail(self):
-        """The plugin's ``forward_residual`` this block hands its tail to, or None."""
-        return _fused_tail(self, 'after_conv2')
+    TAIL_POSITION = 'after_conv2'
 
-    def forward(self, x):
-        tail = self.fused_tail()
-        if tail is None or (self.with_cp and x.requires_grad):
-            return super().forward(x)
+    def branch(self, x):
+        """The residual branch up to the ``after_conv2`` plugin."""
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.forward_plugin(out, self.after_conv1_plugin_names)
-        out = self.norm2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return tail(out, identity)
+        return self.norm2(self.conv2(out))
 
 
 @MODELS.register_module()

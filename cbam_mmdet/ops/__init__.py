@@ -54,10 +54,11 @@ def cbam_residual_forward(backend, x, residual, channel_attention, spatial_atten
 
 
 def _add_relu(backend, out, residual):
-    if backend != 'graph' and not (torch.is_grad_enabled() and (
-            out.requires_grad or residual.requires_grad)):
-        return out.add_(residual).relu_()  # as mmdet's block, in inference
-    return torch.relu(out + residual)
+    """The tail after the attention: in place in inference (as mmdet's block), but not
+    on a CUDA graph's output (``'graph'``)."""
+    from .cbam_cpu import add_relu
+    recorded = torch.is_grad_enabled() and (out.requires_grad or residual.requires_grad)
+    return add_relu(out, residual, backend != 'graph' and not recorded)
 
 
 def se_forward(backend, x, se, inplace=False, bind=False):

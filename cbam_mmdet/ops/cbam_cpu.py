@@ -92,12 +92,16 @@ def _warn_if_not_built(kern, x, *modules):
         warn_not_built('_cpu_kernels', 'CBAM and SE CPU inference run the PyTorch fast path')
 
 
-def add_relu(out, residual, recording):
-    """The block's tail ``max(out + residual, 0)``, in ``out``'s memory in inference (as
-    mmdet's block; ``out`` is the attention's own output there)."""
-    if recording:
-        return torch.relu(out + residual)
-    return out.add_(residual).relu_()
+def add_relu(out, residual, in_place):
+    """The block's tail ``max(out + residual, 0)``; ``in_place``: in ``out``'s memory (as
+    mmdet's block in inference, where ``out`` is the attention's own output)."""
+    if in_place:
+        return out.add_(residual).relu_()
+    return torch.relu(out + residual)
+
+
+def _recorded(residual, *tensors_or_modules):
+    return residual.requires_grad or records_grad(*tensors_or_modules)
 
 
 def _tail_applies(x, residual):
@@ -113,12 +117,13 @@ def se_forward(x, se, inplace=False, residual=None):
     """``x * sigmoid(MLP(AvgPool(x)))`` (:class:`~cbam_mmdet.SE`); with ``residual`` the
     block's tail ``max(that + residual, 0)``, in the C++ kernels' write where they apply."""
     kern = kernels()
-    if _kernels_apply(kern, x, se) and _tail_applies(x, residual):
+    apply = _kernels_apply(kern, x, se)
+    if apply and _tail_applies(x, residual):
         return _se_kernels(kern, x, se, inplace, residual)
-    _warn_if_not_built(kern, x, se)
     if residual is not None:
-        return add_relu(se_forward(x, se, inplace), residual,
-                        records_grad(x, se) or residual.requires_grad)
+        out = _se_kernels(kern, x, se, inplace) if apply else se_forward(x, se, inplace)
+        return add_relu(out, residual, not _recorded(residual, x, se))
+    _warn_if_not_built(kern, x, se)
     n, c = x.shape[:2]
     cdt = compute_dtype(x)
     pooled = x.mean((2, 3), dtype=cdt)
@@ -136,15 +141,15 @@ def cbam_forward(x, channel_attention, spatial_attention, inplace=False, residua
     ``residual`` the block's tail ``max(that + residual, 0)``, in the C++ kernels' last
     write where they apply."""
     kern = kernels()
-    if _kernels_apply(kern, x, channel_attention, spatial_attention) and \
-            _tail_applies(x, residual):
-        return _cbam_kernels(kern, x, channel_attention, spatial_attention, inplace,
-                             residual)
-    _warn_if_not_built(kern, x, channel_attention, spatial_attention)
+    modules = (channel_attention, spatial_attention)
+    apply = _kernels_apply(kern, x, *modules)
+    if apply and _tail_applies(x, residual):
+        return _cbam_kernels(kern, x, *modules, inplace, residual)
     if residual is not None:
-        return add_relu(cbam_forward(x, channel_attention, spatial_attention, inplace),
-                        residual, records_grad(x, channel_attention, spatial_attention)
-                        or residual.requires_grad)
+        out = _cbam_kernels(kern, x, *modules, inplace) if apply else \
+            cbam_forward(x, *modules, inplace)
+        return add_relu(out, residual, not _recorded(residual, x, *modules))
+    _warn_if_not_built(kern, x, *modules)
     recording = records_grad(x, channel_attention, spatial_attention)
     n, c, h, w = x.shape
     cdt = compute_dtype(x)
