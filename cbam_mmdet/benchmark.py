@@ -11,12 +11,18 @@ with a 95% confidence interval of that median (:func:`median_interval`: order
 statistics, no assumption on how the ratios are distributed) and the spread of those
 ratios.
 
-Variants: ``baseline``, ``se``, ``cbam`` (the plugins' default ``implementation='auto'``)
-and, for each plugin, ``-ref`` (``implementation='reference'``), ``-eager`` (the fast
-path without CUDA graphs) and ``-graph`` (the fast path replayed from CUDA graphs for CUDA
-inference). ``se-tail`` and ``cbam-tail`` are ``se`` and ``cbam`` in ``FusedTailResNet``:
-each block's residual addition and ReLU run inside the plugin (``forward_residual``),
-against the same mmdet ResNet baseline.
+Variants: ``baseline`` (mmdet's ResNet), ``se``, ``cbam`` (the configs as shipped:
+``FusedTailResNet``, whose blocks run their residual addition and ReLU inside the plugin,
+with the plugins' default ``implementation='auto'``) and, for each plugin, ``-ref``
+(``implementation='reference'``), ``-eager`` (the fast path without CUDA graphs) and
+``-graph`` (the fast path replayed from CUDA graphs for CUDA inference). ``se-mmdet`` and
+``cbam-mmdet`` (with the same suffixes) are ``se`` and ``cbam`` in mmdet's own ResNet
+(:func:`variant_config`): the plugin inside mmdet's Bottleneck, which adds the residual
+and applies the ReLU after it, as a config that adds ``plugins=`` to mmdet's ResNet
+builds it. Runs before this split named the configs' variants ``se-tail`` and
+``cbam-tail``, and ``se`` and ``cbam`` were what ``-mmdet`` is now; each result records
+its ``backbone`` type, and :func:`pool_runs` does not pool a variant whose backbone
+differs between runs.
 
 Detectors propose the same boxes in every model (:func:`fix_proposals`, the default):
 the RPN's output layers and the RoI head's classifier start at zero and the
@@ -40,12 +46,12 @@ DEFAULT_CONFIGS = {
     'baseline': 'configs/faster_rcnn_r50_coco.py',
     'se': 'configs/faster_rcnn_r50_se_coco.py',
     'cbam': 'configs/faster_rcnn_r50_cbam_coco.py',
-    'se-tail': 'configs/faster_rcnn_r50_se_tail_coco.py',
-    'cbam-tail': 'configs/faster_rcnn_r50_cbam_tail_coco.py',
 }
+# a '<plugin><MMDET>' variant: <plugin>'s config in mmdet's own ResNet
+MMDET = '-mmdet'
 # variant suffix -> the plugins' ``implementation``
 SUFFIXES = {'': 'auto', '-ref': 'reference', '-eager': 'eager', '-graph': 'graph'}
-VARIANTS = ('baseline',) + tuple(p + s for p in ('se', 'cbam', 'se-tail', 'cbam-tail')
+VARIANTS = ('baseline',) + tuple(p + s for p in ('se', 'cbam', 'se' + MMDET, 'cbam' + MMDET)
                                   for s in SUFFIXES)
 DEFAULT_VARIANTS = ('baseline', 'se-ref', 'se-eager', 'se-graph', 'cbam-ref',
                     'cbam-eager', 'cbam-graph')
@@ -62,16 +68,23 @@ def split_variant(name):
 
 def variant_config(name, configs=None):
     """The mmengine Config of a variant: ``<plugin><suffix>`` is ``<plugin>`` with every
-    plugin's ``implementation`` set by the suffix (:data:`SUFFIXES`); ``init_cfg`` is
-    dropped (no download)."""
+    plugin's ``implementation`` set by the suffix (:data:`SUFFIXES`);
+    ``<plugin>-mmdet<suffix>`` is that with the backbone's ``type`` set to mmdet's
+    ``ResNet`` (``PluginResNet`` for ResNet-18/34, whose BasicBlock in mmdet takes no
+    plugins) where it is ``FusedTailResNet``; ``init_cfg`` is dropped (no download)."""
     from mmengine.config import Config
     if name not in VARIANTS:
         raise ValueError(f'variant must be one of {list(VARIANTS)}, got {name!r}')
     configs = {**DEFAULT_CONFIGS, **(configs or {})}
     base, implementation = split_variant(name)
+    in_mmdet = base.endswith(MMDET)
+    if in_mmdet:
+        base = base[:-len(MMDET)]
     cfg = Config.fromfile(configs[base])
     backbone = cfg.model.backbone
     backbone.init_cfg = None
+    if in_mmdet and backbone.type == 'FusedTailResNet':
+        backbone.type = 'ResNet' if backbone.get('depth', 50) >= 50 else 'PluginResNet'
     if base != 'baseline' and not backbone.get('plugins'):
         raise ValueError(f'config {configs[base]} of variant {name!r} has no '
                          'model.backbone.plugins')
@@ -329,7 +342,8 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     """Time every variant in every mode; return a list of result dicts (one per variant
     and mode) with ``ms`` (median), ``ratio`` (median of per-round ratios to the
     baseline), ``ratio_lo``/``ratio_hi`` (the median's 95% confidence interval,
-    :func:`median_interval`) and ``ratio_min``/``ratio_max`` (their spread).
+    :func:`median_interval`), ``ratio_min``/``ratio_max`` (their spread) and
+    ``backbone`` (the variant's backbone type).
 
     Each variant is ``seeds`` models (built from the seeds ``seed``, ``seed + 1``, ...;
     default :func:`default_seeds`); every round runs ``iters`` steps of every model, in
@@ -372,9 +386,10 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.contiguous(memory_format=memory_format)
     fixed = not (backbone_only or random_proposals)  # fix_proposals, learning rate 0
-    runners = []
+    runners, backbones = [], {}
     for name in variants:
         cfg = variant_config(name, configs)
+        backbones[name] = cfg.model.backbone.type
         for model_seed in range(seed, seed + seeds):
             torch.manual_seed(model_seed)
             model = build_model(cfg, backbone_only)
@@ -386,6 +401,8 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     with contextlib.nullcontext() if collect_in_steps else collector_frozen():
         results = _time_modes(runners, modes, images, samples, device, rounds, warmup,
                               iters, time_plugins, not collect_in_steps, log, seed)
+    for r in results:
+        r['backbone'] = backbones[r['variant']]
     counts = replay_counts(runners, modes, images, samples)
     if counts:
         for r in results:
@@ -608,7 +625,9 @@ def pool_runs(runs):
     that differ in their device or in such a setting (rounds, steps and models per
     variant may differ), or in the fast paths they record (``fast_paths``: a run without
     the C++ extensions timed other implementations; runs written before it was recorded
-    are not compared)."""
+    are not compared), or in the backbone type a variant records (``backbone``; a run
+    written before it was recorded counts as None, since the variants ``se`` and
+    ``cbam`` then had mmdet's ResNet)."""
     if len(runs) < 2:
         raise ValueError(f'pooling needs at least 2 runs, got {len(runs)}')
     for index, run in enumerate(runs):
@@ -626,6 +645,14 @@ def pool_runs(runs):
     if any(p != paths[0] for p in paths):
         raise ValueError(f"the runs differ in 'fast_paths' ({paths}): only runs of the "
                          'same implementations pool')
+    backbone = {}  # variant -> backbone type of each run that has it
+    for run in runs:
+        for r in run['results']:
+            backbone.setdefault(r['variant'], set()).add(r.get('backbone'))
+    for variant, types in backbone.items():
+        if len(types) > 1:
+            raise ValueError(f"the runs differ in the 'backbone' of variant {variant!r} "
+                             f'({sorted(types, key=str)}): only runs of the same model pool')
     ratios = {}  # (mode, variant) -> ratio of each run, in the order first met
     for index, run in enumerate(runs):
         for r in run['results']:

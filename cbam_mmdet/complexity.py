@@ -72,9 +72,9 @@ def imagenet_classifier(backbone_cfg) -> ImageNetClassifier:
 
 def attention_of(backbone_cfg):
     """``None``, ``'SE'`` or ``'CBAM'`` when the backbone matches a row of the paper's
-    table (mmdet ResNet, no plugin or one SE/CBAM plugin with r=16 after conv3 in every
-    block); ``False`` otherwise."""
-    if backbone_cfg.get('type') != 'ResNet':
+    table (mmdet's ResNet or FusedTailResNet, the same model; no plugin or one SE/CBAM
+    plugin with r=16 after conv3 in every block); ``False`` otherwise."""
+    if backbone_cfg.get('type') not in ('ResNet', 'FusedTailResNet'):
         return False
     plugins = backbone_cfg.get('plugins') or []
     if not plugins:

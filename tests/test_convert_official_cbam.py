@@ -256,7 +256,7 @@ def test_converted_backbone_computes_the_official_features(depth, tmp_path, caps
 
     converted = torch.load(dst, weights_only=True)
     cfg = converted['meta']['backbone']
-    assert cfg['type'] == ('ResNet' if depth >= 50 else 'PluginResNet')
+    assert cfg['type'] == 'FusedTailResNet'
     assert cfg['plugins'] == [dict(cfg=dict(type='CBAM', ratio=16),
                                    position='after_conv3' if depth >= 50 else 'after_conv2')]
     assert converted['meta']['dropped_keys'] == ['fc.weight', 'fc.bias']

@@ -586,12 +586,13 @@ def test_benchmark_sets_each_mode_once_outside_the_timed_steps(monkeypatch):
     """model.train() / eval() walk every module (more of them with plugins): the
     benchmark switches modes once per mode, as mmengine's loops do, not in every step."""
     import torch.nn as nn
+    from mmdet.models.backbones import ResNet
     from cbam_mmdet.benchmark import run_benchmark
     calls = []
     real = nn.Module.train
 
     def counting_train(module, mode=True):
-        if module.__class__.__name__ == 'ResNet':
+        if isinstance(module, ResNet):
             calls.append(mode)
         return real(module, mode)
 
@@ -645,6 +646,25 @@ def test_benchmark_variants_differ_only_by_implementation():
     assert variant_config('se-eager').model.backbone.plugins[0].cfg.implementation == 'eager'
     with pytest.raises(ValueError, match='variant must be one of'):
         variant_config('cbam-fast')
+
+
+def test_benchmark_mmdet_variants_are_the_configs_in_mmdets_resnet():
+    """'<plugin>' is the config as shipped (FusedTailResNet); '<plugin>-mmdet' is the
+    same model in mmdet's own ResNet, with the same keys and the suffix's implementation."""
+    from mmdet.models.backbones.resnet import Bottleneck
+    from cbam_mmdet.benchmark import build_model, variant_config
+    from cbam_mmdet.models import FusedTailBottleneck
+    assert variant_config('baseline').model.backbone.type == 'ResNet'
+    for plugin in ('se', 'cbam'):
+        shipped = build_model(variant_config(plugin), backbone_only=True)
+        in_mmdet = build_model(variant_config(plugin + '-mmdet-ref'), backbone_only=True)
+        assert type(shipped.layer1[0]) is FusedTailBottleneck
+        assert type(in_mmdet.layer1[0]) is Bottleneck
+        assert list(shipped.state_dict()) == list(in_mmdet.state_dict())
+        assert getattr(in_mmdet.layer1[0], plugin).implementation == 'reference'
+    r18 = 'configs/pretrained/faster_rcnn_r18_cbam_coco_imagenet_cbam.py'
+    cfg = variant_config('cbam-mmdet', configs={'cbam': r18})
+    assert cfg.model.backbone.type == 'PluginResNet'  # mmdet's BasicBlock takes no plugins
 
 
 def test_benchmark_detector_steps_run():
@@ -745,6 +765,7 @@ def test_benchmark_tool_writes_its_results_and_the_models_per_variant(tmp_path, 
     data = json.loads(out.read_text())
     assert data['args']['seeds'] == 1  # backbones: one model per variant
     assert [r['variant'] for r in data['results']] == ['baseline', 'se']
+    assert [r['backbone'] for r in data['results']] == ['ResNet', 'FusedTailResNet']
     assert '1 model(s) per variant' in capsys.readouterr().out
 
 
@@ -805,6 +826,17 @@ def test_benchmark_pool_runs_refuses_runs_of_different_workloads():
     with pytest.raises(ValueError, match="differ in 'fast_paths'"):
         pool_runs([replayed, run, python])
     assert len(pool_runs([replayed, run, dict(replayed)])) == 2  # unrecorded: not compared
+    # a variant whose backbone differs between runs ('se' before and after it became the
+    # config in FusedTailResNet) does not pool; runs without the field count as None
+    tail, mmdet = (benchmark_run({'baseline': 1.0, 'se': 1.02}) for _ in range(2))
+    for r, backbone in ((tail, 'FusedTailResNet'), (mmdet, 'ResNet')):
+        for result in r['results']:
+            result['backbone'] = 'ResNet' if result['variant'] == 'baseline' else backbone
+    with pytest.raises(ValueError, match="differ in the 'backbone' of variant 'se'"):
+        pool_runs([tail, mmdet])
+    with pytest.raises(ValueError, match="'backbone' of variant 'baseline'"):
+        pool_runs([tail, run])
+    assert len(pool_runs([tail, copy.deepcopy(tail)])) == 2
 
 
 def test_pool_benchmarks_tool_reads_the_runs_files(tmp_path, capsys):
