@@ -357,7 +357,9 @@ def run_benchmark(variants=DEFAULT_VARIANTS, modes=MODES, device='cpu', amp=Fals
     account for, steadier than ratios of whole steps where the machine's speed drifts
     (on CPU; on CUDA host time). Forward hooks take that time in one more step per model
     and round, after its timed steps, which run without hooks
-    (:meth:`Runner.plugin_hooks`). Python's garbage collector runs between the timed
+    (:meth:`Runner.plugin_hooks`); a hooked plugin in ``FusedTailResNet`` leaves the
+    residual addition and ReLU to mmdet's block, so for ``se`` and ``cbam`` that time is
+    the plugins' without the block tail. Python's garbage collector runs between the timed
     blocks, over what the steps allocated (:func:`collector_frozen`);
     ``collect_in_steps`` leaves it to run wherever its thresholds fall, inside them.
     ``breakdown``: after the timed rounds, each training result also gets what
