@@ -654,7 +654,7 @@ def pool_runs(runs):
     for variant, types in backbone.items():
         if len(types) > 1:
             raise ValueError(f"the runs differ in the 'backbone' of variant {variant!r} "
-                             f'({sorted(types, key=str)}): only runs of the same model pool')
+                             f'({sorted(types, key=str)}): only runs of one model pool')
     ratios = {}  # (mode, variant) -> ratio of each run, in the order first met
     for index, run in enumerate(runs):
         for r in run['results']:

@@ -326,13 +326,13 @@ def test_fused_tail_resnet_matches_mmdets_resnet_on_cuda(depth, kind, training,
                                                          monkeypatch):
     """The whole backbone (ResNet-50's 16 Bottlenecks, ResNet-18's 8 BasicBlocks):
     FusedTailResNet with the plugin replayed from C++ against mmdet's ResNet
-    (PluginResNet for ResNet-18) with the plugin on the reference path. SE under fp16 autocast, with
-    the loss scaled as in AMP training: unscaled, the reference's fp16 gradients of SE's
-    first layer in stage 4 underflow to about zero while the fused pass's, accumulated
-    in fp32, do not. CBAM in fp32 without TF32: in fp16 the two round M_c F, and so
-    CBAM's channel max and the ReLU's mask, differently at a few positions per block,
-    which sixteen blocks carry into the gradients (fp16 CBAM is compared per module in
-    test_fused_tail_matches_the_reference_on_cuda)."""
+    (PluginResNet for ResNet-18) with the plugin on the reference path. SE under fp16
+    autocast, with the loss scaled as in AMP training: unscaled, the reference's fp16
+    gradients of SE's first layer in stage 4 underflow to about zero while the fused
+    pass's, accumulated in fp32, do not. CBAM in fp32 without TF32: in fp16 the two round
+    M_c F, and so CBAM's channel max and the ReLU's mask, differently at a few positions
+    per block, which the blocks carry into the gradients (fp16 CBAM is compared per
+    module in test_fused_tail_matches_the_reference_on_cuda)."""
     amp = kind == 'SE'
     if not amp:
         monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
