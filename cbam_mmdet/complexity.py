@@ -72,16 +72,16 @@ def imagenet_classifier(backbone_cfg) -> ImageNetClassifier:
 
 def attention_of(backbone_cfg):
     """``None``, ``'SE'`` or ``'CBAM'`` when the backbone matches a row of the paper's
-    table (mmdet's ResNet or FusedTailResNet, the same model; no plugin or one SE/CBAM
-    plugin with r=16 after conv3 in every block); ``False`` otherwise."""
-    if backbone_cfg.get('type') not in ('ResNet', 'FusedTailResNet'):
+    table (mmdet ResNet, no plugin or one SE/CBAM plugin with r=16 after conv3 in every
+    block); ``False`` otherwise."""
+    if backbone_cfg.get('type') != 'ResNet':
         return False
     plugins = backbone_cfg.get('plugins') or []
     if not plugins:
         return None
     if len(plugins) != 1:
         return False
-    plugin = plugin_architecture(plugins)[0]  # implementation / inplace do not matter
+    plugin = plugin_architecture(plugins)[0]  # the implementation does not matter
     cfg = dict(plugin['cfg'])
     kind = cfg.pop('type')
     every_stage = plugin.get('stages') is None or all(plugin['stages'])

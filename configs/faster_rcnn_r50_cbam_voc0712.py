@@ -1,9 +1,5 @@
-# + CBAM after conv3 (before the residual addition) in every block of every stage,
-# as the paper and the official code.
-# FusedTailResNet: mmdet's ResNet (same arguments, weights and state_dict keys) whose
-# blocks run their residual addition and ReLU inside the plugin: the same values, faster
-# (type='ResNet' builds the same model in mmdet's own Bottleneck).
+# + CBAM after conv3 (before the residual addition) in every block of every stage, as in
+# the paper and the official code: mmdet's ResNet with a plugin.
 _base_ = './faster_rcnn_r50_voc0712.py'
 model = dict(backbone=dict(
-    type='FusedTailResNet',
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))

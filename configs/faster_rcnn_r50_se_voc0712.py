@@ -1,8 +1,5 @@
-# + SE after conv3 (before the residual addition) in every block of every stage.
-# FusedTailResNet: mmdet's ResNet (same arguments, weights and state_dict keys) whose
-# blocks run their residual addition and ReLU inside the plugin: the same values, faster
-# (type='ResNet' builds the same model in mmdet's own Bottleneck).
+# + SE after conv3 (before the residual addition) in every block of every stage:
+# mmdet's ResNet with a plugin.
 _base_ = './faster_rcnn_r50_voc0712.py'
 model = dict(backbone=dict(
-    type='FusedTailResNet',
-    plugins=[dict(cfg=dict(type='SE', ratio=16, inplace=True), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='SE', ratio=16), position='after_conv3')]))

@@ -144,10 +144,10 @@ def test_converted_backbone_computes_timm_features(depth, saved_as, tmp_path, ca
     converted = torch.load(dst, weights_only=True)
     cfg = converted['meta']['backbone']
     if depth == 50:  # seresnet50: C/16 hidden in every stage
-        assert cfg == dict(type='FusedTailResNet', depth=50, plugins=[
+        assert cfg == dict(type='ResNet', depth=50, plugins=[
             dict(cfg=dict(type='SE', ratio=16), position='after_conv3')])
     else:  # seresnet18: 64 -> 8 hidden (ratio 8), then 128 -> 8, 256 -> 16, 512 -> 32
-        assert cfg == dict(type='FusedTailResNet', depth=18, plugins=[
+        assert cfg == dict(type='PluginResNet', depth=18, plugins=[
             dict(cfg=dict(type='SE', ratio=8), stages=(True, False, False, False),
                  position='after_conv2'),
             dict(cfg=dict(type='SE', ratio=16), stages=(False, True, True, True),

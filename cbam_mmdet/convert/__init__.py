@@ -1,8 +1,6 @@
 """Start mmdet backbones from ImageNet attention checkpoints: the official ResNet + CBAM
-(Jongchan/attention-module) and timm's SE-ResNets, converted into
-:class:`~cbam_mmdet.models.FusedTailResNet` (mmdet's ResNet, or
-:class:`~cbam_mmdet.models.PluginResNet` for depth 18/34, with the same keys) with the
-CBAM / SE plugin."""
+(Jongchan/attention-module) and timm's SE-ResNets, converted into mmdet's ResNet (or
+:class:`~cbam_mmdet.models.PluginResNet` for depth 18/34) with the CBAM / SE plugin."""
 from .checkpoint_io import read_state_dict, save_converted
 from .official_cbam import convert_official_cbam
 from .resnet_conversion import (CheckpointConversionError, ConvertedBackbone,

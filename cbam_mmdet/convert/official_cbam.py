@@ -58,9 +58,9 @@ def convert_official_cbam(state_dict, depth=None):
         depth (int, optional): 18, 34, 50, 101 (or 152): refuse another layout.
 
     Returns:
-        ConvertedBackbone: the backbone is ``FusedTailResNet`` (the keys of mmdet's
-        ``ResNet``; CBAM ``after_conv3`` for depth >= 50, ``after_conv2`` for 18/34),
-        CBAM with the ratio read from the MLP shapes (16 in the official code).
+        ConvertedBackbone: the backbone is ``ResNet`` (depth >= 50, CBAM
+        ``after_conv3``) or ``PluginResNet`` (18/34, CBAM ``after_conv2``), CBAM with the
+        ratio read from the MLP shapes (16 in the official code).
 
     Raises:
         CheckpointConversionError: a ValueError listing every key that does not map

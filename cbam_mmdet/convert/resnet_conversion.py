@@ -42,7 +42,7 @@ def _listing(title, items):
 
 def build_backbone(backbone_cfg):
     """The mmdet backbone of ``backbone_cfg``, randomly initialised (no init_cfg)."""
-    from .. import models  # noqa: F401  (registers CBAM, SE, FusedTailResNet)
+    from .. import models  # noqa: F401  (registers CBAM, SE, PluginResNet)
     import mmdet.models.backbones  # noqa: F401  (registers ResNet)
     with DefaultScope.overwrite_default_scope('mmdet'):
         return MODELS.build(dict(backbone_cfg, init_cfg=None))
@@ -121,7 +121,7 @@ def convert_resnet(state_dict, *, rules, source_format, plugin_cfg, fc1_suffix,
             f'no attention weights found: expected keys like {describe_source} in every '
             f'block; this is not a {source_format} checkpoint')
     position = 'after_conv3' if depth >= 50 else 'after_conv2'
-    backbone_cfg = dict(type='FusedTailResNet', depth=depth,
+    backbone_cfg = dict(type='ResNet' if depth >= 50 else 'PluginResNet', depth=depth,
                         plugins=plugin_configs(plugin_cfg, reduction_ratios(hidden),
                                                position))
     backbone = build_backbone(backbone_cfg)

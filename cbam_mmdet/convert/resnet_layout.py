@@ -106,7 +106,7 @@ def plugin_configs(plugin_cfg, ratios, position):
 
 
 # Plugin arguments that choose how a plugin runs, not what it computes or its weights.
-EXECUTION_OPTIONS = ('implementation', 'inplace')
+EXECUTION_OPTIONS = ('implementation', )
 
 
 def plugin_architecture(plugins):

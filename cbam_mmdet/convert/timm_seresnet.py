@@ -43,9 +43,9 @@ def convert_timm_seresnet(state_dict, depth=None):
         depth (int, optional): refuse another layout.
 
     Returns:
-        ConvertedBackbone: ``FusedTailResNet`` (the keys of mmdet's ``ResNet``; SE
-        ``after_conv3`` for depth >= 50, ``after_conv2`` for 18/34) with the SE ratio(s)
-        read from the fc1 shapes.
+        ConvertedBackbone: ``ResNet`` (depth >= 50, SE ``after_conv3``) or
+        ``PluginResNet`` (18/34, SE ``after_conv2``) with the SE ratio(s) read from the
+        fc1 shapes.
 
     Raises:
         CheckpointConversionError: a ValueError listing every key that does not map, an

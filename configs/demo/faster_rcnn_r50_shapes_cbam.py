@@ -1,9 +1,5 @@
 # + CBAM (r=16, 7x7 spatial kernel) after conv3, before the residual addition, in every
 # block of every stage: the paper's placement (placement preset: "block end").
-# FusedTailResNet: mmdet's ResNet (same arguments, weights and state_dict keys) whose
-# blocks run their residual addition and ReLU inside the plugin: the same values, faster
-# (type='ResNet' builds the same model in mmdet's own Bottleneck).
 _base_ = './faster_rcnn_r50_shapes.py'
 model = dict(backbone=dict(
-    type='FusedTailResNet',
-    plugins=[dict(cfg=dict(type='CBAM', ratio=16, inplace=True), position='after_conv3')]))
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv3')]))

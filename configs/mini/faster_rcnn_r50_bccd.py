@@ -6,7 +6,8 @@
 # and AP50/AP75 among them. The SE and CBAM variants differ only by the plugin.
 _base_ = '../faster_rcnn_r50_coco.py'
 
-data_root = '../shared/data/bccd/'
+# BCCD as distributed (BCCD/Annotations, BCCD/ImageSets/Main, BCCD/JPEGImages) under data/bccd/
+data_root = 'data/bccd/'
 classes = ('RBC', 'WBC', 'Platelets')
 max_epochs = 18
 
