@@ -28,3 +28,7 @@ def check_odd_kernel(name, value):
     check_positive_int(name, value)
     if value % 2 == 0:
         raise ValueError(f'{name} must be an odd integer >= 1 (3, 7, ...), got {value!r}')
+
+
+# the plugins' ``implementation``: the kernel layer where it applies, or the equations
+IMPLEMENTATIONS = ('auto', 'reference')

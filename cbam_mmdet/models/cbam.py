@@ -2,10 +2,8 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ..ops import (bindable, cbam_forward, cbam_residual_forward, check_implementation,
-                   select_backend)
-from ._bound_calls import BoundCalls
-from ._validate import check_choice, check_odd_kernel, check_positive_int
+from .. import ops
+from ._validate import IMPLEMENTATIONS, check_choice, check_odd_kernel, check_positive_int
 from .channel_attention import CHANNEL_POOLS, ChannelAttention
 from .spatial_attention import SPATIAL_DESCRIPTORS, SpatialAttention
 
@@ -13,7 +11,7 @@ ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel')
 
 
 @MODELS.register_module()
-class CBAM(BoundCalls, nn.Module):
+class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al., ECCV 2018), Eq. (1).
 
     .. math::
@@ -51,21 +49,11 @@ class CBAM(BoundCalls, nn.Module):
         spatial_descriptor (str): ``'max+mean'`` (default) or ``'conv1x1'``.
         arrangement (str): ``'channel_first'`` (default), ``'spatial_first'`` or
             ``'parallel'``.
-        implementation (str): ``'auto'`` (default: a fast path with the same outputs
-            and gradients where one exists, fused Triton kernels on CUDA, fewer passes
-            in PyTorch on CPU; see :mod:`cbam_mmdet.ops`), ``'reference'`` (this
-            class's ``forward``, written as the equations), ``'fast'`` (refuse
-            options without a fast path), ``'graph'`` (CUDA inference replays a CUDA
-            graph of the fast path) or ``'eager'`` (never a CUDA graph). The fast
-            path covers the defaults of ``arrangement``, ``channel_pool`` and
-            ``spatial_descriptor`` with both attentions, any ``ratio`` and
-            ``spatial_kernel``.
-        inplace (bool): in inference (autograd not recording), the fast paths write
-            the output into ``x``'s memory instead of a new tensor, as
-            ``nn.ReLU(inplace=True)`` does: for callers that do not read ``x`` again,
-            such as mmdet's ResNet blocks at the plugin positions ``after_conv1/2/3``
-            (the paper configs set it). Same values. Training and the reference path
-            never write into ``x``. Default False.
+        implementation (str): ``'auto'`` (default: one call into the kernel layer,
+            :func:`cbam_mmdet.ops.cbam`, where the options are the defaults of
+            ``arrangement``, ``channel_pool`` and ``spatial_descriptor`` with both
+            attentions, any ``ratio`` and ``spatial_kernel``; the reference elsewhere) or
+            ``'reference'`` (:meth:`reference_forward`, the equations as written).
     """
 
     _abbr_ = 'cbam'
@@ -79,11 +67,9 @@ class CBAM(BoundCalls, nn.Module):
                  spatial_kernel: int = 7,
                  spatial_descriptor: str = 'max+mean',
                  arrangement: str = 'channel_first',
-                 implementation: str = 'auto',
-                 inplace: bool = False):
+                 implementation: str = 'auto'):
         super().__init__()
-        check_implementation(implementation)
-        check_choice('inplace', inplace, (True, False))
+        check_choice('implementation', implementation, IMPLEMENTATIONS)
         check_positive_int('in_channels', in_channels)
         check_positive_int('ratio', ratio)
         check_choice('arrangement', arrangement, ARRANGEMENTS)
@@ -104,15 +90,10 @@ class CBAM(BoundCalls, nn.Module):
             kernel_size=spatial_kernel, descriptor=spatial_descriptor,
             in_channels=in_channels) if spatial_attention else None
         self.implementation = implementation
-        self.inplace = inplace
+        # the kernel layer computes the paper's CBAM (any ratio and kernel size)
         self.has_fast_path = (arrangement == 'channel_first' and channel_attention
                               and spatial_attention and channel_pool == 'avg+max'
                               and spatial_descriptor == 'max+mean')
-        if implementation == 'fast' and not self.has_fast_path:
-            raise ValueError(
-                "implementation='fast' needs arrangement='channel_first', "
-                "channel_pool='avg+max', spatial_descriptor='max+mean' and both "
-                "attentions; use implementation='auto' or 'reference' for other options")
         self.init_weights()
 
     def init_weights(self):
@@ -136,45 +117,15 @@ class CBAM(BoundCalls, nn.Module):
         return [g for g in gates if g is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bindings = self._bindings
-        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
-            out = bindings(x)
-            if out is not None:
-                return out
-        backend = select_backend(self.implementation, x, self.has_fast_path)
-        if backend != 'reference':
-            return cbam_forward(backend, x, self.channel_attention, self.spatial_attention,
-                                module=self, inplace=self.inplace,
-                                bind=backend == 'triton' and bindable(self.implementation))
-        return self.reference_forward(x)
-
-    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """The end of a residual block with CBAM on its branch (the block's "tail"):
-
-        .. math::
-            \\mathrm{out} = \\max(F'' + R,\\ 0)
-
-        with ``x`` = F and ``residual`` = R (the identity or the downsampled input), as
-        mmdet's Bottleneck computes after an ``after_conv3`` plugin. On the Triton path
-        (CUDA, the default options) the addition and ReLU run inside CBAM's last pass,
-        and its backward gives the residual's gradient in its first backward pass, so
-        that the block launches two operations fewer each way; in CPU inference the C++
-        kernels' last pass writes the tail; elsewhere (and for a residual not laid out
-        as ``x``) it is ``torch.relu(self(x) + residual)``. Used by
-        :class:`~cbam_mmdet.models.FusedTailResNet`.
-        """
-        bindings = self._bindings
-        if bindings is not None:  # a call replayed from C++ (see ._bound_calls)
-            out = bindings(x, residual)
-            if out is not None:
-                return out
-        backend = select_backend(self.implementation, x, self.has_fast_path)
-        if backend == 'reference':
-            return torch.relu(self.reference_forward(x) + residual)
-        return cbam_residual_forward(
-            backend, x, residual, self.channel_attention, self.spatial_attention,
-            module=self, inplace=self.inplace,
-            bind=backend == 'triton' and bindable(self.implementation))
+        if self.implementation == 'reference' or not self.has_fast_path \
+                or ops.use_reference():
+            return self.reference_forward(x)
+        ca, sa = self.channel_attention, self.spatial_attention
+        bn = sa.bn
+        return ops.cbam(x, ca.fc1.weight, ca.fc1.bias, ca.fc2.weight, ca.fc2.bias,
+                        sa.conv.weight, bn.weight, bn.bias, bn.running_mean,
+                        bn.running_var, bn.num_batches_tracked,
+                        bn.training or bn.running_mean is None, bn.momentum, bn.eps)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1) as written: the definition the fast paths are tested against."""

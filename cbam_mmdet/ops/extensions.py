@@ -5,23 +5,20 @@ are optional: where one is missing, the plugins compute the same outputs on a sl
 path, without an error.
 
 - ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp): CPU inference of CBAM and
-  SE in C++ passes. Without it: the PyTorch fast path (:mod:`.cbam_cpu`).
+  SE in C++ passes. Without it: PyTorch ops (:mod:`.cbam_torch`).
 - ``cbam_mmdet.ops._triton_programs`` (csrc/triton_programs.cpp): CUDA calls of the
   Triton kernels replayed from C++ (:mod:`.triton_programs`). Without it, or with
   ``CBAM_MMDET_TRITON_PROGRAMS=0``: the same kernels launched from Python, with more host
-  time per call (on an H200 host a detector's training step is mostly bound by host
-  time, docs/speed.md).
+  time per call.
 
 A plugin call that would have used a missing extension warns once per process
 (:func:`warn_not_built`). Timings of a build without them are timings of another
-implementation:
-``tools/benchmark.py`` prints :func:`describe` and counts the calls replayed from C++
-(:func:`.triton_programs.replayed_calls`).
+implementation: the benchmark prints :func:`describe`.
 """
 import warnings
 
-from . import cbam_cpu, triton_programs
-from .dispatch import triton_available
+from . import cpu_kernels, triton_programs
+from .attention import triton_available
 
 BUILD_HINT = 'pip install -e . or python setup.py build_ext --inplace'
 _warned = set()
@@ -42,7 +39,7 @@ def status():
     """``{'cpu_kernels': bool, 'triton': bool, 'triton_programs': bool}``: whether the
     CPU kernels are loaded, Triton and a CUDA device are available, and CUDA calls of the
     Triton kernels may be replayed from C++ (the extension loaded and not switched off)."""
-    return dict(cpu_kernels=cbam_cpu.kernels() is not None, triton=triton_available(),
+    return dict(cpu_kernels=cpu_kernels.kernels() is not None, triton=triton_available(),
                 triton_programs=triton_programs.enabled())
 
 
@@ -54,7 +51,7 @@ def describe(device):
             return 'fast paths: PyTorch (Triton is not available)'
         if state['triton_programs']:
             return 'fast paths: Triton kernels, calls replayed from C++ (_triton_programs)'
-        reason = ('switched off by CBAM_MMDET_TRITON_PROGRAMS=0'
+        reason = ('switched off (CBAM_MMDET_TRITON_PROGRAMS=0 or set_enabled(False))'
                   if triton_programs._ext is not None else f'not built; {BUILD_HINT}')
         return ('fast paths: Triton kernels launched from Python: the C++ replay '
                 f'(_triton_programs) is {reason}')

@@ -1,7 +1,7 @@
 """Launching Triton kernels with little host time.
 
 ``kernel[grid](*args)`` binds and specialises every argument in Python on every call
-(about 15-40 us of host time per launch on the GPU machines measured, docs/speed.md),
+(about 15-40 us of host time per launch on an H100 or H200 host),
 two to three times a PyTorch op. A detector step on a fast GPU is bound by host time, so
 the fast paths launch a kernel through its compiled form instead: the first call with a
 given ``key`` goes through ``kernel[grid]`` (compiling and specialising it), later calls

@@ -1,47 +1,34 @@
 """Recording the Triton passes of one call, to replay them from C++.
 
-For one input signature (a :class:`.cbam_triton._Plan`) every launch of the CBAM and SE
+For one input signature (a :class:`.triton_plan.Plan`) every launch of the CBAM and SE
 Triton paths has a fixed kernel, grid and set of integer arguments; only the tensors
 change from call to call. The first call of a signature runs in Python with a
 :class:`Recorder` as its launcher; the recording becomes a ``Program`` of the C++
 extension ``cbam_mmdet.ops._triton_programs`` (csrc/triton_programs.cpp), and later calls
 run there: inference in one call (allocations and launches), training as an autograd
-Function in C++ whose backward runs no Python. The Python path stays the definition and
-the fallback: without the extension, under Triton's interpreter, with
-``CBAM_MMDET_TRITON_PROGRAMS=0``, or where a kernel's launch does not fit what the
-extension supports (cluster launches, scratch memory, argument types), calls keep
-running in Python.
+node in C++ whose backward runs no Python. The Python path stays the definition and the
+fallback: without the extension, under Triton's interpreter, with
+``CBAM_MMDET_TRITON_PROGRAMS=0`` (read once, at import; :func:`set_enabled` at run time),
+or where a launch does not fit what the extension supports (cluster launches, scratch
+memory, argument types).
 
-A replayed call is then bound to its module (:func:`bind`): the module's ``forward``
-hands later inputs straight to a C++ ``Bindings`` object, which replays the program
-without any Python while the input signature, autograd mode, stream, parameters,
-settings and environment variables are those of the bound call, and otherwise returns
-None (the Python path then runs and may bind again).
-
-A program of several launches runs as one CUDA graph launch (a quarter to a half of the
-host time of one ``cuLaunchKernel`` per kernel), except on a capturing stream;
-:func:`set_graphs` (or ``CBAM_MMDET_PROGRAM_GRAPHS=0``) launches kernel by kernel. A
-bound call launches graphs of its own, and a launch sets only the kernel nodes whose
-arguments (the tensors' addresses) changed since that graph's last launch
-(``_ext.graph_nodes_kept()`` counts the others; docs/speed.md, v31).
+A program of several launches runs as one CUDA graph launch, except on a capturing
+stream (:func:`set_graphs` launches kernel by kernel); a launch sets only the graph's
+kernel nodes whose tensor addresses changed.
 
 In training, the parameters' gradients are accumulated into their ``.grad`` by the
-call's backward itself ("direct" gradients), as their autograd ``AccumulateGrad`` nodes
-would do, but without a node per parameter for the autograd engine to schedule (about
-40 us less host time per CBAM call and 20 us per SE call, forward and backward, on an
-H200 host; docs/speed.md, v18).
-The values and the accumulation are those of autograd: taken as ``.grad`` where it is
-None, added where it is set, in ``loss.backward()`` and for the parameters named in
-``loss.backward(inputs=...)``. Where a parameter has hooks that its ``AccumulateGrad``
-would run (tensor hooks, post-accumulate-grad hooks, hooks on its grad accumulator such
-as ``DistributedDataParallel``'s), its gradient goes through autograd as usual. What
+call's backward itself ("direct" gradients), as their ``AccumulateGrad`` nodes would, but
+without a node per parameter for the autograd engine to schedule. The values and the
+accumulation are autograd's: taken as ``.grad`` where it is None, added where it is set,
+in ``loss.backward()`` and for the parameters named in ``loss.backward(inputs=...)``.
+Where a parameter has hooks that its ``AccumulateGrad`` would run (tensor hooks,
+post-accumulate-grad hooks, hooks on its grad accumulator such as
+``DistributedDataParallel``'s), its gradient goes through autograd as usual. What
 changes: ``torch.autograd.grad`` cannot return a direct gradient (asking for one raises
-where the call's backward runs; otherwise torch finds the parameter unused: an error, or
-None with ``allow_unused=True``),
-and ``loss.backward(inputs=[...])`` reaches a plugin's parameters only where its
-backward runs for another input too. :func:`set_direct_grads` (or
-``CBAM_MMDET_DIRECT_GRADS=0``) routes every parameter gradient through autograd, from
-the next forward on.
+where the call's backward runs; otherwise torch finds the parameter unused), and
+``loss.backward(inputs=[...])`` reaches a plugin's parameters only where its backward
+runs for another input too. :func:`set_direct_grads` (False) routes every parameter
+gradient through autograd.
 
 A program names every tensor argument by its position in the call's tensor list
 ("slot"): ``[x, workspace, out, *params, *rest]`` forward, ``[grad_out, x, workspace,
@@ -51,7 +38,6 @@ compiled kernel's signature types it.
 import os
 import struct
 
-from .dispatch import ENV_VAR as ATTENTION_ENV_VAR
 from .triton_launch import _INTERPRET, launch
 
 try:
@@ -66,10 +52,24 @@ _INT_MASKS = {'i1': 0xFF, 'u1': 0xFF, 'i8': 0xFF, 'u8': 0xFF, 'i16': 0xFFFF, 'u1
               'u64': (1 << 64) - 1}
 
 
+_enabled = [_ext is not None and not _INTERPRET
+            and os.environ.get(ENV_VAR, '1').strip() != '0']
+
+
 def enabled():
     """Whether calls may replay recorded programs from C++."""
-    return (_ext is not None and not _INTERPRET
-            and os.environ.get(ENV_VAR, '1').strip() != '0')
+    return _enabled[0]
+
+
+def set_enabled(enabled):
+    """Replay recorded programs from C++ (``True``, the default where the extension is
+    built) or launch every kernel from Python (``False``); returns the previous setting.
+    Without the extension it stays False."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f'enabled must be True or False, got {enabled!r}')
+    previous = _enabled[0]
+    _enabled[0] = enabled and _ext is not None and not _INTERPRET
+    return previous
 
 
 def not_built():
@@ -181,11 +181,9 @@ class Recorder:
         return program
 
 
-def train_state(forward, backward, plan, params, residual=False):
-    """The C++ training state of ``plan`` (a ``_Plan``) from its two programs; the
-    gradients are laid out as ``params``. ``residual``: the block tail, whose forward
-    program names the residual after ``rest`` and whose backward names the output and
-    the residual's gradient after ``rest``."""
+def train_state(forward, backward, plan, params):
+    """The C++ training state of ``plan`` from its two programs; the gradients are laid
+    out as ``params``."""
     offsets, offset = [], plan.split_sizes[0]
     for size in plan.grad_sizes:
         offsets.append(offset)
@@ -193,45 +191,18 @@ def train_state(forward, backward, plan, params, residual=False):
     return _ext.TrainState(forward, backward, plan.total_size, offsets,
                            [list(s) for s in plan.grad_shapes],
                            [tuple(r) for r in plan.atomic_regions],
-                           [list(p.stride()) for p in params], residual)
+                           [list(p.stride()) for p in params])
 
 
-# entries a module's Bindings keep (input signatures and modes: one training and one
-# inference signature per image size in a typical loop)
-MAX_BINDINGS = 4
-
-
-def bind(module, owner, train, x, inplace, ws_size, stream, params, rest, checks,
-         residual=False):
-    """Bind a call to ``module``: later calls that :meth:`Bindings.__call__` finds
-    unchanged (``x``'s signature, the autograd mode, the stream, ``checks``: tuples
-    ``(dict, key, value, equal)`` of what the call was chosen for, and this module's and
-    :mod:`.dispatch`'s environment variables) replay ``owner`` (the recorded inference
-    ``Program`` or the ``TrainState``) from C++ without running Python (the plugins'
-    ``forward`` tries ``module._bindings`` first). ``residual``: a call of the block's
-    tail (``module._bindings(x, residual)``, the residual laid out as x)."""
-    bindings = module.__dict__.get('_bindings')
-    if bindings is None:
-        bindings = module.__dict__['_bindings'] = _ext.Bindings(MAX_BINDINGS)
-    bindings.add(owner, train, x, inplace, ws_size, stream, list(params), list(rest),
-                 checks, [ATTENTION_ENV_VAR, ENV_VAR], residual)
-
-
-def infer(program, x, inplace, ws_size, stream, rest):
-    return _ext.infer(program, x, inplace, ws_size, stream, rest)
+def infer(program, x, ws_size, stream, rest):
+    return _ext.infer(program, x, ws_size, stream, rest)
 
 
 def train(state, x, params, stream, rest):
     return _ext.train(state, x, params, stream, rest)
 
 
-def replayed_calls(model):
-    """The calls of the CBAM and SE modules in ``model`` (an ``nn.Module``) replayed from
-    C++ so far: their bound calls' training and inference hits. Counts restart where a
-    module's bindings are dropped (``implementation`` or ``inplace`` set)."""
-    total = 0
-    for module in model.modules():
-        bindings = module.__dict__.get('_bindings')
-        if bindings is not None:
-            total += bindings.train_hits + bindings.infer_hits
-    return total
+def replayed_calls():
+    """The CBAM and SE calls replayed from C++ in this process so far (0 without the
+    extension)."""
+    return 0 if _ext is None else _ext.replayed_calls()

@@ -62,7 +62,7 @@ def cbam_maps(cbam: CBAM, x: torch.Tensor):
 @torch.no_grad()
 def se_map(se: SE, x: torch.Tensor):
     """SE's channel attention ``s`` ``(N, C, 1, 1)`` for its input ``x``."""
-    return ChannelAttention.forward(se, x)
+    return se.gate(x)
 
 
 def attention_modules(model):

@@ -1,5 +1,5 @@
-// CBAM and SE inference on CPU (float32, contiguous NCHW or channels_last), called from
-// cbam_mmdet/ops/cbam_cpu.py:
+// CBAM and SE inference on CPU (float32, contiguous NCHW or channels_last), for the CPU
+// backend of cbam_mmdet.ops:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
 //   se_eval:       out = F * mlp_gate(avg(F)): SE in one call            (two reads, one write)
@@ -10,10 +10,8 @@
 //                  map, and scale in one call                            (two reads, one write;
 //                  channels_last: in rows, the second read from the core's cache)
 // (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
-// between spatial_pool and scale.)
-// se_eval, scale and cbam_eval take an optional residual R (laid out as F): the block's
-// tail, out = max(y + R, 0) for the attention's output y, in the same write (one more
-// read).
+// between spatial_pool and scale.) se_eval, scale and cbam_eval write into a given
+// output laid out as F, which may be F itself.
 //
 // Every pass over a contiguous NCHW map walks whole channel planes, one after another.
 // Passes that visit all channels of a band of rows before moving on (reading C streams
@@ -38,7 +36,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -56,9 +53,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 
-// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, channel
-// stride hw: 1 for channels_last):
-// taken again where the vector loops' sum is NaN.
+// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, channel stride
+// hw: 1 for channels_last): taken again where the vector loops' sum is NaN.
 float nan_aware_channel_max(const float* x, const float* a, int64_t c, int64_t hw) {
   float best = kNegInf;
   for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, x[ci * hw] * a[ci]);
@@ -187,20 +183,9 @@ float dot(const float* a, const float* b, int64_t len) {
   return sum;
 }
 
-// The block's tail max(y + r, 0); NaN propagates as torch.relu's does.
-inline float tail(float y, float r) {
-  const float v = y + r;
-  return v < 0.0f ? 0.0f : v;
-}
-
-// orow = (row av) srow, or with r the tail max((row av) srow + r, 0); orow may be row.
+// orow = (row av) srow; orow may be row.
 CBAM_MULTIVERSION
-void scale_row(const float* row, float av, const float* srow, const float* r, float* orow,
-               int64_t len) {
-  if (r != nullptr) {
-    for (int64_t p = 0; p < len; ++p) orow[p] = tail((row[p] * av) * srow[p], r[p]);
-    return;
-  }
+void scale_row(const float* row, float av, const float* srow, float* orow, int64_t len) {
   for (int64_t p = 0; p < len; ++p) orow[p] = (row[p] * av) * srow[p];
 }
 
@@ -258,18 +243,12 @@ void spatial_pixels(const float* x, const float* a, int64_t len, int64_t c, floa
 
 // channels_last: out_pc = (x_pc a_c) s_p over len pixels; out may be x.
 CBAM_MULTIVERSION
-void scale_pixels(const float* x, const float* a, const float* s, const float* r, float* out,
-                  int64_t len, int64_t c) {
+void scale_pixels(const float* x, const float* a, const float* s, float* out, int64_t len,
+                  int64_t c) {
   for (int64_t p = 0; p < len; ++p) {
     const float* row = x + p * c;
     float* orow = out + p * c;
     const float sv = s[p];
-    if (r != nullptr) {
-      const float* rrow = r + p * c;
-#pragma omp simd
-      for (int64_t ci = 0; ci < c; ++ci) orow[ci] = tail((row[ci] * a[ci]) * sv, rrow[ci]);
-      continue;
-    }
 #pragma omp simd
     for (int64_t ci = 0; ci < c; ++ci) orow[ci] = (row[ci] * a[ci]) * sv;
   }
@@ -290,15 +269,6 @@ void check_out(const at::Tensor& x, const at::Tensor& out) {
   check_input(out, "out");
   TORCH_CHECK(out.sizes() == x.sizes() && channels_last(out) == channels_last(x),
               "out must have x's shape and memory layout");
-}
-
-// The residual of a block's tail: null, or laid out as x (shape, layout, float32 CPU).
-const float* residual_ptr(const at::Tensor& x, const std::optional<at::Tensor>& residual) {
-  if (!residual.has_value() || !residual->defined()) return nullptr;
-  check_input(*residual, "residual");
-  TORCH_CHECK(residual->sizes() == x.sizes() && channels_last(*residual) == channels_last(x),
-              "residual must have x's shape and memory layout");
-  return residual->data_ptr<float>();
 }
 
 void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
@@ -412,13 +382,10 @@ at::Tensor channel_pool(const at::Tensor& x) {
   return out;
 }
 
-// out = (F * a_c) * s_p, a of N x C, s of N x H x W values, or with a residual
-// max((F * a_c) * s_p + R, 0); out may be x itself.
-void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Tensor& out,
-           const std::optional<at::Tensor>& residual) {
+// out = (F * a_c) * s_p, a of N x C, s of N x H x W values; out may be x itself.
+void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Tensor& out) {
   check_input(x, "x");
   check_out(x, out);
-  const float* pr = residual_ptr(x, residual);
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   check_gate(a, n * c, "a");
   check_gate(s, n * hw, "s");
@@ -428,16 +395,14 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
   float* po = out.data_ptr<float>();
   if (channels_last(x)) {
     parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
-      scale_pixels(px + i * c, pa + smp * c, ps + i, pr ? pr + i * c : nullptr, po + i * c,
-                   stop - i, c);
+      scale_pixels(px + i * c, pa + smp * c, ps + i, po + i * c, stop - i, c);
     });
     return;
   }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     // descending: CBAM's spatial pooling (ascending) read each thread's last planes last
     for (int64_t i = end - 1; i >= begin; --i) {
-      scale_row(px + i * hw, pa[i], ps + (i / c) * hw, pr ? pr + i * hw : nullptr,
-                po + i * hw, hw);
+      scale_row(px + i * hw, pa[i], ps + (i / c) * hw, po + i * hw, hw);
     }
   });
 }
@@ -460,30 +425,25 @@ void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64
 }
 
 // (N, 2, H, W): [max over channels ; mean over channels] of (F_c * a_c), a of N x C.
-// The threads split the channels; each walks whole rows (sequential reads) into its own
-// partial maps, which are then combined.
-// channels_last: the threads split the pixels, each pixel's channels reduced at once.
-at::Tensor spatial_pool_nhwc(const at::Tensor& x, const at::Tensor& a) {
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
-  auto out = at::empty({n, 2, h, w}, x.options());
-  const float* px = x.data_ptr<float>();
-  const float* pa = a.data_ptr<float>();
-  float* po = out.data_ptr<float>();
-  parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
-    desc_pixels(px, pa, smp, i, stop, c, hw, po);
-  });
-  return out;
-}
-
+// NCHW: the threads split the channels; each walks whole rows (sequential reads) into its
+// own partial maps, which are then combined. channels_last: the threads split the
+// pixels, each pixel's channels reduced at once (desc_pixels).
 at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   check_input(x, "x");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
   check_gate(a, n * c, "a");
-  if (channels_last(x)) return spatial_pool_nhwc(x, a);
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), c));
-  auto partial = at::empty({parts, n, 2, hw}, x.options());
   const float* px = x.data_ptr<float>();
   const float* pa = a.data_ptr<float>();
+  if (channels_last(x)) {
+    auto out = at::empty({n, 2, h, w}, x.options());
+    float* po = out.data_ptr<float>();
+    parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
+      desc_pixels(px, pa, smp, i, stop, c, hw, po);
+    });
+    return out;
+  }
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), c));
+  auto partial = at::empty({parts, n, 2, hw}, x.options());
   float* pp = partial.data_ptr<float>();
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -531,7 +491,7 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
 // row that reads it has been formed.
 void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k,
                     float bn_scale, float bn_shift, int64_t n, int64_t c, int64_t h,
-                    int64_t wd, float* desc, const float* pr, float* po) {
+                    int64_t wd, float* desc, float* po) {
   const int64_t hw = h * wd, rows = n * h, pad = k / 2;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   // row g is row g % h of sample g / h, pixels [g wd, (g + 1) wd) of the N x HW
@@ -561,8 +521,7 @@ void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k
         const float* dmax = desc + smp * 2 * hw;
         gate_rows(dmax, dmax + hw, h, wd, g % h, g % h + 1, pw, k, bn_scale, bn_shift,
                   gate.data());
-        scale_pixels(px + g * wd * c, pa + smp * c, gate.data(),
-                     pr ? pr + g * wd * c : nullptr, po + g * wd * c, wd, c);
+        scale_pixels(px + g * wd * c, pa + smp * c, gate.data(), po + g * wd * c, wd, c);
       }
     }
   });
@@ -571,14 +530,11 @@ void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k
 // CBAM's spatial attention and scale for BatchNorm in running statistics, in two passes
 // that each walk whole channel planes in order: the descriptor [max_c ; mean_c](a_c x_c)
 // (spatial_pool), the gate sigmoid(conv(desc) scale + shift) on the small map, then
-// out = (x a_c) s_p (scale), with a residual max((x a_c) s_p + R, 0); channels_last:
-// cbam_eval_nhwc. out may be x.
+// out = (x a_c) s_p (scale); channels_last: cbam_eval_nhwc. out may be x.
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-               double bn_scale, double bn_shift, at::Tensor& out,
-               const std::optional<at::Tensor>& residual) {
+               double bn_scale, double bn_shift, at::Tensor& out) {
   check_input(x, "x");
   check_out(x, out);
-  const float* pr = residual_ptr(x, residual);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), hw = h * wd;
   check_gate(a, n * c, "a");
   const int64_t k = weight.size(-1);
@@ -588,7 +544,7 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
     auto desc = at::empty({n, 2, h, wd}, x.options());
     cbam_eval_nhwc(x.data_ptr<float>(), a.data_ptr<float>(), weight.data_ptr<float>(), k,
                    static_cast<float>(bn_scale), static_cast<float>(bn_shift), n, c, h, wd,
-                   desc.data_ptr<float>(), pr, out.data_ptr<float>());
+                   desc.data_ptr<float>(), out.data_ptr<float>());
     return;
   }
   const at::Tensor desc = spatial_pool(x, a);
@@ -606,7 +562,7 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
       i += r1 - r0;
     }
   });
-  scale(x, a, gate, out, residual);
+  scale(x, a, gate, out);
 }
 
 // The channel gate of K descriptors p (K, N, C) through the shared MLP into g (N, C):
@@ -664,30 +620,19 @@ at::Tensor mlp_gate(const at::Tensor& pooled, const at::Tensor& w1, const at::Te
   return gate;
 }
 
+// NCHW: out = x av over one plane of len values; out may be x.
 CBAM_MULTIVERSION
-void scale_plane(const float* x, float av, const float* r, float* out, int64_t len) {
-  if (r != nullptr) {
-#pragma omp simd
-    for (int64_t p = 0; p < len; ++p) out[p] = tail(x[p] * av, r[p]);
-    return;
-  }
+void scale_plane(const float* x, float av, float* out, int64_t len) {
 #pragma omp simd
   for (int64_t p = 0; p < len; ++p) out[p] = x[p] * av;
 }
 
-// channels_last: out_pc = x_pc a_c (with r: the tail) over len pixels; out may be x.
+// channels_last: out_pc = x_pc a_c over len pixels; out may be x.
 CBAM_MULTIVERSION
-void gate_pixels(const float* x, const float* a, const float* r, float* out, int64_t len,
-                 int64_t c) {
+void gate_pixels(const float* x, const float* a, float* out, int64_t len, int64_t c) {
   for (int64_t p = 0; p < len; ++p) {
     const float* row = x + p * c;
     float* orow = out + p * c;
-    if (r != nullptr) {
-      const float* rrow = r + p * c;
-#pragma omp simd
-      for (int64_t ci = 0; ci < c; ++ci) orow[ci] = tail(row[ci] * a[ci], rrow[ci]);
-      continue;
-    }
 #pragma omp simd
     for (int64_t ci = 0; ci < c; ++ci) orow[ci] = row[ci] * a[ci];
   }
@@ -699,11 +644,9 @@ void gate_pixels(const float* x, const float* a, const float* r, float* out, int
 // ascending order for the scale, so that the scale starts on the planes the average
 // read last (still in the core's cache).
 void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-             const at::Tensor& w2, const at::Tensor& b2, at::Tensor& out,
-             const std::optional<at::Tensor>& residual) {
+             const at::Tensor& w2, const at::Tensor& b2, at::Tensor& out) {
   check_input(x, "x");
   check_out(x, out);
-  const float* pr = residual_ptr(x, residual);
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const int64_t hid = w1.size(0);
   check_mlp(w1, b1, w2, b2, c);
@@ -725,14 +668,13 @@ void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
   const float* pg = gate.data();
   if (nhwc) {
     parallel_pixels(n, hw, c, [&](int64_t smp, int64_t i, int64_t stop) {
-      gate_pixels(px + i * c, pg + smp * c, pr ? pr + i * c : nullptr, po + i * c, stop - i,
-                  c);
+      gate_pixels(px + i * c, pg + smp * c, po + i * c, stop - i, c);
     });
     return;
   }
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      scale_plane(px + i * hw, pg[i], pr ? pr + i * hw : nullptr, po + i * hw, hw);
+      scale_plane(px + i * hw, pg[i], po + i * hw, hw);
     }
   });
 }
@@ -740,20 +682,19 @@ void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W");
-  m.def("spatial_pool", &spatial_pool, "(N, 2, H, W) [max_c ; mean_c] of F * a");
-  m.def("scale", &scale, "out = (F * a_c) * s_p; with a residual R, max(that + R, 0)",
-        py::arg("x"), py::arg("a"), py::arg("s"), py::arg("out"),
-        py::arg("residual") = py::none());
-  m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)");
-  m.def("se_eval", &se_eval,
-        "out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2); with a residual R, "
-        "max(that + R, 0)",
+  m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W",
+        py::arg("x"));
+  m.def("spatial_pool", &spatial_pool, "(N, 2, H, W) [max_c ; mean_c] of F * a",
+        py::arg("x"), py::arg("a"));
+  m.def("scale", &scale, "out = (F * a_c) * s_p", py::arg("x"), py::arg("a"), py::arg("s"),
+        py::arg("out"));
+  m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)",
+        py::arg("pooled"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"));
+  m.def("se_eval", &se_eval, "out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2)",
         py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
-        py::arg("out"), py::arg("residual") = py::none());
+        py::arg("out"));
   m.def("cbam_eval", &cbam_eval,
-        "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift); with a "
-        "residual R, max(that + R, 0)",
-        py::arg("x"), py::arg("a"), py::arg("weight"), py::arg("bn_scale"),
-        py::arg("bn_shift"), py::arg("out"), py::arg("residual") = py::none());
+        "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift)",
+        py::arg("x"), py::arg("a"), py::arg("conv_w"), py::arg("scale"), py::arg("shift"),
+        py::arg("out"));
 }

@@ -1,13 +1,13 @@
 // Replaying recorded sequences of Triton kernel launches ("programs") from C++.
 //
 // A detector step on a fast GPU is bound by host time. The Triton paths of the CBAM and SE
-// plugins (cbam_mmdet/ops/cbam_triton.py) spend most of their host time in Python: binding
-// each launch's arguments, and, in training, a Python autograd Function whose backward
-// runs Python again. For one input signature every launch's kernel, grid and integer
-// arguments are fixed; only the tensors' addresses change. cbam_mmdet/ops/triton_programs.py
-// records the launches of one call (kernel handle, grid, block, shared memory, and for every
-// parameter either a slot of the call's tensor list or an immediate value) and hands them to
-// a Program here. Later calls with that signature run:
+// plugins spend most of their host time in Python: binding each launch's arguments, and,
+// in training, a Python autograd Function whose backward runs Python again. For one input
+// signature every launch's kernel, grid and integer arguments are fixed; only the tensors'
+// addresses change. The Python side (cbam_mmdet/ops/triton_programs.py) records the
+// launches of one call (kernel handle, grid, block, shared memory, and for every parameter
+// either a slot of the call's tensor list or an immediate value) and hands them to a
+// Program here. Later calls with that signature run:
 //
 //   infer(program, x, ...)  one call: the workspace and output allocated, every kernel
 //                           launched with cuLaunchKernel;
@@ -15,9 +15,9 @@
 //                           program, its backward the backward program, with no Python.
 //
 // A program of several launches runs as one CUDA graph launch (Program::run_graph), the
-// arguments of its kernel nodes set where they changed since the graph's last launch
-// (a bound call has graphs of its own), where the driver has the graph entry points and
-// the stream is not capturing; set_graphs(False) launches kernel by kernel.
+// arguments of its kernel nodes set where they changed since the graph's last launch,
+// where the driver has the graph entry points and the stream is not capturing;
+// set_graphs(False) launches kernel by kernel.
 //
 // The CUDA driver is reached through dlopen("libcuda.so.1") (loaded by PyTorch already), so
 // the extension builds without CUDA headers; on a machine without CUDA nothing here runs.
@@ -31,10 +31,8 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -106,17 +104,12 @@ const Driver& driver() {
   return d;
 }
 
-// Whether programs of several launches run as one CUDA graph launch: set_graphs, and
-// the environment variable CBAM_MMDET_PROGRAM_GRAPHS=0 (read on every run) turns it off.
-std::atomic<bool> g_graphs{true};
-std::atomic<int64_t> g_graph_launches{0};  // graph launches so far (graph_launches)
-std::atomic<int64_t> g_nodes_kept{0};  // kernel nodes not set again (graph_nodes_kept)
-
-bool graphs_enabled() {
-  if (!g_graphs.load()) return false;
-  const char* value = std::getenv("CBAM_MMDET_PROGRAM_GRAPHS");
-  return value == nullptr || std::string(value) != "0";
-}
+// Process-wide switches and counters, all atomics: calls may come from several threads.
+std::atomic<bool> g_graphs{true};            // set_graphs: programs as one graph launch
+std::atomic<bool> g_direct_grads{true};      // set_direct_grads: see AttentionBackward
+std::atomic<int64_t> g_replayed_calls{0};    // infer calls and train forwards replayed
+std::atomic<int64_t> g_graph_launches{0};    // programs run as one graph launch
+std::atomic<int64_t> g_nodes_kept{0};        // kernel nodes whose arguments were not set again
 
 void check_cuda(CUresult r, const char* what) {
   if (r == 0) return;
@@ -160,9 +153,9 @@ struct Program {
   // first full run: a later run sets the arguments of each node whose arguments changed
   // (cuGraphExecKernelNodeSetParams, which leaves launches already queued as they were)
   // and launches the graph once. On the host that is a quarter to a half of the time of
-  // one cuLaunchKernel per kernel. A program's own graph serves every call of the
-  // program; a bound call (Bindings) has a graph of its own, whose arguments stay the
-  // same from call to call where the tensors' addresses do.
+  // one cuLaunchKernel per kernel. A node whose arguments are those of its last launch
+  // (the same tensors at the same addresses, which the caching allocator often hands
+  // back) is not touched.
   struct Graph {
     void* graph = nullptr;
     void* exec = nullptr;
@@ -210,7 +203,7 @@ struct Program {
   // Runs every launch as one graph launch on `stream`; false where that cannot be done
   // (no graph entry points in the driver, a capturing stream, a graph that failed to
   // build), and nothing has been launched then.
-  bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream, Graph& g) const {
+  bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream) const {
     const Driver& d = driver();
     if (!d.graphs()) return false;
     int capturing = 0;
@@ -218,6 +211,7 @@ struct Program {
         capturing != 0) {
       return false;
     }
+    Graph& g = *graph;
     std::lock_guard<std::mutex> lock(g.mutex);
     if (g.failed) return false;
     std::array<uint64_t, kMaxParams> storage;
@@ -260,15 +254,14 @@ struct Program {
     return true;
   }
 
-  // Launches the first `count` launches on `stream` with the tensors `slots`; all of
-  // them as one launch of `own` (a bound call's graph) or else of the program's graph.
-  void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count,
-           Graph* own = nullptr) const {
+  // Launches the first `count` launches on `stream` with the tensors `slots`: all of
+  // them as one graph launch where possible (run_graph), else kernel by kernel.
+  void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count) const {
     TORCH_CHECK(static_cast<int64_t>(slots.size()) >= num_slots, "program needs ", num_slots,
                 " tensors, got ", slots.size());
     if (count == 0 || launches.empty()) return;
-    if (count >= launches.size() && launches.size() > 1 && graphs_enabled() &&
-        run_graph(slots, stream, own != nullptr ? *own : *graph)) {
+    if (count >= launches.size() && launches.size() > 1 && g_graphs.load() &&
+        run_graph(slots, stream)) {
       return;
     }
     const Driver& d = driver();
@@ -284,34 +277,30 @@ struct Program {
   }
 };
 
-// Inference: out = program(x) with a fresh float32 workspace; the slots are
-// [x, workspace, out, *rest] (rest: the parameters, then the other tensors the program
-// names). inplace: out is x.
-at::Tensor infer(const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
-                 uint64_t stream, const std::vector<at::Tensor>& rest,
-                 Program::Graph* graph = nullptr) {
+// Inference: out = program(x) with a fresh float32 workspace and a fresh output laid out
+// as x; the slots are [x, workspace, out, *rest] (rest: the parameters, then the other
+// tensors the program names).
+at::Tensor infer(const Program& program, const at::Tensor& x, int64_t ws_size,
+                 uint64_t stream, const std::vector<at::Tensor>& rest) {
   c10::DeviceGuard guard(x.device());
   std::vector<at::Tensor> slots;
   slots.reserve(3 + rest.size());
   slots.push_back(x);
   slots.push_back(at::empty({ws_size}, x.options().dtype(at::kFloat)));
-  slots.push_back(inplace ? x : at::empty_like(x));
+  slots.push_back(at::empty_like(x));
   slots.insert(slots.end(), rest.begin(), rest.end());
-  program.run(slots, stream, program.launches.size(), graph);
+  program.run(slots, stream, program.launches.size());
+  ++g_replayed_calls;
   return slots[2];
 }
 
 // What a training call needs besides its tensors: the forward program (slots
 // [x, workspace, out, *params, *rest]), the backward program (slots
-// [grad_out, x, workspace, dx, *params, *rest], its last launch writing dx), the workspace
-// size, where the parameters' gradients lie in it, and the regions that atomics
-// accumulate into (zeroed by the forward; zeroed again for a second backward).
-// The state is owned by its plan on the Python side (kept for the process's life), so the
-// autograd graph may hold its address.
-//
-// residual (the block tail, out = max(plugin(x) + r, 0)): the last of the forward's rest is
-// the residual r, a second input with a gradient; the backward's slots are
-// [grad_out, x, workspace, dx, *params, *rest without r, out, dr], every launch run.
+// [grad_out, x, workspace, dx, *params, *rest], its last launch writing dx, so that it
+// is skipped where dx is not needed), the workspace size, where the parameters'
+// gradients lie in it, and the regions that atomics accumulate into (zeroed by the
+// forward; zeroed again for a second backward). The state is owned by its plan on the
+// Python side (kept for the process's life), so the autograd graph may hold its address.
 struct TrainState {
   Program forward;
   Program backward;
@@ -320,19 +309,7 @@ struct TrainState {
   std::vector<std::vector<int64_t>> grad_shapes;
   std::vector<std::vector<int64_t>> grad_strides;  // the parameters' (contiguous if not given)
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
-  bool residual = false;
 };
-
-// Parameter gradients delivered by the backward itself ("direct"): set_direct_grads, and
-// the environment variable CBAM_MMDET_DIRECT_GRADS=0 (read on every training call) turns
-// it off.
-std::atomic<bool> g_direct_grads{true};
-
-bool direct_grads_enabled() {
-  if (!g_direct_grads.load()) return false;
-  const char* value = std::getenv("CBAM_MMDET_DIRECT_GRADS");
-  return value == nullptr || std::string(value) != "0";
-}
 
 // A tensor over `base`'s storage with the given sizes, strides and offset (in elements,
 // from base's), made without the dispatcher: unlike as_strided it is not an autograd
@@ -365,7 +342,8 @@ void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
 // named in `.backward(inputs=...)`. torch.autograd.grad cannot capture a direct gradient:
 // asking for one raises. Without a node per parameter for the engine to schedule, a
 // training call (forward and backward) takes about 40 us less host time for CBAM (7
-// parameter tensors) and 20 us for SE (4) on an H200 host (docs/speed.md, v18).
+// parameter tensors) and 20 us for SE (4) on an H200 host. set_direct_grads(False) routes
+// every gradient through autograd.
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
@@ -387,6 +365,8 @@ NodePtr direct_grad_accumulator(const at::Tensor& p) {
   return acc;
 }
 
+// Autograd nodes are held by std::shared_ptr or c10::intrusive_ptr depending on the
+// PyTorch version: make one of whichever kind Edge uses.
 template <typename Ptr>
 struct NodeMaker;
 template <>
@@ -403,13 +383,7 @@ struct NodeMaker<c10::intrusive_ptr<torch::autograd::Node>> {
 struct AttentionBackward : public torch::autograd::Node {
   const TrainState* state = nullptr;
   uint64_t stream = 0;
-  std::shared_ptr<Program::Graph> graph;  // the binding's graph of the backward, or null
   SavedVariable x_;
-  // residual states: the output (whose sign is the ReLU's mask), saved as an alias
-  // without autograd history that shares its version counter (a SavedVariable of the
-  // output itself needs the node's own pointer to unpack), so that an in-place change of
-  // the output before the backward raises autograd's error
-  SavedVariable out_;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
   // per parameter, its grad accumulator where its gradient is direct (else null), kept
@@ -426,7 +400,6 @@ struct AttentionBackward : public torch::autograd::Node {
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     x_.reset_data();
-    out_.reset_data();
     for (auto& p : params_) p.reset_data();
     ws_.reset();
     rest_.clear();
@@ -438,7 +411,6 @@ struct AttentionBackward : public torch::autograd::Node {
     TORCH_CHECK(!released_, torch::autograd::ERR_BACKWARD_TWICE);
     if (!grads[0].defined()) return variable_list(num_outputs());  // a zero gradient
     at::Tensor x = x_.unpack();
-    const at::Tensor out_saved = state->residual ? out_.unpack() : at::Tensor();
     std::vector<at::Tensor> params;
     params.reserve(params_.size());
     for (auto& p : params_) params.push_back(p.unpack());
@@ -457,26 +429,17 @@ struct AttentionBackward : public torch::autograd::Node {
       copy.copy_(g);
       g = copy;
     }
-    const bool residual = state->residual;
     const bool needs_dx = should_compute_output(0);
-    // with the residual, the last launch writes dx and dr: always run
-    at::Tensor dx = needs_dx || residual
-        ? at::empty_strided(x.sizes(), x.strides(), x.options()) : at::Tensor();
-    at::Tensor dr = residual ? at::empty_strided(x.sizes(), x.strides(), x.options())
+    at::Tensor dx = needs_dx ? at::empty_strided(x.sizes(), x.strides(), x.options())
                              : at::Tensor();
-    std::vector<at::Tensor> slots{g, x, ws, dx.defined() ? dx : x};
+    std::vector<at::Tensor> slots{g, x, ws, needs_dx ? dx : x};
     slots.insert(slots.end(), params.begin(), params.end());
     slots.insert(slots.end(), rest_.begin(), rest_.end());
-    if (residual) {
-      slots.push_back(out_saved);
-      slots.push_back(dr);
-    }
     const size_t launches = state->backward.launches.size();
-    const size_t count = dx.defined() || launches == 0 ? launches : launches - 1;
-    state->backward.run(slots, stream, count, graph.get());
+    const size_t count = needs_dx || launches == 0 ? launches : launches - 1;
+    state->backward.run(slots, stream, count);
     variable_list out(num_outputs());
     if (needs_dx) out[0] = dx;
-    if (residual && should_compute_output(1)) out[1] = dr;
     const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
     const bool whole_graph = exec_info == nullptr || exec_info->empty();
     for (size_t i = 0; i < params.size(); ++i) {
@@ -490,8 +453,8 @@ struct AttentionBackward : public torch::autograd::Node {
         TORCH_CHECK(!it->second.captures_,
                     "torch.autograd.grad asked for the gradient of a CBAM/SE parameter, which "
                     "the plugin's backward accumulates into its .grad; call .backward() and "
-                    "read .grad, or set CBAM_MMDET_DIRECT_GRADS=0 (or "
-                    "cbam_mmdet.ops.triton_programs.set_direct_grads(False)) before the "
+                    "read .grad, or call "
+                    "cbam_mmdet.ops.triton_programs.set_direct_grads(False) before the "
                     "forward to route parameter gradients through autograd");
         if (!it->second.needed_) continue;
       }
@@ -510,22 +473,12 @@ struct AttentionBackward : public torch::autograd::Node {
 };
 
 // out = forward program(x), recorded in autograd as an AttentionBackward where grad mode
-// is on and x or a parameter requires grad.
-//
-// kept: where given (a binding's), the direct parameters' grad accumulators are kept
-// there past the graph's life, so that the next call finds them (a parameter's
-// AccumulateGrad is otherwise made anew for every graph, which costs the host about
-// half a microsecond per parameter tensor and call).
-//
-// graphs: where given (a binding's), the graphs of the forward and backward programs
-// that this call launches instead of the programs' own (Program::Graph).
+// is on and x or a parameter requires grad. The workspace, the parameters and rest are
+// kept for the backward (the workspace holds what the forward saved for it).
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
-                 int64_t stream, std::vector<at::Tensor> rest,
-                 std::vector<NodePtr>* kept = nullptr,
-                 const std::array<std::shared_ptr<Program::Graph>, 2>* graphs = nullptr) {
+                 int64_t stream, std::vector<at::Tensor> rest) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
               "train: expected ", state.grad_offsets.size(), " parameters, got ", params.size());
-  TORCH_CHECK(!state.residual || !rest.empty(), "train: the residual must end rest");
   c10::DeviceGuard guard(x.device());
   at::Tensor ws = at::empty({state.ws_size}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty_like(x);
@@ -537,25 +490,15 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
     slots.push_back(out);
     slots.insert(slots.end(), params.begin(), params.end());
     slots.insert(slots.end(), rest.begin(), rest.end());
-    state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size(),
-                      graphs != nullptr ? (*graphs)[0].get() : nullptr);
+    state.forward.run(slots, static_cast<uint64_t>(stream), state.forward.launches.size());
   }
-  at::Tensor residual;
-  if (state.residual) {  // an input of its own: not kept for the backward
-    residual = std::move(rest.back());
-    rest.pop_back();
-  }
-  if (!torch::autograd::compute_requires_grad(x, at::TensorList(params)) &&
-      !(residual.defined() && torch::autograd::compute_requires_grad(residual))) {
-    return out;
-  }
+  ++g_replayed_calls;
+  if (!torch::autograd::compute_requires_grad(x, at::TensorList(params))) return out;
   auto node = NodeMaker<NodePtr>::template make<AttentionBackward>();
   node->state = &state;
-  if (graphs != nullptr) node->graph = (*graphs)[1];
   node->stream = static_cast<uint64_t>(stream);
-  const bool direct = direct_grads_enabled();
+  const bool direct = g_direct_grads.load();
   torch::autograd::edge_list edges{torch::autograd::impl::gradient_edge(x)};
-  if (residual.defined()) edges.push_back(torch::autograd::impl::gradient_edge(residual));
   for (const auto& p : params) {
     node->accumulators_.push_back(direct ? direct_grad_accumulator(p) : NodePtr());
     if (node->accumulators_.back() == nullptr && p.requires_grad()) {
@@ -566,233 +509,33 @@ at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::T
     }
   }
   node->set_next_edges(std::move(edges));
-  if (kept != nullptr && *kept != node->accumulators_) *kept = node->accumulators_;
   node->x_ = SavedVariable(x, false);
   node->params_.reserve(params.size());
   for (const auto& p : params) node->params_.emplace_back(p, false);
   node->ws_ = std::move(ws);
   node->rest_ = std::move(rest);
   torch::autograd::set_history(out, NodePtr(node));
-  if (residual.defined()) {
-    at::Tensor saved = alias(out, out.sizes(), out.strides(), 0);
-    saved.unsafeGetTensorImpl()->set_version_counter(
-        out.unsafeGetTensorImpl()->version_counter());
-    node->out_ = SavedVariable(saved, false);
-  }
   return out;
 }
-
-// A module's bound calls: per entry, the input signature, mode and everything else a
-// recorded program was chosen for, checked in C++ on every call, so that a plugin's
-// forward runs no Python between its first line and the launches. An entry applies when
-//
-//   - x has the recorded device, dtype, sizes, strides and 16-byte alignment (or not);
-//   - autograd records (grad mode on and x or a parameter requiring grad) as recorded;
-//   - the current stream is the recorded one;
-//   - the parameters are 16-byte aligned float32 with the recorded strides (the layout
-//     the kernels were chosen for and read);
-//   - every check holds: an entry of a Python dict (a module's _parameters, _buffers,
-//     _modules or __dict__) is the recorded object (or, for checks with `equal`, equals
-//     it), so a replaced parameter, submodule or BatchNorm setting is noticed;
-//   - the environment variables named at binding time have their values of then.
-//
-// Otherwise the call returns None and the caller takes its Python path (which chooses
-// again and may bind again). Parameters and buffers moved or converted in place (.to(),
-// load_state_dict) need no check: the entry holds the same tensors and reads their
-// current addresses.
-struct Check {
-  py::object dict;
-  py::object key;
-  py::object expected;
-  bool equal;  // compare with ==, else by identity
-};
-
-struct Entry {
-  py::object owner;  // the Program or TrainState, kept alive
-  const Program* program = nullptr;
-  const TrainState* state = nullptr;
-  bool train = false;
-  bool inplace = false;
-  bool residual = false;  // a call of the block tail: call(x, residual)
-  int64_t ws_size = 0;  // inference (a TrainState has its own)
-  at::Device device{at::kCPU};
-  at::ScalarType dtype = at::kFloat;
-  std::vector<int64_t> sizes;
-  std::vector<int64_t> strides;
-  bool aligned = false;
-  c10::Stream stream_id{c10::Stream::DEFAULT, at::Device(at::kCPU)};
-  uint64_t stream = 0;
-  std::vector<at::Tensor> params;
-  std::vector<std::vector<int64_t>> param_strides;
-  std::vector<at::Tensor> rest;
-  std::vector<bool> rest_is_x;  // slots that take the call's x (absent BatchNorm buffers)
-  std::vector<Check> checks;
-  std::vector<std::pair<std::string, std::optional<std::string>>> env;
-  std::vector<NodePtr> accumulators;  // training: see train's `kept`
-  // this call's own graphs of its programs (Program::Graph): inference's, or training's
-  // forward and backward
-  std::array<std::shared_ptr<Program::Graph>, 2> graphs{std::make_shared<Program::Graph>(),
-                                                        std::make_shared<Program::Graph>()};
-};
-
-std::optional<std::string> getenv_value(const std::string& name) {
-  const char* value = std::getenv(name.c_str());
-  if (value == nullptr) return std::nullopt;
-  return std::string(value);
-}
-
-bool aligned16(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
-
-c10::Stream current_stream(const at::Device& device) {
-  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
-}
-
-struct Bindings {
-  explicit Bindings(int64_t capacity) : capacity(capacity) {
-    TORCH_CHECK(capacity >= 1, "Bindings: capacity must be >= 1, got ", capacity);
-  }
-
-  int64_t capacity;
-  std::vector<Entry> entries;
-  size_t next = 0;  // the entry replaced when full
-  int64_t infer_hits = 0;
-  int64_t train_hits = 0;
-
-  void add(py::object owner, bool train, const at::Tensor& x, bool inplace, int64_t ws_size,
-           uint64_t stream, std::vector<at::Tensor> params, std::vector<at::Tensor> rest,
-           py::list checks, std::vector<std::string> env, bool residual) {
-    Entry e;
-    e.owner = owner;
-    e.residual = residual;
-    if (train) {
-      e.state = owner.cast<const TrainState*>();
-      TORCH_CHECK(params.size() == e.state->grad_offsets.size(), "Bindings.add: expected ",
-                  e.state->grad_offsets.size(), " parameters, got ", params.size());
-    } else {
-      e.program = owner.cast<const Program*>();
-    }
-    e.train = train;
-    e.inplace = inplace;
-    e.ws_size = ws_size;
-    e.device = x.device();
-    e.dtype = x.scalar_type();
-    e.sizes = x.sizes().vec();
-    e.strides = x.strides().vec();
-    e.aligned = aligned16(x);
-    e.stream_id = current_stream(x.device());
-    e.stream = stream;
-    for (const auto& p : params) e.param_strides.push_back(p.strides().vec());
-    e.params = std::move(params);
-    for (auto& t : rest) {
-      const bool is_x = t.unsafeGetTensorImpl() == x.unsafeGetTensorImpl();
-      e.rest_is_x.push_back(is_x);
-      if (is_x) t = at::Tensor();  // not kept: each call puts its own x there
-    }
-    e.rest = std::move(rest);
-    for (const auto& item : checks) {
-      auto t = item.cast<py::tuple>();
-      TORCH_CHECK(t.size() == 4, "Bindings.add: a check is (dict, key, value, equal)");
-      TORCH_CHECK(PyDict_Check(t[0].ptr()), "Bindings.add: a check's container must be a dict");
-      e.checks.push_back(Check{t[0], t[1], t[2], t[3].cast<bool>()});
-    }
-    for (const auto& name : env) e.env.emplace_back(name, getenv_value(name));
-    if (static_cast<int64_t>(entries.size()) < capacity) {
-      entries.push_back(std::move(e));
-    } else {
-      entries[next] = std::move(e);
-      next = (next + 1) % entries.size();
-    }
-  }
-
-  static bool holds(const Entry& e) {
-    for (const auto& c : e.checks) {
-      PyObject* value = PyDict_GetItemWithError(c.dict.ptr(), c.key.ptr());
-      if (value == nullptr) {
-        PyErr_Clear();
-        return false;
-      }
-      if (value == c.expected.ptr()) continue;
-      if (!c.equal) return false;
-      const int same = PyObject_RichCompareBool(value, c.expected.ptr(), Py_EQ);
-      if (same != 1) {
-        PyErr_Clear();
-        return false;
-      }
-    }
-    for (const auto& [name, value] : e.env) {
-      if (getenv_value(name) != value) return false;
-    }
-    for (size_t i = 0; i < e.params.size(); ++i) {
-      const at::Tensor& p = e.params[i];
-      if (p.scalar_type() != at::kFloat || p.strides() != e.param_strides[i] || !aligned16(p)) {
-        return false;
-      }
-    }
-    return current_stream(e.device) == e.stream_id;
-  }
-
-  static bool matches(const Entry& e, const at::Tensor& t) {
-    return t.device() == e.device && t.scalar_type() == e.dtype && t.sizes() == e.sizes &&
-           t.strides() == e.strides && aligned16(t) == e.aligned;
-  }
-
-  // The output of the bound call for x (and for a call of the block's tail, its
-  // residual, laid out as x), or None where no entry applies.
-  py::object call(py::handle obj, py::handle res) {
-    if (!THPVariable_Check(obj.ptr())) return py::none();
-    const bool has_residual = !res.is_none();
-    if (has_residual && !THPVariable_Check(res.ptr())) return py::none();
-    const at::Tensor& x = THPVariable_Unpack(obj.ptr());
-    const at::Tensor residual = has_residual ? THPVariable_Unpack(res.ptr()) : at::Tensor();
-    const bool grad_mode = at::GradMode::is_enabled();
-    for (auto& e : entries) {
-      if (e.residual != has_residual || !matches(e, x) ||
-          (has_residual && !matches(e, residual))) {
-        continue;
-      }
-      bool records = grad_mode && (x.requires_grad() ||
-                                   (has_residual && residual.requires_grad()));
-      for (size_t i = 0; grad_mode && !records && i < e.params.size(); ++i) {
-        records = e.params[i].requires_grad();
-      }
-      if (records != e.train || !holds(e)) continue;
-      std::vector<at::Tensor> rest = e.rest;
-      for (size_t i = 0; i < rest.size(); ++i) {
-        if (e.rest_is_x[i]) rest[i] = x;
-      }
-      if (has_residual) rest.push_back(residual);
-      if (e.train) {
-        ++train_hits;
-        return py::cast(train(*e.state, x, e.params, static_cast<int64_t>(e.stream),
-                              std::move(rest), &e.accumulators, &e.graphs));
-      }
-      ++infer_hits;
-      std::vector<at::Tensor> tail(e.params);
-      tail.insert(tail.end(), rest.begin(), rest.end());
-      return py::cast(infer(*e.program, x, e.inplace, e.ws_size, e.stream, tail,
-                            e.graphs[0].get()));
-    }
-    return py::none();
-  }
-};
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_graphs", [](bool on) { g_graphs.store(on); }, py::arg("enabled"),
         "Run programs of several launches as one CUDA graph launch (default) or kernel by kernel");
+  m.def("graphs", []() { return g_graphs.load(); },
+        "Whether programs of several launches run as CUDA graph launches");
+  m.def("set_direct_grads", [](bool on) { g_direct_grads.store(on); }, py::arg("enabled"),
+        "Accumulate parameter gradients into .grad in the backward (default) or through autograd edges");
+  m.def("direct_grads", []() { return g_direct_grads.load(); },
+        "Whether training calls accumulate parameter gradients into .grad in their backward");
+  m.def("replayed_calls", []() { return g_replayed_calls.load(); },
+        "Calls replayed so far in this process (each infer and each train forward counts 1)");
+  m.def("graph_launches", []() { return g_graph_launches.load(); },
+        "Programs run as one CUDA graph launch so far, in this process");
   m.def("graph_nodes_kept", []() { return g_nodes_kept.load(); },
         "Kernel nodes of graph launches whose arguments had not changed since the graph's "
         "last launch (not set again), in this process");
-  m.def("graph_launches", []() { return g_graph_launches.load(); },
-        "Programs run as one CUDA graph launch so far, in this process");
-  m.def("set_direct_grads", [](bool on) { g_direct_grads.store(on); }, py::arg("enabled"),
-        "Accumulate parameter gradients into .grad in the backward (default) or through autograd edges");
-  m.def("direct_grads", &direct_grads_enabled,
-        "Whether training calls accumulate parameter gradients into .grad in their backward");
-  m.def("graphs", &graphs_enabled, "Whether programs of several launches run as CUDA graph launches");
   py::class_<Program>(m, "Program")
       .def(py::init<>())
       .def("add", &Program::add, py::arg("function"), py::arg("grid"), py::arg("block"),
@@ -806,7 +549,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        std::vector<int64_t> grad_offsets,
                        std::vector<std::vector<int64_t>> grad_shapes,
                        std::vector<std::pair<int64_t, int64_t>> atomic_regions,
-                       std::vector<std::vector<int64_t>> grad_strides, bool residual) {
+                       std::vector<std::vector<int64_t>> grad_strides) {
              TORCH_CHECK(grad_offsets.size() == grad_shapes.size(),
                          "one gradient offset per gradient shape");
              TORCH_CHECK(grad_strides.empty() || grad_strides.size() == grad_shapes.size(),
@@ -830,39 +573,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              s->grad_shapes = std::move(grad_shapes);
              s->grad_strides = std::move(grad_strides);
              s->atomic_regions = std::move(atomic_regions);
-             s->residual = residual;
              return s;
            }),
            py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
            py::arg("grad_shapes"), py::arg("atomic_regions"),
-           py::arg("grad_strides") = std::vector<std::vector<int64_t>>(),
-           py::arg("residual") = false);
-  py::class_<Bindings>(m, "Bindings")
-      .def(py::init<int64_t>(), py::arg("capacity"))
-      .def("add", &Bindings::add, py::arg("owner"), py::arg("train"), py::arg("x"),
-           py::arg("inplace"), py::arg("ws_size"), py::arg("stream"), py::arg("params"),
-           py::arg("rest"), py::arg("checks"), py::arg("env"), py::arg("residual") = false,
-           "Bind a call: its Program (inference) or TrainState (training), the input it "
-           "was made for, and what must still hold for a later call to take it")
-      .def("__call__", &Bindings::call, py::arg("x"), py::arg("residual") = py::none(),
-           "The bound call's output for x (and a residual, for a call of the block "
-           "tail), or None where no entry applies")
-      .def("__len__", [](const Bindings& b) { return b.entries.size(); })
-      .def_readonly("infer_hits", &Bindings::infer_hits, "Inference calls replayed")
-      .def_readonly("train_hits", &Bindings::train_hits, "Training calls replayed");
-  m.def("infer",
-        [](const Program& program, const at::Tensor& x, bool inplace, int64_t ws_size,
-           uint64_t stream, const std::vector<at::Tensor>& rest) {
-          return infer(program, x, inplace, ws_size, stream, rest);
-        },
-        "Replay an inference program: returns the output",
-        py::arg("program"), py::arg("x"), py::arg("inplace"), py::arg("ws_size"),
-        py::arg("stream"), py::arg("rest"));
-  m.def("train",
-        [](const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
-           int64_t stream, std::vector<at::Tensor> rest) {
-          return train(state, x, std::move(params), stream, std::move(rest));
-        },
+           py::arg("grad_strides") = std::vector<std::vector<int64_t>>());
+  m.def("infer", &infer, "Replay an inference program: returns a new output laid out as x",
+        py::arg("program"), py::arg("x"), py::arg("ws_size"), py::arg("stream"),
+        py::arg("rest"));
+  m.def("train", &train,
         "A training call: the forward program, recorded in autograd with the backward program",
         py::arg("state"), py::arg("x"), py::arg("params"), py::arg("stream"), py::arg("rest"));
 }
