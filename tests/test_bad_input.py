@@ -3,6 +3,7 @@ with a warning: annotation files, image files, boxes, images without boxes, num_
 checkpoints of another architecture; and the tools print it without a traceback."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from cbam_mmdet.apis import (AnnotationFileError, DatasetFileError, DatasetWarni
                              build_train_config, check_num_classes, run_test, run_train,
                              validate_datasets, validate_train_config)
 from cbam_mmdet.checkpoint import CheckpointMismatchError
+from cbam_mmdet.engine.plugin_check import UnknownPluginError
 
 
 @pytest.fixture
@@ -183,3 +185,34 @@ def test_tool_prints_one_error_without_traceback(tiny):
     assert proc.returncode == 2
     assert 'error: model.roi_head.bbox_head.num_classes is 5' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def typo_config(tmp_path, config):
+    path = tmp_path / 'typo.py'
+    path.write_text(f"_base_ = {config!r}\nmodel = dict(backbone=dict(plugins=["
+                    f"dict(cfg=dict(type='CBMA'), position='after_conv3')]))\n")
+    return str(path)
+
+
+def assert_names_the_typo(message):
+    assert "unknown plugin type 'CBMA'" in message
+    assert re.search(r'registered by cbam_mmdet: .*\bCBAM\b.*\bSE\b', message), message
+    assert "Did you mean 'CBAM'?" in message
+
+
+def test_plugin_type_typo_is_named_with_the_attention_plugins(tiny):
+    tmp_path, config, _ = tiny
+    config = typo_config(tmp_path, config)
+    with pytest.raises(UnknownPluginError) as info:  # the tools' pre-flight check
+        validate_train_config(train_cfg(config, tmp_path))
+    assert 'model.backbone.plugins[0].cfg.type' in str(info.value)
+    assert_names_the_typo(str(info.value))
+    from mmdet.registry import MODELS  # a script of its own that builds the model
+    with pytest.raises(KeyError) as info:
+        MODELS.build(Config.fromfile(config).model)
+    assert_names_the_typo(str(info.value))
+    proc = subprocess.run([sys.executable, TRAIN, config, '--work-dir', str(tmp_path / 'w')],
+                          env=tool_env(), capture_output=True, text=True, timeout=180,
+                          cwd=ROOT)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert_names_the_typo(proc.stderr)

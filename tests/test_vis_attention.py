@@ -7,6 +7,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cbam_mmdet import CBAM, SE
 from cbam_mmdet.visualization.attention_maps import (AttentionRecorder, channel_statistics,
@@ -94,7 +95,7 @@ def test_recorder_refuses_training_mode_and_removes_its_hooks():
     assert rec.maps
     rec.maps.clear()
     model(torch.randn(1, 16, 4, 4))
-    assert not rec.maps and not model.cbam._forward_hooks
+    assert not rec.maps and not model.cbam._forward_pre_hooks
 
 
 def test_stage_grouping_and_reduction():
@@ -222,3 +223,48 @@ def test_bad_scale_is_refused(scene, tmp_path):
     from cbam_mmdet.visualization.inference import load_detector
     with pytest.raises(ValueError, match='scale must be one of'):
         visualize_attention(load_detector(CBAM_CONFIG), scene, str(tmp_path), scale='log')
+
+
+def test_maps_of_a_shipped_config_follow_the_papers_equations():
+    """configs/faster_rcnn_r50_cbam_coco.py as shipped: the maps the figures draw for
+    layer3's last block equal M_c and M_s computed by hand on that plugin's real input."""
+    from mmengine.config import Config
+
+    from cbam_mmdet.visualization.attention_figures import record_attention
+    from cbam_mmdet.visualization.attention_maps import stage_spatial_maps
+    from cbam_mmdet.visualization.inference import load_detector
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/faster_rcnn_r50_cbam_coco.py'))
+    cfg.model.backbone.init_cfg = None
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step.type == 'Resize':
+            step.scale = (96, 64)
+    model = randomize_spatial_bn(load_detector(cfg))
+    cbam = model.backbone.layer3[-1].cbam
+    seen = []
+    handle = cbam.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        image = torch.randint(0, 256, (64, 96, 3), dtype=torch.uint8).numpy()
+        _, maps, _, _ = record_attention(model, image)
+    finally:
+        handle.remove()
+    x = seen[-1]
+    ca, sa = cbam.channel_attention, cbam.spatial_attention
+
+    def mlp(v):
+        return F.linear(torch.relu(F.linear(v, ca.fc1.weight, ca.fc1.bias)),
+                        ca.fc2.weight, ca.fc2.bias)
+
+    with torch.no_grad():
+        m_c = torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
+        f1 = m_c * x
+        z = F.conv2d(torch.cat([f1.amax(1, keepdim=True), f1.mean(1, keepdim=True)], 1),
+                     sa.conv.weight, padding=sa.conv.weight.shape[-1] // 2)
+        bn = sa.bn
+        m_s = torch.sigmoid((z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+                            * bn.weight + bn.bias)
+    recorded = maps['backbone.layer3.5.cbam']
+    assert m_s.std() > 0
+    torch.testing.assert_close(recorded.channel, m_c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recorded.spatial, m_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stage_spatial_maps(maps)['backbone.layer3'], m_s[0, 0],
+                               rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@
     python tools/reproduce.py --preset coco-r50              # prints distributed commands
     python tools/reproduce.py --preset coco-r50 --collect    # table from finished runs
 
-Presets, options and outputs: cbam_mmdet/reproduce.py. Exits with 1 when a variant failed
+Presets, options and outputs: cbam_mmdet/reproduce/. Exits with 1 when a variant failed
 (its row in the table says why).
 """
 import os.path as osp

@@ -5,6 +5,7 @@ import sys
 
 from ..checkpoint import (CheckpointMismatchError, CorruptCheckpointError,
                           UnsafeCheckpointError)
+from ..engine.plugin_check import UnknownPluginError
 
 
 class InputError(Exception):
@@ -37,7 +38,7 @@ class DatasetWarning(UserWarning):
 
 
 KNOWN_ERRORS = (InputError, UnsafeCheckpointError, CorruptCheckpointError,
-                CheckpointMismatchError)
+                CheckpointMismatchError, UnknownPluginError)
 
 
 def exit_on_known_errors(main, argv=None, prog=None):

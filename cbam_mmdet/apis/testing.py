@@ -7,6 +7,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..engine.plugin_check import check_model_plugins
 from .cpu_distributed import prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .errors import MissingCheckpointError
@@ -58,6 +59,7 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
 
 def run_test(cfg):
     """Evaluate with mmengine's Runner; returns the metrics dict."""
+    check_model_plugins(cfg)
     check_dataset_paths(cfg, splits=('test',))
     validate_datasets(cfg, splits=('test',))
     check_num_classes(cfg, splits=('test',))

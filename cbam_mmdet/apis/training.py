@@ -10,6 +10,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint import latest_checkpoint
+from ..engine.plugin_check import check_model_plugins
 from .cpu_distributed import finish_distributed, prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .input_validation import check_num_classes, image_read_error, validate_datasets
@@ -107,8 +108,9 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
 
 
 def validate_train_config(cfg):
-    """The pre-flight checks: dataset files and annotations, num_classes
-    (:mod:`cbam_mmdet.apis.input_validation`). Raise the project's errors."""
+    """The pre-flight checks: plugin types (:mod:`cbam_mmdet.engine.plugin_check`),
+    dataset files and annotations, num_classes (:mod:`.input_validation`)."""
+    check_model_plugins(cfg)
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train',)
     check_dataset_paths(cfg, splits=splits)
     validate_datasets(cfg, splits=splits)

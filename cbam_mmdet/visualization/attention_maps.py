@@ -1,19 +1,19 @@
 """Capture the attention maps of every CBAM and SE module of a model during a forward.
 
-:class:`AttentionRecorder` puts a forward hook on each :class:`~cbam_mmdet.CBAM` and
-:class:`~cbam_mmdet.SE` module. The hook takes the module's input ``F`` and recomputes
-the maps with the module's own submodules, so it does not depend on how the module's
-``forward`` is implemented (a fast path may fuse the steps and never call them):
+:class:`AttentionRecorder` puts a forward pre-hook on each :class:`~cbam_mmdet.CBAM` and
+:class:`~cbam_mmdet.SE` module. The hook takes the module's input ``F`` before the module
+runs and computes the maps with the module's own weights, so they do not depend on how
+``forward`` is implemented (a fast path fuses the steps and never returns the maps):
 
 - CBAM: ``M_c`` = ``cbam.channel_attention(.)`` ``(N, C, 1, 1)`` and
   ``M_s`` = ``cbam.spatial_attention(.)`` ``(N, 1, H, W)``, each on the input it gets in
   the module's arrangement (channel first: ``M_s`` on ``M_c * F``; spatial first: ``M_c``
   on ``M_s * F``; parallel: both on ``F``);
-- SE: ``s = sigmoid(MLP(AvgPool(F)))`` ``(N, C, 1, 1)``, its channel attention.
+- SE: ``s = sigmoid(fc2(ReLU(fc1(AvgPool(F)))))`` ``(N, C, 1, 1)``.
 
-Both maps are sigmoids, so they lie in [0, 1]. The recomputation runs without autograd.
-The model must be in eval mode (a BatchNorm in training mode would update its running
-statistics a second time): :class:`AttentionRecorder` refuses a module in training mode.
+Both maps are sigmoids, in [0, 1]; they are computed without autograd. The model must be
+in eval mode (a BatchNorm in training mode would update its running statistics a second
+time): :class:`AttentionRecorder` refuses a module in training mode.
 """
 import re
 from collections import OrderedDict
@@ -22,9 +22,7 @@ from typing import Optional
 
 import torch
 
-from ..models.cbam import CBAM
-from ..models.channel_attention import ChannelAttention
-from ..models.se import SE
+from ..models import CBAM, SE
 
 STAGE_REDUCTIONS = ('last', 'mean')
 
@@ -45,24 +43,25 @@ class AttentionMaps:
 @torch.no_grad()
 def cbam_maps(cbam: CBAM, x: torch.Tensor):
     """``(M_c, M_s)`` of a CBAM module for its input ``x`` (None for a disabled gate)."""
+    channel_gate, spatial_gate = cbam.channel_attention, cbam.spatial_attention
     channel = spatial = None
-    parallel = cbam.arrangement == 'parallel'
-    y = x
-    for gate in cbam.gates():
-        m = gate(x if parallel else y)
-        if isinstance(gate, ChannelAttention):
-            channel = m
-        else:
-            spatial = m
-        if not parallel:
-            y = y * m.to(y.dtype)
+    if cbam.arrangement == 'spatial_first':
+        spatial = spatial_gate(x) if spatial_gate is not None else None
+        y = x if spatial is None else x * spatial.to(x.dtype)
+        channel = channel_gate(y) if channel_gate is not None else None
+    else:
+        channel = channel_gate(x) if channel_gate is not None else None
+        parallel = cbam.arrangement == 'parallel' or channel is None
+        y = x if parallel else x * channel.to(x.dtype)
+        spatial = spatial_gate(y) if spatial_gate is not None else None
     return channel, spatial
 
 
 @torch.no_grad()
 def se_map(se: SE, x: torch.Tensor):
     """SE's channel attention ``s`` ``(N, C, 1, 1)`` for its input ``x``."""
-    return se.gate(x)
+    squeezed = x.float().mean(dim=(2, 3)).to(se.fc1.weight.dtype)
+    return torch.sigmoid(se.fc2(torch.relu(se.fc1(squeezed))))[:, :, None, None]
 
 
 def attention_modules(model):
@@ -87,7 +86,7 @@ class AttentionRecorder:
         self._handles = []
 
     def _hook(self, name):
-        def hook(module, args, output):
+        def hook(module, args):
             x = args[0]
             if isinstance(module, CBAM):
                 channel, spatial = cbam_maps(module, x)
@@ -106,7 +105,8 @@ class AttentionRecorder:
             raise RuntimeError(f'AttentionRecorder: modules in training mode ({training[0]}'
                                f', ...): call model.eval() first')
         self.maps.clear()
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules]
+        self._handles = [m.register_forward_pre_hook(self._hook(n))
+                         for n, m in self.modules]
         return self
 
     def __exit__(self, *exc):
