@@ -1,5 +1,5 @@
 """Which compiled extensions of the fast paths a process runs (cbam_mmdet/ops/extensions.py)."""
-from cbam_mmdet.ops import cbam_cpu, extensions, triton_programs
+from cbam_mmdet.ops import cpu_kernels, extensions, triton_programs
 
 
 def test_extensions_are_built_with_the_package():
@@ -12,7 +12,7 @@ def test_extensions_are_built_with_the_package():
 
 
 def test_extensions_describe_names_a_missing_cpu_build(monkeypatch):
-    monkeypatch.setattr(cbam_cpu, 'kernels', lambda: None)
+    monkeypatch.setattr(cpu_kernels, 'kernels', lambda: None)
     assert not extensions.status()['cpu_kernels']
     line = extensions.describe('cpu')
     assert 'PyTorch only' in line and '_cpu_kernels' in line and 'not built' in line
@@ -21,14 +21,16 @@ def test_extensions_describe_names_a_missing_cpu_build(monkeypatch):
 
 def test_extensions_describe_names_a_missing_or_disabled_cuda_replay(monkeypatch):
     monkeypatch.setattr(extensions, 'triton_available', lambda: True)
-    monkeypatch.delenv(triton_programs.ENV_VAR, raising=False)
     line = extensions.describe('cuda')
     assert 'replayed from C++' in line and 'Python' not in line
-    monkeypatch.setenv(triton_programs.ENV_VAR, '0')
-    line = extensions.describe('cuda:0')
+    previous = triton_programs.set_enabled(False)
+    try:
+        line = extensions.describe('cuda:0')
+        assert not extensions.status()['triton_programs']
+    finally:
+        triton_programs.set_enabled(previous)
     assert 'launched from Python' in line and 'CBAM_MMDET_TRITON_PROGRAMS=0' in line
-    assert not extensions.status()['triton_programs']
-    monkeypatch.delenv(triton_programs.ENV_VAR)
+    assert triton_programs.enabled()
     monkeypatch.setattr(triton_programs, '_ext', None)
     line = extensions.describe('cuda')
     assert 'launched from Python' in line and 'not built' in line
@@ -43,7 +45,7 @@ def test_plugins_warn_once_where_the_cpu_kernels_are_not_built(monkeypatch):
     import torch
 
     from cbam_mmdet import CBAM, SE
-    monkeypatch.setattr(cbam_cpu, 'kernels', lambda: None)
+    monkeypatch.setattr(cpu_kernels, 'kernels', lambda: None)
     monkeypatch.setattr(extensions, '_warned', set())
     se, cbam = SE(32, ratio=8).eval(), CBAM(32, ratio=8).eval()
     x = torch.randn(1, 32, 6, 5)

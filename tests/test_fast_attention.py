@@ -1,16 +1,12 @@
-"""The fast CBAM/SE paths against the reference forward, their dispatch, and the benchmark."""
+"""The fast CBAM/SE paths (cbam_mmdet.ops) against the modules' reference forward, and
+which path a module call takes."""
 import copy
-import math
-import os.path as osp
-import sys
-import types
 
 import pytest
 import torch
 
-from cbam_mmdet import CBAM, SE
-from cbam_mmdet.ops import (ENV_VAR, GRAPH_BY_DEFAULT, cbam_cpu, cuda_graph, select_backend,
-                             triton_available)
+from cbam_mmdet import CBAM, SE, ops
+from cbam_mmdet.ops import attention, cbam_torch, triton_available
 from test_attention_modules import randomize_
 
 CUDA = torch.cuda.is_available()
@@ -19,7 +15,7 @@ needs_triton = pytest.mark.skipif(not (CUDA and triton_available()),
 SHAPES = [(2, 32, 9, 11), (1, 64, 16, 16), (3, 48, 1, 7), (2, 128, 5, 3)]
 
 
-def pair(cls, channels, device='cpu', implementation='fast', **kwargs):
+def pair(cls, channels, device='cpu', implementation='auto', **kwargs):
     """A reference module and a fast one with the same weights and buffers."""
     ref = randomize_(cls(channels, implementation='reference', **kwargs)).to(device)
     fast = cls(channels, implementation=implementation, **kwargs).to(device)
@@ -105,45 +101,50 @@ def test_cbam_fast_inference_does_not_modify_its_input_and_keeps_dtype():
     torch.testing.assert_close(out_bf16.float(), ref_bf16.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_cpu_fast_path_is_the_default_on_cpu(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    x = torch.randn(1, 32, 4, 4)
-    assert select_backend('auto', x, has_fast_path=True) == 'torch'
-    assert CBAM(32).implementation == 'auto' and SE(32).implementation == 'auto'
+def counting(monkeypatch, module, name):
     calls = []
-    real = cbam_cpu.cbam_forward
-    monkeypatch.setattr(cbam_cpu, 'cbam_forward', lambda *a: calls.append(1) or real(*a))
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_modules_call_the_kernel_layer_only_where_it_applies(monkeypatch):
+    x = torch.randn(1, 32, 4, 4, requires_grad=True)
+    assert CBAM(32).implementation == 'auto' and SE(32).implementation == 'auto'
+    cbam_calls = counting(monkeypatch, ops, 'cbam')
+    se_calls = counting(monkeypatch, ops, 'se')
     CBAM(32)(x)
-    assert calls == [1]
+    SE(32)(x)
+    assert cbam_calls == [1] and se_calls == [1]
     CBAM(32, implementation='reference')(x)
+    SE(32, implementation='reference')(x)
     CBAM(32, arrangement='parallel')(x)  # no fast path for this option: reference
-    assert calls == [1]
+    CBAM(32, channel_pool='avg')(x)
+    assert cbam_calls == [1] and se_calls == [1]
 
 
-def test_environment_variable_forces_the_reference(monkeypatch):
+def test_reference_setting_makes_every_module_run_its_reference(monkeypatch):
     x = torch.randn(1, 32, 4, 4)
-    monkeypatch.setenv(ENV_VAR, 'reference')
-    assert select_backend('auto', x, has_fast_path=True) == 'reference'
-    assert select_backend('fast', x, has_fast_path=True) == 'torch'  # explicit argument wins
-    monkeypatch.setenv(ENV_VAR, 'fast')
-    with pytest.raises(ValueError, match='no fast path'):
-        select_backend('auto', x, has_fast_path=False)
-    monkeypatch.setenv(ENV_VAR, 'bogus')
-    with pytest.raises(ValueError, match=ENV_VAR):
-        select_backend('auto', x, has_fast_path=True)
-    if not (CUDA and triton_available()):
-        monkeypatch.setenv(ENV_VAR, 'triton')
-        with pytest.raises(ValueError, match='Triton'):
-            select_backend('auto', x, has_fast_path=True)
+    cbam_calls = counting(monkeypatch, ops, 'cbam')
+    previous = ops.set_reference(True)
+    try:
+        assert ops.use_reference()
+        CBAM(32)(x)
+        SE(32)(x)
+    finally:
+        ops.set_reference(previous)
+    assert cbam_calls == [] and not ops.use_reference()
+    with pytest.raises(ValueError, match='enabled must be True or False'):
+        ops.set_reference('yes')
 
 
 def test_invalid_implementation_is_refused():
-    with pytest.raises(ValueError, match='implementation must be one of'):
-        CBAM(32, implementation='triton')
-    with pytest.raises(ValueError, match='implementation must be one of'):
-        SE(32, implementation=None)
-    with pytest.raises(ValueError, match="implementation='fast' needs"):
-        CBAM(32, arrangement='spatial_first', implementation='fast')
+    for bad in ('triton', None, 'fast', 'graph', 'eager'):
+        with pytest.raises(ValueError, match=r"implementation must be one of \['auto', "
+                                             r"'reference'\]"):
+            CBAM(32, implementation=bad)
+        with pytest.raises(ValueError, match='implementation must be one of'):
+            SE(32, implementation=bad)
 
 
 def test_state_dict_and_parameters_do_not_depend_on_the_implementation():
@@ -210,19 +211,17 @@ def test_triton_fast_path_matches_reference_fp32(cls, shape, channels_last, trai
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     ref64 = copy.deepcopy(ref).double()
     x, grad = make_input(shape, channels_last, device='cuda')
-    assert select_backend(fast.implementation, x, True) == 'triton'
-    with torch.no_grad():
-        monkeypatch.setenv(ENV_VAR, 'eager')
-        assert select_backend('auto', x, True) == 'triton'  # inference: Triton
-        monkeypatch.setenv(ENV_VAR, 'triton')
+    calls = counting(monkeypatch, cbam_torch, 'cbam' if cls is CBAM else 'se')
     got = run(fast, x, grad, training)
     assert got[0].stride() == x.stride()
     assert_as_accurate_as_reference(got, run(ref, x, grad, training),
                                     run(ref64, x.double(), grad.double(), training))
-    with torch.no_grad():  # the launch-lean inference path (no autograd)
-        out = fast.train(training)(x)
-        torch.testing.assert_close(out, ref.train(training)(x), rtol=1e-3, atol=1e-4)
+    with torch.no_grad():  # the inference path (no autograd)
+        for _ in range(2):  # recorded, then replayed from C++
+            out = fast.train(training)(x)
+            torch.testing.assert_close(out, ref.train(training)(x), rtol=1e-3, atol=1e-4)
     assert out.stride() == x.stride()
+    assert calls == []  # every call ran the Triton kernels
 
 
 @needs_triton
@@ -235,7 +234,6 @@ def test_triton_fast_path_matches_reference_fp16_autocast(cls, shape, channels_l
     reference in float32 on the same (fp16-valued) inputs, since the fp16 reference
     rounds M_c F to fp16 before its channel max, which moves the argmax (and so the max's
     gradient) at a few positions where two channels are within fp16 rounding."""
-    monkeypatch.setenv(ENV_VAR, 'triton')
     ref, fast = pair(cls, shape[1], device='cuda', implementation='auto', ratio=8)
     x, grad = make_input(shape, channels_last, device='cuda', dtype=torch.float16)
     got = run(fast, x, grad, True, autocast_dtype=torch.float16)
@@ -257,7 +255,8 @@ def test_triton_fast_path_matches_reference_fp16_autocast(cls, shape, channels_l
 @pytest.mark.parametrize('backend', ['triton', 'torch'])
 def test_cuda_fast_paths_fp16_extreme_activations_stay_finite(cls, magnitude, backend,
                                                               monkeypatch):
-    monkeypatch.setenv(ENV_VAR, backend)
+    if backend == 'torch':
+        monkeypatch.setattr(attention, '_triton_takes', lambda x: False)
     m = cls(64).cuda().train()
     x = (torch.randn(2, 64, 12, 12, device='cuda') * magnitude).half().requires_grad_()
     with torch.autocast('cuda', dtype=torch.float16):
@@ -268,174 +267,6 @@ def test_cuda_fast_paths_fp16_extreme_activations_stay_finite(cls, magnitude, ba
         assert torch.isfinite(p.grad).all()
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16):
         assert torch.isfinite(m.eval()(x)).all()
-
-
-# ---- CUDA graphs: dispatch and cache policy (CPU, with a stand-in for the capture) ----
-
-class FakeCapture:
-    """Stands in for cuda_graph.capture on CPU: records captures, replays eagerly."""
-
-    def __init__(self, fail=False):
-        self.count = 0
-        self.fail = fail
-
-    def __call__(self, fn, x):
-        if self.fail:
-            raise RuntimeError('capture not supported')
-        self.count += 1
-        return lambda t: fn(t).clone()
-
-
-@pytest.fixture
-def fake_capture(monkeypatch):
-    fake = FakeCapture()
-    monkeypatch.setattr(cuda_graph, 'capturable', lambda module, x: True)
-    monkeypatch.setattr(cuda_graph, 'capture', fake)
-    return fake
-
-
-def test_graph_dispatch_only_for_cuda_inference(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    cpu = torch.randn(1, 8, 4, 4)
-    cuda = types.SimpleNamespace(is_cuda=True, dtype=torch.float16)  # dispatch reads these
-    with torch.no_grad():
-        assert select_backend('graph', cpu, True) == 'torch'
-        assert select_backend('graph', cuda, True) == 'graph'
-        assert select_backend('eager', cuda, True) != 'graph'
-        assert (select_backend('auto', cuda, True) == 'graph') == GRAPH_BY_DEFAULT
-        assert select_backend('graph', cuda, False) == 'reference'  # no fast path
-        monkeypatch.setenv(ENV_VAR, 'eager')
-        assert select_backend('auto', cuda, True) != 'graph'
-        monkeypatch.setenv(ENV_VAR, 'graph')
-        assert select_backend('auto', cuda, True) == 'graph'
-        monkeypatch.setenv(ENV_VAR, 'reference')
-        assert select_backend('auto', cuda, True) == 'reference'
-    assert select_backend('graph', cuda, True) != 'graph'  # autograd on: eager
-    assert not cuda_graph.capturable(CBAM(32).eval(), cpu)
-
-
-def test_graph_cache_captures_repeated_signatures_and_recaptures_new_weights(fake_capture):
-    ref, m = pair(CBAM, 16, implementation='eager', ratio=4)
-    ref.eval(), m.eval()
-    fn = lambda t: cbam_cpu.cbam_forward(t, m.channel_attention, m.spatial_attention)  # noqa
-    a, b = torch.randn(2, 16, 5, 6), torch.randn(1, 16, 7, 3)
-    with torch.no_grad():
-        for i, x in enumerate([a, a, a, b, a, b, b]):
-            torch.testing.assert_close(cuda_graph.run(m, x, fn), ref(x))
-        assert fake_capture.count == 2  # a on its 2nd call, b on its 2nd call
-        cache = cuda_graph.cache_of(m)
-        assert len(cache.calls) == 2 and not cache.disabled
-        new = randomize_(CBAM(16, ratio=4, implementation='reference'), seed=5).eval()
-        m.load_state_dict(new.state_dict())  # same storage, new versions: new signature
-        for _ in range(3):
-            torch.testing.assert_close(cuda_graph.run(m, a, fn), new(a))
-        assert fake_capture.count == 3
-    with torch.no_grad(), torch.inference_mode():
-        cuda_graph.run(m, a, fn)
-        cuda_graph.run(m, a, fn)
-    assert fake_capture.count == 4  # inference mode is part of the signature
-
-
-def test_graph_signature_follows_a_parameter_laid_out_anew():
-    """A parameter given another memory format over the same storage (same address and
-    version) gives a new signature: a graph captured for one layout is not replayed for
-    the other."""
-    m = CBAM(16, ratio=4)
-    x = torch.randn(1, 16, 5, 6)
-    before = cuda_graph.signature(m, x)
-    weight = m.spatial_attention.conv.weight
-    ptr, version = weight.data_ptr(), weight._version
-    cl_strides = weight.contiguous(memory_format=torch.channels_last).stride()
-    weight.data = weight.data.as_strided(weight.shape, cl_strides)
-    assert (weight.data_ptr(), weight._version) == (ptr, version)
-    assert cuda_graph.signature(m, x) != before
-
-
-def test_graph_cache_is_bounded_and_switches_off_when_shapes_vary(fake_capture):
-    m = SE(8, ratio=4).eval()
-    fn = lambda t: cbam_cpu.se_forward(t, m)  # noqa: E731
-    with torch.no_grad():
-        for size in range(1, cuda_graph.MAX_GRAPHS + 2):
-            x = torch.randn(1, 8, size, 3)
-            cuda_graph.run(m, x, fn)
-            cuda_graph.run(m, x, fn)
-        cache = cuda_graph.cache_of(m)
-        assert len(cache.calls) == cuda_graph.MAX_GRAPHS and cache.evictions == 1
-        for size in range(10, 10 + cuda_graph.MAX_EVICTIONS):
-            x = torch.randn(1, 8, size, 3)
-            cuda_graph.run(m, x, fn)
-            torch.testing.assert_close(cuda_graph.run(m, x, fn), m.reference_forward(x))
-    assert cache.disabled and not cache.calls
-    count = fake_capture.count
-    with torch.no_grad():
-        cuda_graph.run(m, x, fn), cuda_graph.run(m, x, fn)
-    assert fake_capture.count == count
-
-
-def test_graph_capture_failure_falls_back_and_logs_once(monkeypatch, caplog):
-    monkeypatch.setattr(cuda_graph, 'capturable', lambda module, x: True)
-    monkeypatch.setattr(cuda_graph, 'capture', FakeCapture(fail=True))
-    monkeypatch.setattr(cuda_graph, '_logged', set())
-    m = SE(8, ratio=4).eval()
-    fn = lambda t: cbam_cpu.se_forward(t, m)  # noqa: E731
-    x = torch.randn(2, 8, 4, 4)
-    with torch.no_grad(), caplog.at_level('WARNING', logger=cuda_graph.__name__):
-        for _ in range(4):
-            torch.testing.assert_close(cuda_graph.run(m, x, fn), m.reference_forward(x))
-        m2 = SE(8, ratio=4).eval()
-        for _ in range(2):
-            cuda_graph.run(m2, x, lambda t: cbam_cpu.se_forward(t, m2))
-    assert cuda_graph.cache_of(m).disabled
-    assert len([r for r in caplog.records if 'capture' in r.getMessage()]) == 1
-
-
-# ---- CUDA graphs on the GPU (skipped without CUDA) --------------------------------------
-
-@pytest.mark.skipif(not CUDA, reason='needs CUDA')
-@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
-@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'fp16_autocast'])
-def test_cuda_graph_path_matches_reference(cls, channels_last, amp, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    ref, m = pair(cls, 64, device='cuda', implementation='graph', ratio=8)
-    ref.eval(), m.eval()
-    dtype = torch.float16 if amp else torch.float32
-    tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-3, atol=1e-4)
-    shapes = [(2, 64, 24, 40), (1, 64, 13, 7)]
-    inputs = [make_input(s, channels_last, device='cuda', dtype=dtype, seed=i)[0]
-              for i, s in enumerate(shapes * 3)]
-    outputs = []
-    with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16, enabled=amp):
-        for x in inputs:  # two shapes alternating
-            assert select_backend(m.implementation, x, True) == 'graph'
-            outputs.append(m(x))
-        wanted = [ref(x) for x in inputs]
-    cache = cuda_graph.cache_of(m)
-    assert cache.captures == 2 and len(cache.calls) == 2  # both shapes replayed
-    for out, want, x in zip(outputs, wanted, inputs):  # earlier outputs not overwritten
-        assert out.dtype == x.dtype and out.stride() == x.stride()
-        torch.testing.assert_close(out, want, **tol)
-    assert len({o.data_ptr() for o in outputs}) == len(outputs)
-
-
-@pytest.mark.skipif(not CUDA, reason='needs CUDA')
-@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-def test_cuda_graph_recaptures_after_load_state_dict(cls):
-    ref, m = pair(cls, 32, device='cuda', implementation='graph', ratio=4)
-    ref.eval(), m.eval()
-    x = torch.randn(2, 32, 9, 11, device='cuda')
-    with torch.inference_mode():
-        for _ in range(3):
-            torch.testing.assert_close(m(x), ref(x), rtol=1e-3, atol=1e-4)
-        new = randomize_(cls(32, ratio=4, implementation='reference'), seed=7).cuda().eval()
-        m.load_state_dict(new.state_dict())
-        for _ in range(3):
-            torch.testing.assert_close(m(x), new(x), rtol=1e-3, atol=1e-4)
-    assert cuda_graph.cache_of(m).captures == 2
-    m.train()
-    x.requires_grad_()
-    m(x).sum().backward()  # training: eager path with autograd
-    assert x.grad is not None
 
 
 @needs_triton

@@ -81,5 +81,5 @@ fi
 run_step "install cbam_mmdet (editable)" pipi --no-build-isolation --no-deps -e .
 run_step "build the C++ extensions (CPU kernels, Triton programs; in place)" \
   "$VPY" setup.py -q build_ext --inplace
-run_step "check imports" "$VPY" -c 'import torch, mmcv, mmcv.ops, mmengine, mmdet, cbam_mmdet; from cbam_mmdet.ops import cbam_cpu; print(torch.__version__, mmcv.__version__, mmdet.__version__, "CPU kernels:", cbam_cpu.kernels() is not None)'
+run_step "check imports" "$VPY" -c 'import torch, mmcv, mmcv.ops, mmengine, mmdet, cbam_mmdet; from cbam_mmdet.ops import cpu_kernels; print(torch.__version__, mmcv.__version__, mmdet.__version__, "CPU kernels:", cpu_kernels.kernels() is not None)'
 echo "[setup] environment ready in $(( $(date +%s) - t0 ))s"

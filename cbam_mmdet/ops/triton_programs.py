@@ -58,7 +58,7 @@ _enabled = [_ext is not None and not _INTERPRET
 
 def enabled():
     """Whether calls may replay recorded programs from C++."""
-    return _enabled[0]
+    return _enabled[0] and _ext is not None
 
 
 def set_enabled(enabled):
