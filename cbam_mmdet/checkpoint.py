@@ -1,17 +1,13 @@
 """Safe checkpoint loading and atomic checkpoint writing for mmengine.
 
-torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 calls ``torch.load``
-without an allowlist and fails on its own checkpoints (HistoryBuffer, numpy arrays in the
-message hub). Importing :mod:`cbam_mmdet` replaces mmengine's local-file loader with
-:func:`load_checkpoint_file`: torch's weights-only unpickler with an explicit allowlist of
-the types mmengine checkpoints hold. A file whose unpickling would import anything else,
-and could therefore run code, is refused with :class:`UnsafeCheckpointError`; nothing in
-it runs. Trusting such a file anyway takes :func:`allow_unsafe_checkpoints` (the tools'
-``--unsafe-load-untrusted-checkpoints``) or ``CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS=1``.
-
-It also makes mmengine's local file backend write atomically (a temporary file in the
-same folder, flushed and fsynced, then renamed), so a checkpoint on disk is never
-half-written, even when the process is killed while saving.
+mmengine 0.10.7 fails on its own checkpoints under torch >= 2.6's ``weights_only=True``.
+Importing :mod:`cbam_mmdet` replaces its local-file loader with
+:func:`load_checkpoint_file`: the weights-only unpickler with an allowlist of the types
+mmengine checkpoints hold. A file that would import anything else (and could run code) is
+refused with :class:`UnsafeCheckpointError` unless trusted with
+:func:`allow_unsafe_checkpoints` (``--unsafe-load-untrusted-checkpoints``) or
+``CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS=1``. mmengine's local backend also writes atomically
+(temporary file, fsync, rename): a checkpoint is never half-written.
 """
 import contextlib
 import os
@@ -50,9 +46,8 @@ def _numpy_globals():
 
 
 def _history_buffer_getattr(obj, name):
-    """Stands in for ``getattr`` while unpickling: mmengine pickles HistoryBuffer's
-    statistics methods as ``getattr(HistoryBuffer, 'min')``. Only those lookups pass; a
-    general ``getattr`` would let a pickle reach any attribute (and from there code)."""
+    """``getattr`` while unpickling, for HistoryBuffer's statistics methods only (a general
+    ``getattr`` would let a pickle reach any attribute, and from there code)."""
     if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(
@@ -86,30 +81,19 @@ def load_checkpoint_file(filename, map_location='cpu'):
     try:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not _is_weights_only_refusal(e):
-            raise CorruptCheckpointError(
-                f'checkpoint file {filename} is not a readable PyTorch checkpoint '
-                f'(truncated or corrupt?): {_first_line(e)}') from None
-        raise UnsafeCheckpointError(
-            f'refused to load checkpoint {filename}: unpickling it needs '
-            f'{_refused_global(e)}, outside the allowlist of tensors, numpy arrays and '
-            f'mmengine types, so it could run code. Nothing in it was executed. If you '
-            f'trust this file, pass --unsafe-load-untrusted-checkpoints to the tool or '
-            f'set {UNSAFE_ENV}=1.') from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
+            IndexError) as e:
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
+            raise UnsafeCheckpointError(
+                f'refused to load checkpoint {filename}: unpickling it needs '
+                f'{_refused_global(e)}, outside the allowlist of tensors, numpy arrays and '
+                f'mmengine types, so it could run code. Nothing in it was executed. If you '
+                f'trust this file, pass --unsafe-load-untrusted-checkpoints to the tool or '
+                f'set {UNSAFE_ENV}=1.') from None
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
         raise CorruptCheckpointError(
-            f'checkpoint file {filename} is not a readable PyTorch checkpoint '
-            f'(truncated or corrupt?): {_first_line(e)}') from None
-
-
-def _first_line(error) -> str:
-    lines = [ln for ln in str(error).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(error).__name__
-
-
-def _is_weights_only_refusal(error) -> bool:
-    return 'Weights only load failed' in str(error)
+            f'checkpoint file {filename} is not a readable PyTorch checkpoint (truncated '
+            f'or corrupt?): {lines[0][:300] if lines else type(e).__name__}') from None
 
 
 def _refused_global(error) -> str:
@@ -133,10 +117,8 @@ def _load_from_local_safely(filename, map_location):
 
 
 def latest_checkpoint(work_dir):
-    """The checkpoint ``--resume`` (no path) continues from: the one the work dir's
-    ``last_checkpoint`` names, if that file exists; else the newest ``iter_*.pth`` or
-    ``epoch_*.pth`` (mmengine writes ``last_checkpoint`` in place, so a run killed while
-    writing it can leave it empty); None when there is none."""
+    """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names if it
+    exists (a kill can leave that file empty), else the newest ``iter_*``/``epoch_*.pth``."""
     pointer = osp.join(str(work_dir), 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as f:

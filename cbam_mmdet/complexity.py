@@ -1,20 +1,13 @@
 """Parameters and GFLOPs of a config's backbone (as an ImageNet classifier, like the CBAM
 paper's tables) and of its whole detector, with mmengine's FlopAnalyzer.
 
-GFLOPs here are multiply-adds (one fused multiply-add = one FLOP), mmengine's (fvcore's)
-convention, which is also the paper's. What mmengine counts: convolutions, Linear layers,
-BatchNorm (2 per element in eval mode), adaptive average pooling (1 per input element),
-upsampling; it does not count ReLU, sigmoid, max pooling, element-wise products and sums.
-CBAM and SE are counted on their reference implementation (the paper's operations).
-Plain ResNet-50 counts 4.1 GFLOPs this way, where the paper prints 3.858: the paper's
-values are printed beside ours, never substituted for them.
-
-The gap has two measured causes, shown by :func:`backbone_paper_convention`: the paper's
-numbers are the multiply-adds of the convolutions and the fc layers only (no BatchNorm,
-no pooling), of the original ResNet layout with the stride on the first 1x1 convolution
-of a block (mmdet's ``style='caffe'``; mmdet's default ``'pytorch'``, torchvision's
-ResNet v1.5, strides the 3x3 convolution and costs more). Counted that way ResNet-50
-gives 3.858 / 3.860 / 3.864 GFLOPs (baseline / +SE / +CBAM), the paper's values.
+GFLOPs are multiply-adds (mmengine's and the paper's convention) of convolutions, Linear
+layers, BatchNorm, adaptive average pooling and upsampling (not ReLU, sigmoid, max
+pooling, element-wise ops); CBAM and SE run their reference forward. ResNet-50 counts 4.1
+where the paper prints 3.858: the paper counts conv and fc multiply-adds only, on the
+ResNet v1 layout (stride on the first 1x1 conv, mmdet's ``style='caffe'``), which
+:func:`backbone_paper_convention` reproduces (3.858 / 3.860 / 3.864 for baseline / SE /
+CBAM). The paper's values are printed beside ours, never substituted for them.
 """
 import copy
 from functools import partial
@@ -100,9 +93,8 @@ def paper_imagenet(backbone_cfg):
 
 
 def use_reference_attention(model: nn.Module) -> nn.Module:
-    """Run every CBAM/SE module of ``model`` on its reference implementation (the
-    paper's operations, module by module), so the FLOPs counted are those of the
-    definition and not of a fused fast path."""
+    """Every CBAM/SE module of ``model`` on its reference forward (the paper's operations,
+    not a fused fast path)."""
     from .models import CBAM, SE
 
     for m in model.modules():
@@ -156,10 +148,8 @@ def backbone_complexity(config, shape=IMAGENET_SHAPE) -> dict:
 
 
 def backbone_paper_convention(config, shape=IMAGENET_SHAPE) -> int:
-    """FLOPs of the backbone as an ImageNet classifier counted as the paper's table
-    appears to count them (see the module docstring): conv and fc multiply-adds only, on
-    the ResNet v1 layout (``style='caffe'``, stride on the first 1x1 conv). Raises
-    :class:`NotComparable` for a non-ResNet backbone."""
+    """FLOPs of the backbone as an ImageNet classifier counted as the paper does (conv
+    and fc multiply-adds, ``style='caffe'``); :class:`NotComparable` for a non-ResNet."""
     cfg = load_config(config)
     backbone = copy.deepcopy(cfg.model.backbone)
     backbone['style'] = 'caffe'
@@ -169,8 +159,7 @@ def backbone_paper_convention(config, shape=IMAGENET_SHAPE) -> int:
 
 
 def detector_inputs(model, shape, seed=0):
-    """A random uint8 image of ``shape`` (C, H, W) through the detector's own data
-    preprocessor (normalisation, padding), as the test pipeline would feed it."""
+    """A random uint8 ``shape`` (C, H, W) image through the detector's data preprocessor."""
     from mmdet.structures import DetDataSample
 
     c, h, w = shape
@@ -183,9 +172,8 @@ def detector_inputs(model, shape, seed=0):
 
 
 def detector_complexity(config, shape=DETECTOR_SHAPE) -> dict:
-    """Params and FLOPs of the whole detector on one ``shape`` (C, H, W) image, run as
-    ``mode='tensor'`` (backbone, neck, heads; a two-stage detector's RoI head sees the
-    proposals the RPN keeps, so its share depends on the input; seeded here)."""
+    """Params and FLOPs of the whole detector (``mode='tensor'``) on one seeded ``shape``
+    (C, H, W) image (a RoI head's share depends on the proposals the RPN keeps)."""
     from mmdet.registry import MODELS
 
     cfg = load_config(config)
@@ -204,17 +192,15 @@ def detector_complexity(config, shape=DETECTOR_SHAPE) -> dict:
     return out
 
 
-def _m(n):
-    return f'{n / 1e6:.2f}M'
-
-
-def _g(n):
-    return f'{n / 1e9:.3f}'
-
-
 def complexity_row(config, detector_shape=DETECTOR_SHAPE, backbone=True, detector=True):
     """One markdown table row (list of cells) for ``config``."""
     import os.path as osp
+
+    def _m(n):
+        return f'{n / 1e6:.2f}M'
+
+    def _g(n):
+        return f'{n / 1e9:.3f}'
 
     cfg = load_config(config)
     name = osp.basename(config) if isinstance(config, str) else (cfg.filename or 'config')

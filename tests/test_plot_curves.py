@@ -7,7 +7,7 @@ import runpy
 import matplotlib.image as mpimg
 import pytest
 
-from cbam_mmdet.visualization.curves import load_run, plot_curves, run_label, scalar_files
+from cbam_mmdet.visualization.curves import load_run, plot_curves, scalar_files, work_dir_of
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -76,9 +76,9 @@ def test_resumed_run_continues_and_runs_get_their_work_dir_names(tmp_path):
     b = write_run(tmp_path / 'y' / 'cbam', '20260101_000000', [(10, dict(loss=3.0))])
     assert len(scalar_files(a)) == 2
     assert load_run(a)['loss'] == ([10, 20, 30], [2.0, 1.5, 1.0])
-    assert run_label(a) == 'cbam'
-    assert run_label(osp.join(a, '20260101_000000')) == 'cbam'
-    assert run_label(osp.join(a, '20260101_000000', 'vis_data', 'scalars.json')) == 'cbam'
+    for run in (a, osp.join(a, '20260101_000000'),
+                osp.join(a, '20260101_000000', 'vis_data', 'scalars.json')):
+        assert osp.basename(work_dir_of(run)) == 'cbam'
     out = str(tmp_path / 'two.png')
     _, plotted = plot_curves([a, b], out, smooth=2)
     assert list(plotted) == ['x/cbam', 'y/cbam']  # same name: the parent tells them apart

@@ -7,33 +7,15 @@ Then start a detector from it with
 ``init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_cbam_mmdet.pth')``
 (configs/pretrained/). Any key that does not map is an error and nothing is written.
 """
-import argparse
-import os
+import functools
+import os.path as osp
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from cbam_mmdet.convert import (CheckpointConversionError, conversion_summary,  # noqa: E402
-                                convert_checkpoint_file)
+from cbam_mmdet.convert.cli import main as convert_main  # noqa: E402
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('src', help='official checkpoint (.pth/.pth.tar)')
-    parser.add_argument('dst', help='converted backbone checkpoint to write')
-    parser.add_argument('--depth', type=int, choices=[18, 34, 50, 101, 152],
-                        help='refuse a checkpoint of another depth (default: any)')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        converted = convert_checkpoint_file(args.src, args.dst, 'official_cbam', args.depth)
-    except CheckpointConversionError as e:
-        sys.exit(f'error: {e}')
-    print('\n'.join(conversion_summary(converted, args.dst)))
-
+main = functools.partial(convert_main, 'official_cbam', __doc__)
 
 if __name__ == '__main__':
     main()

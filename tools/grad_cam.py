@@ -18,8 +18,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.apis import parse_tool_args  # noqa: E402
 from cbam_mmdet.visualization.grad_cam import (MATCHES, TARGETS,  # noqa: E402
                                                compare_grad_cam)
 from cbam_mmdet.visualization.inference import load_detector  # noqa: E402
@@ -57,9 +56,7 @@ def parse_args(argv=None):
                         help="override the head's test score threshold")
     parser.add_argument('--dpi', type=int, default=100, help='resolution of the PNG')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
-                        help='UNSAFE: load checkpoints whose unpickling may run code')
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv, launcher=False)
     for spec in args.model:
         if len(spec) not in (2, 3):
             parser.error(f'--model takes CONFIG CHECKPOINT [LABEL], got {spec}')
@@ -68,12 +65,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
-    models = []
-    for spec in args.model:
-        config, checkpoint = spec[:2]
-        label = spec[2] if len(spec) == 3 else osp.splitext(osp.basename(config))[0]
-        models.append((label, load_detector(config, checkpoint, device=args.device)))
+    models = [(spec[2] if len(spec) == 3 else osp.splitext(osp.basename(spec[0]))[0],
+               load_detector(spec[0], spec[1], device=args.device,
+                             cfg_options=args.cfg_options)) for spec in args.model]
     path, results = compare_grad_cam(models, args.images, args.out, layer=args.layer,
                                      level=args.level, rank=args.rank, match=args.match,
                                      score_thr=args.score_thr, target=args.target,

@@ -3,21 +3,17 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
         [--show-dir DIR] [--cfg-options K=V ...]
 
-The checkpoint must fit the config's model exactly. Known input errors (dataset files,
-num_classes, checkpoints) print one message and exit with status 2.
+The checkpoint must fit the config's model exactly. Known input errors (plugin types,
+dataset files, num_classes, checkpoints) print one message and exit with status 2.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
-import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.apis import build_test_config, exit_on_known_errors, run_test  # noqa: E402
-from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.apis import (build_test_config, exit_on_known_errors,  # noqa: E402
+                             parse_tool_args, run_test)
 
 
 def parse_args(argv=None):
@@ -29,22 +25,11 @@ def parse_args(argv=None):
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='dir to save drawn predictions')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per image')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
-                        help='UNSAFE: load checkpoints whose unpickling may run code')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
     cfg = build_test_config(args.config, args.checkpoint, work_dir=args.work_dir,
                             out=args.out, show=args.show, show_dir=args.show_dir,
                             wait_time=args.wait_time, cfg_options=args.cfg_options,

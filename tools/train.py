@@ -4,21 +4,17 @@
         [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr] [--load-from-partial]
         [--cfg-options K=V ...]
 
-Known input errors (dataset files, num_classes, checkpoints) print one message and exit
-with status 2.
+Known input errors (plugin types, dataset files, num_classes, checkpoints) print one
+message and exit with status 2.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
-import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.apis import build_train_config, exit_on_known_errors, run_train  # noqa: E402
-from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.apis import (build_train_config, exit_on_known_errors,  # noqa: E402
+                             parse_tool_args, run_train)
 
 
 def parse_args(argv=None):
@@ -31,10 +27,6 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or, with no path, from the '
                              'latest checkpoint of the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
     parser.add_argument('--load-from-partial', action='store_true',
                         help='let load_from load only the weights that fit the model '
                              '(fine-tuning to another number of classes); by default a '
@@ -42,18 +34,11 @@ def parse_args(argv=None):
     parser.add_argument('--no-exact-resume', action='store_true',
                         help="keep mmengine's train loop: do not save and restore the "
                              'random generators in checkpoints')
-    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
-                        help='UNSAFE: load checkpoints whose unpickling may run code')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
     cfg = build_train_config(args.config, work_dir=args.work_dir, resume=args.resume,
                              amp=args.amp, auto_scale_lr=args.auto_scale_lr,
                              cfg_options=args.cfg_options, launcher=args.launcher,

@@ -14,10 +14,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
-import cbam_mmdet  # noqa: E402,F401  (registers the plugins, safe checkpoint loading)
-from cbam_mmdet.checkpoint import allow_unsafe_checkpoints  # noqa: E402
+from cbam_mmdet.apis import parse_tool_args  # noqa: E402
 from cbam_mmdet.visualization.attention_figures import (SCALES,  # noqa: E402
                                                         visualize_attention)
 from cbam_mmdet.visualization.attention_maps import STAGE_REDUCTIONS  # noqa: E402
@@ -39,16 +36,11 @@ def parse_args(argv=None):
                              'range of values (relative) or fixed to [0, 1] (absolute)')
     parser.add_argument('--dpi', type=int, default=100, help='resolution of the PNGs')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--unsafe-load-untrusted-checkpoints', action='store_true',
-                        help='UNSAFE: load checkpoints whose unpickling may run code')
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv, launcher=False)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_unsafe_checkpoints(args.unsafe_load_untrusted_checkpoints)
     model = load_detector(args.config, args.checkpoint, device=args.device,
                           cfg_options=args.cfg_options)
     written = []

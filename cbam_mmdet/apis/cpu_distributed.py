@@ -1,20 +1,10 @@
 """Distributed training and testing on CPU (gloo), which mmengine 0.10.7 does not do.
 
-Two places of mmengine assume a GPU per process under ``--launcher pytorch``:
-``_init_dist_pytorch`` calls ``torch.cuda.set_device(LOCAL_RANK)``, and the runner
-wraps the model in ``MMDistributedDataParallel(device_ids=[LOCAL_RANK])``, which torch
-refuses for a CPU module. On a machine without CUDA, :func:`prepare_cpu_distributed`
-(called by ``tools/train.py`` and ``tools/test.py``) therefore
-
-- initialises the process group itself, from the launcher's environment (``RANK``,
-  ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, as ``torch.distributed.run`` sets
-  them) with ``env_cfg.dist_cfg`` (backend ``gloo``); mmengine then finds it
-  initialised and skips its own initialisation;
-- sets ``model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)``
-  (a ``device_ids`` in the config wins over the runner's default), keeping the
-  runner's other defaults (``broadcast_buffers=False``, ``find_unused_parameters``).
-
-Nothing of mmengine is patched. Usage::
+Under ``--launcher pytorch`` mmengine calls ``torch.cuda.set_device(LOCAL_RANK)`` and
+wraps the model in ``MMDistributedDataParallel(device_ids=[LOCAL_RANK])``. Without CUDA,
+:func:`prepare_cpu_distributed` (run by the tools) initialises the gloo process group
+itself from the launcher's environment (mmengine then skips its own) and sets
+``model_wrapper_cfg`` with ``device_ids=None``. Nothing of mmengine is patched::
 
     bash tools/dist_train.sh CONFIG 2 --cfg-options env_cfg.dist_cfg.backend=gloo
 """
@@ -58,10 +48,8 @@ def prepare_cpu_distributed(cfg) -> bool:
 
 
 def finish_distributed():
-    """Wait for every process, then tear the process group down before the interpreter
-    exits (a gloo group left running aborts the process at exit). A DDP model still
-    holds the group: the tools' entry point (``exit_on_known_errors``) frees the runner
-    before they exit, for the same reason."""
+    """Wait for every process, then destroy the process group (a gloo group left running
+    aborts the process at exit; ``exit_on_known_errors`` frees the runner's DDP model)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()

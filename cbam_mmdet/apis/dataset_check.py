@@ -30,6 +30,13 @@ def _leaf_datasets(dataset_cfg, where):
     return [(where, dataset_cfg)]
 
 
+def split_datasets(cfg, splits=('train', 'val', 'test')):
+    """``(split, config path, dataset cfg)`` of every file-reading dataset of ``splits``."""
+    return [(split, where, ds) for split in splits
+            for where, ds in _leaf_datasets((cfg.get(f'{split}_dataloader') or {}).get(
+                'dataset'), f'{split}_dataloader.dataset')]
+
+
 def _join(root, path):
     if not path:
         return root
@@ -55,17 +62,11 @@ def dataset_paths(dataset_cfg):
 def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
     """Raise DatasetFileError (a FileNotFoundError) naming the first missing path, its
     config field and how to get the dataset. Datasets that read no files (the embedded one) pass."""
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not loader:
-            continue
-        for where, ds in _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
-            for field, path, is_file in dataset_paths(ds):
-                ok = osp.isfile(path) if is_file else osp.isdir(path)
-                if not ok:
-                    hint = HOW_TO_GET.get(ds.get('type', ''), '')
-                    raise DatasetFileError(
-                        f'{split} dataset: {"file" if is_file else "folder"} {path} '
-                        f'({where}.{field}) does not exist. {hint} To use data elsewhere, '
-                        f'set data_root with --cfg-options '
-                        f'{where}.data_root=PATH.'.replace('  ', ' '))
+    for split, where, ds in split_datasets(cfg, splits):
+        for field, path, is_file in dataset_paths(ds):
+            if not (osp.isfile(path) if is_file else osp.isdir(path)):
+                hint = HOW_TO_GET.get(ds.get('type', ''), '')
+                raise DatasetFileError(
+                    f'{split} dataset: {"file" if is_file else "folder"} {path} '
+                    f'({where}.{field}) does not exist. {hint} To use data elsewhere, set '
+                    f'data_root with --cfg-options {where}.data_root=PATH.'.replace('  ', ' '))

@@ -1,25 +1,15 @@
-"""Pre-flight checks of a config's datasets and heads, before a run starts.
+"""Pre-flight checks of a config's datasets and heads, run by the tools before the runner.
 
-What is checked, and what happens (the tools run this before building the runner):
-
-- annotation files: a COCO json that does not parse, or lacks ``images``,
-  ``annotations``, ``categories`` or a field mmdet reads, raises
-  :class:`AnnotationFileError` naming the file, the config field and the entry; a VOC
-  XML file that does not parse, the same.
-- images listed but absent, empty, or not an image (unknown header that OpenCV cannot
-  decode either): :class:`ImageFileError` with the count and the first few files. An
-  image that passes here but cannot be decoded when read (a damaged body) is reported
-  by the tools the same way, naming the file (:func:`image_read_error`).
-- boxes: a box entirely outside its image, or smaller than 1 pixel, is skipped by
-  mmdet's ``CocoDataset``; a box partly outside is clipped to the image by ``Resize``
-  (``clip_object_border=True``); boxes of a category the dataset's classes do not name
-  are skipped. Each gives one :class:`DatasetWarning` with the count and an example.
-- images without boxes: skipped in training when ``filter_cfg.filter_empty_gt=True``
-  (mmdet's default in its configs), else trained as background; a warning gives the
-  count. If no training image is left, :class:`AnnotationFileError`.
-- ``num_classes`` of the box head (``model.roi_head.bbox_head.num_classes`` or
-  ``model.bbox_head.num_classes``) different from the number of classes of the dataset:
-  :class:`NumClassesMismatchError` naming both.
+- A COCO json or VOC XML file that does not parse or lacks a field mmdet reads:
+  :class:`AnnotationFileError` naming the file, the config field and the entry.
+- Images listed but absent, empty or not an image: :class:`ImageFileError` with the
+  count and the first few files (one damaged past its header is named when read,
+  :func:`image_read_error`).
+- Boxes mmdet skips (outside the image, under 1 pixel, of a category outside the
+  dataset's classes) or clips (partly outside), and images without boxes (skipped with
+  ``filter_cfg.filter_empty_gt=True``, else background): one :class:`DatasetWarning`
+  each, with the count and an example; no training image left is an error.
+- A box head's ``num_classes`` unlike the dataset's classes: :class:`NumClassesMismatchError`.
 """
 import json
 import logging
@@ -28,7 +18,7 @@ import re
 import warnings
 import xml.etree.ElementTree as ET
 
-from .dataset_check import _join, _leaf_datasets
+from .dataset_check import _join, split_datasets
 from .errors import (AnnotationFileError, DatasetWarning, ImageFileError,
                      NumClassesMismatchError)
 
@@ -46,9 +36,7 @@ def _dataset_class(type_name):
 
 def _is_subclass(type_name, base_name):
     cls = _dataset_class(type_name)
-    if cls is None:
-        return False
-    return any(c.__name__ == base_name for c in cls.__mro__)
+    return cls is not None and any(c.__name__ == base_name for c in cls.__mro__)
 
 
 def dataset_classes(dataset_cfg):
@@ -206,21 +194,16 @@ def check_coco_dataset(ds, where, check_images=True):
             clipped.append(example)
         with_boxes.add(img['id'])
 
-    if unknown_image:
-        _warn(f'{path}: {len(unknown_image)} annotations refer to no listed image and are '
-              f'skipped (annotation ids {_listing(unknown_image)})')
-    if outside:
-        _warn(f'{path}: {len(outside)} boxes lie entirely outside their image and are '
-              f'skipped: {_listing(outside)}')
-    if degenerate:
-        _warn(f'{path}: {len(degenerate)} boxes are smaller than 1 pixel (or area <= 0) '
-              f'and are skipped: {_listing(degenerate)}')
-    if other_class:
-        _warn(f'{path}: {len(other_class)} boxes belong to categories outside the '
-              f'dataset\'s classes and are skipped: {_listing(other_class)}')
-    if clipped:
-        _warn(f'{path}: {len(clipped)} boxes extend beyond their image; they are clipped '
-              f'to it when resized (Resize clip_object_border=True): {_listing(clipped)}')
+    for found, what in (
+            (unknown_image, 'annotations refer to no listed image and are skipped; ids:'),
+            (outside, 'boxes lie entirely outside their image and are skipped:'),
+            (degenerate, 'boxes are smaller than 1 pixel (or area <= 0) and are skipped:'),
+            (other_class, "boxes belong to categories outside the dataset's classes and "
+                          'are skipped:'),
+            (clipped, 'boxes extend beyond their image; they are clipped to it when '
+                      'resized (Resize clip_object_border=True):')):
+        if found:
+            _warn(f'{path}: {len(found)} {what} {_listing(found)}')
 
     empty = [img['file_name'] for i, img in images.items() if i not in with_boxes]
     filter_empty = bool((ds.get('filter_cfg') or {}).get('filter_empty_gt', False))
@@ -285,17 +268,11 @@ def validate_datasets(cfg, splits=('train', 'val', 'test'), check_images=True):
     Datasets of other types (generated ones) pass unchecked. Returns
     ``{config path: counts}``."""
     report = {}
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not loader:
-            continue
-        for where, ds in _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
-            if not ds.get('ann_file'):
-                continue
-            if _is_subclass(ds.get('type'), 'CocoDataset'):
-                report[where] = check_coco_dataset(ds, where, check_images)
-            elif _is_subclass(ds.get('type'), 'XMLDataset'):
-                report[where] = check_voc_dataset(ds, where, check_images)
+    for _, where, ds in split_datasets(cfg, splits):
+        if ds.get('ann_file') and _is_subclass(ds.get('type'), 'CocoDataset'):
+            report[where] = check_coco_dataset(ds, where, check_images)
+        elif ds.get('ann_file') and _is_subclass(ds.get('type'), 'XMLDataset'):
+            report[where] = check_voc_dataset(ds, where, check_images)
     return report
 
 
@@ -322,22 +299,15 @@ def check_num_classes(cfg, splits=('train', 'val', 'test')):
     heads = head_num_classes(cfg.get('model') or {})
     if not heads:
         return
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not loader:
-            continue
-        for where, ds in _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
-            classes = dataset_classes(ds)
-            if classes is None:
-                continue
-            for field, n in heads:
-                if n != len(classes):
-                    raise NumClassesMismatchError(
-                        f'{field} is {n}, but the {split} dataset ({where}, '
-                        f'{ds.get("type")}) has {len(classes)} classes '
-                        f'({_listing(list(classes))}): set --cfg-options {field}='
-                        f'{len(classes)}, or {where}.metainfo.classes to the classes '
-                        f'the model was built for')
+    for split, where, ds in split_datasets(cfg, splits):
+        classes = dataset_classes(ds)
+        for field, n in heads:
+            if classes is not None and n != len(classes):
+                raise NumClassesMismatchError(
+                    f'{field} is {n}, but the {split} dataset ({where}, {ds.get("type")}) '
+                    f'has {len(classes)} classes ({_listing(list(classes))}): set '
+                    f'--cfg-options {field}={len(classes)}, or {where}.metainfo.classes to '
+                    f'the classes the model was built for')
 
 
 FAILED_IMAGE = re.compile(r'failed to load image: (.+)$')

@@ -1,9 +1,7 @@
-"""What tools/test.py does, as functions tests can call (mmdet's test tool), plus the
-project's checks: dataset files and annotations, num_classes, and a checkpoint that
-fits the model exactly."""
+"""What tools/test.py does, as functions: mmdet's test tool plus the project's checks
+(plugin types, datasets, num_classes, a checkpoint that fits the model exactly)."""
 import os.path as osp
 
-from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -12,7 +10,7 @@ from .cpu_distributed import prepare_cpu_distributed
 from .dataset_check import check_dataset_paths
 from .errors import MissingCheckpointError
 from .input_validation import check_num_classes, validate_datasets
-from .training import own_visualizer, run_runner_step
+from .training import base_config, run_runner_step
 
 CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
 
@@ -20,15 +18,7 @@ CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
 def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
                       show_dir=None, wait_time=2, cfg_options=None, launcher='none'):
     """Build the test Config the way mmdet's tools/test.py does."""
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir') is None:
-        name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
-        cfg.work_dir = osp.join('./work_dirs', name)
+    cfg = base_config(config, work_dir, cfg_options, launcher)
     if not osp.isfile(checkpoint):
         raise MissingCheckpointError(f'checkpoint {checkpoint} does not exist')
     cfg.load_from = checkpoint
@@ -53,7 +43,6 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
         evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
         evaluators.append(dict(type='DumpDetResults', out_file_path=out))
         cfg.test_evaluator = evaluators
-    own_visualizer(cfg)
     return cfg
 
 

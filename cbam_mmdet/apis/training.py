@@ -1,6 +1,6 @@
-"""What tools/train.py does, as functions tests can call: mmdet's train tool, plus the
-project's checks (dataset files, num_classes, checkpoints that fit the model, frozen
-attention plugins) and exact resume (every random generator saved in checkpoints)."""
+"""What tools/train.py does, as functions: mmdet's train tool plus the project's checks
+(plugin types, datasets, num_classes, checkpoints that fit, frozen plugins) and exact
+resume (every random generator saved in checkpoints)."""
 import itertools
 import os
 import os.path as osp
@@ -29,10 +29,8 @@ def _add_hook(cfg, hook):
 
 
 def use_exact_resume(cfg):
-    """Save every random generator in checkpoints and restore them on resume
-    (:mod:`cbam_mmdet.engine.exact_resume_loops`): swaps mmengine's train loop for its
-    exact-resume subclass and adds ``RNGStateHook``. A config naming another loop type
-    keeps it (and gets no exact resume)."""
+    """Swap mmengine's train loop for its exact-resume subclass and add ``RNGStateHook``
+    (:mod:`cbam_mmdet.engine.exact_resume_loops`); another loop type is kept as it is."""
     train_cfg = cfg.get('train_cfg')
     if not train_cfg:
         return
@@ -49,26 +47,10 @@ def use_exact_resume(cfg):
 _visualizer_ids = itertools.count()
 
 
-def own_visualizer(cfg):
-    """Give the run its own Visualizer. mmengine reuses a Visualizer instance by name and
-    mmdet's configs all name theirs 'visualizer', so a second runner in one process
-    would write its logs and scalars into the first runner's work dir."""
-    if isinstance(cfg.get('visualizer'), dict):
-        cfg.visualizer['name'] = f'visualizer_{os.getpid()}_{next(_visualizer_ids)}'
-
-
-def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale_lr=False,
-                       cfg_options=None, launcher='none', exact_resume=True,
-                       load_from_partial=False):
-    """Build the training Config the way mmdet's tools/train.py does.
-
-    ``resume``: None (no resume), ``'auto'`` (the latest complete checkpoint of the work
-    dir, :func:`cbam_mmdet.checkpoint.latest_checkpoint`) or a checkpoint path.
-    ``exact_resume``: save and restore every random generator (:func:`use_exact_resume`).
-    ``load_from_partial``: let ``load_from`` load only the weights that fit the model
-    (fine-tuning to another number of classes); by default a checkpoint that does not
-    fit is an error (:class:`cbam_mmdet.engine.CheckpointMatchHook`).
-    """
+def base_config(config, work_dir, cfg_options, launcher):
+    """The Config (path or Config) with the options, launcher and work dir of mmdet's
+    tools, and a Visualizer of its own: mmengine reuses one by name, and a second runner
+    in one process would write into the first one's work dir."""
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
@@ -78,16 +60,28 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
     elif cfg.get('work_dir') is None:
         name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
         cfg.work_dir = osp.join('./work_dirs', name)
-    if amp:
-        optim_wrapper = cfg.optim_wrapper.type
-        if optim_wrapper == 'AmpOptimWrapper':
-            pass
-        else:
-            if optim_wrapper != 'OptimWrapper':
-                raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or '
-                                 f'AmpOptimWrapper, got {optim_wrapper}')
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+    if isinstance(cfg.get('visualizer'), dict):
+        cfg.visualizer['name'] = f'visualizer_{os.getpid()}_{next(_visualizer_ids)}'
+    return cfg
+
+
+def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale_lr=False,
+                       cfg_options=None, launcher='none', exact_resume=True,
+                       load_from_partial=False):
+    """Build the training Config the way mmdet's tools/train.py does.
+
+    ``resume``: None, ``'auto'`` (the work dir's latest complete checkpoint) or a path.
+    ``exact_resume``: save and restore every random generator (:func:`use_exact_resume`).
+    ``load_from_partial``: let ``load_from`` load only the weights that fit (fine-tuning
+    to other classes); else a checkpoint that does not fit is an error.
+    """
+    cfg = base_config(config, work_dir, cfg_options, launcher)
+    if amp and cfg.optim_wrapper.type != 'AmpOptimWrapper':
+        if cfg.optim_wrapper.type != 'OptimWrapper':
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or '
+                             f'AmpOptimWrapper, got {cfg.optim_wrapper.type}')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
     if auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) '
@@ -103,7 +97,6 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
     _add_hook(cfg, dict(type='CheckpointMatchHook', allow_partial=bool(load_from_partial)))
     if exact_resume:
         use_exact_resume(cfg)
-    own_visualizer(cfg)
     return cfg
 
 
@@ -120,9 +113,7 @@ def validate_train_config(cfg):
 def build_runner(cfg):
     validate_train_config(cfg)
     prepare_cpu_distributed(cfg)
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def run_runner_step(cfg, step):
@@ -131,10 +122,9 @@ def run_runner_step(cfg, step):
     try:
         result = step()
     except AssertionError as e:
-        error = image_read_error(e)
-        if error is None:
+        if image_read_error(e) is None:
             raise
-        raise error from None
+        raise image_read_error(e) from None
     if cfg.get('launcher', 'none') != 'none':
         finish_distributed()
     return result

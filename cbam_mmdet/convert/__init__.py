@@ -6,7 +6,7 @@ from .official_cbam import convert_official_cbam
 from .resnet_conversion import (CheckpointConversionError, ConvertedBackbone,
                                 build_backbone)
 from .resnet_layout import plugin_architecture
-from .summary import conversion_summary
+from .cli import conversion_summary
 from .timm_seresnet import convert_timm_seresnet
 
 CONVERTERS = dict(official_cbam=convert_official_cbam,

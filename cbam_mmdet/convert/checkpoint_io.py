@@ -12,15 +12,9 @@ STATE_DICT_ENTRIES = ('state_dict', 'model')
 
 
 def read_state_dict(path):
-    """The ``{key: tensor}`` of a checkpoint file, with DataParallel's ``module.`` prefix
-    removed.
-
-    Accepts a plain state dict (``torch.save(model.state_dict())``, timm's hub
-    ``pytorch_model.bin``) or a dict holding it under ``'state_dict'`` (the official CBAM
-    code, timm's train script) or ``'model'``. The file is read with
-    :func:`cbam_mmdet.checkpoint.load_checkpoint_file`: a pickle that could run code is
-    refused.
-    """
+    """The ``{key: tensor}`` of a checkpoint file (a plain state dict, or one under
+    ``'state_dict'`` or ``'model'``), without DataParallel's ``module.`` prefix; read
+    safely (:func:`cbam_mmdet.checkpoint.load_checkpoint_file`)."""
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointConversionError(
@@ -41,12 +35,8 @@ def read_state_dict(path):
 
 
 def save_converted(converted, dst, source=None):
-    """Write ``{'state_dict': ..., 'meta': ...}`` atomically to ``dst``.
-
-    ``meta`` holds the source format and file name, the backbone config the weights
-    are for, and the dropped and filled keys. mmdet's ``init_cfg=dict(type='Pretrained',
-    checkpoint=dst)`` on that backbone loads it.
-    """
+    """Write ``{'state_dict', 'meta'}`` atomically to ``dst`` (meta: the source format and
+    file, the backbone config, the dropped and filled keys), for a Pretrained init_cfg."""
     meta = dict(source_format=converted.source_format,
                 source=osp.basename(str(source)) if source else None,
                 backbone=converted.backbone,

@@ -21,14 +21,8 @@ def _compile(template):
 
 
 class KeyRule:
-    """One renaming ``source`` template <-> ``target`` template.
-
-    Args:
-        source (str): the key template in the source checkpoint's naming.
-        target (str): the same key in mmdet's naming (None: the key is dropped).
-        transform (callable, optional): ``transform(source_key, tensor) -> tensor``
-            applied when converting (e.g. a 1x1 convolution weight to a Linear one).
-    """
+    """One renaming: ``source`` (the checkpoint's naming) <-> ``target`` (mmdet's; None:
+    the key is dropped); ``transform(source_key, tensor)`` converts the tensor."""
 
     def __init__(self, source, target=None, transform=None):
         self.source, self.target, self.transform = source, target, transform
@@ -52,9 +46,8 @@ class KeyRule:
         return self.transform(key, tensor) if self.transform else tensor
 
 
-# torchvision ResNet naming (the official CBAM code and timm use it) -> mmdet's ResNet.
-# mmdet's ResNet stores its BatchNorms under the same names (build_norm_layer names a BN
-# 'bn' + postfix; ``norm1`` etc. are properties), so these keys keep their names.
+# torchvision ResNet naming (official CBAM code, timm) -> mmdet's ResNet: the same names
+# (mmdet stores its BatchNorms as bn1 ...; ``norm1`` etc. are properties).
 TORCHVISION_RESNET_RULES = (
     KeyRule('conv1.weight', 'conv1.weight'),
     KeyRule('bn1.{p}', 'bn1.{p}'),
@@ -67,13 +60,8 @@ CLASSIFIER_RULES = (KeyRule('fc.{p}'),)
 
 
 def rename(state_dict, rules, drop_rules):
-    """Apply ``rules`` to every key of ``state_dict``.
-
-    Returns:
-        (renamed, dropped, unknown): ``{mmdet_key: tensor}`` with each rule's transform
-        applied, the source keys matched by ``drop_rules``, the source keys no rule
-        matches.
-    """
+    """``(renamed {mmdet key: converted tensor}, dropped source keys, unknown source keys)``
+    for ``rules`` and ``drop_rules`` applied to every key of ``state_dict``."""
     renamed, dropped, unknown, sources = {}, [], [], {}
     for key, value in state_dict.items():
         if any(rule.match_source(key) for rule in drop_rules):

@@ -1,24 +1,11 @@
 """The official CBAM ImageNet checkpoints (Jongchan/attention-module) -> mmdet ResNet + CBAM.
 
-The official ResNet is torchvision's (v1.5, 7x7 stem + max-pool) with a CBAM at the end
-of every block's residual branch, saved from ``nn.DataParallel`` as
-``{'state_dict', 'epoch', 'arch', 'best_prec1', 'optimizer'}``. Its CBAM keys, per block,
-become this project's:
-
-============================================  ===========================================
-official                                      mmdet (``CBAM`` plugin)
-============================================  ===========================================
-``cbam.ChannelGate.mlp.1.{weight,bias}``      ``cbam.channel_attention.fc1.*``
-``cbam.ChannelGate.mlp.3.{weight,bias}``      ``cbam.channel_attention.fc2.*``
-``cbam.SpatialGate.spatial.conv.weight``      ``cbam.spatial_attention.conv.weight``
-``cbam.SpatialGate.spatial.bn.*``             ``cbam.spatial_attention.bn.*``
-============================================  ===========================================
-
-``fc.*`` (the classifier) is dropped; the ResNet keys (``conv1``, ``bn1``,
-``layerX.Y.conv*/bn*/downsample.0/1``) are mmdet's ResNet keys already. The official
-SpatialGate and this project's spatial attention both pool channels as [max; mean], in
-that order, so the spatial convolution's weights carry over unchanged (timm's
-CbamModule pools [mean; max]: its weights would need the two input channels swapped).
+The official ResNet is torchvision's (v1.5) with a CBAM at the end of every block's
+residual branch, saved from ``nn.DataParallel``. Its ResNet keys are mmdet's already,
+``fc.*`` is dropped, and per block :data:`CBAM_RULES` rename ``cbam.ChannelGate.mlp.1/3``
+to ``cbam.channel_attention.fc1/2`` and ``cbam.SpatialGate.spatial.conv/bn`` to
+``cbam.spatial_attention.conv/bn``. Both pool channels as [max; mean], so the spatial
+weights carry over unchanged (timm's CbamModule pools [mean; max]).
 """
 from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
 from .resnet_conversion import CheckpointConversionError, convert_resnet

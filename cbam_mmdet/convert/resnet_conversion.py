@@ -16,17 +16,10 @@ _SHOWN = 30
 
 @dataclass
 class ConvertedBackbone:
-    """A converted backbone state dict and what it is for.
-
-    Attributes:
-        state_dict: ``{mmdet ResNet key: tensor}``, no prefix.
-        backbone: the backbone config that holds exactly these keys
-            (``type``, ``depth``, ``plugins``).
-        source_format: ``'official_cbam'`` or ``'timm_seresnet'``.
-        dropped_keys: source keys left out on purpose (the ImageNet classifier ``fc``).
-        filled_keys: BatchNorm ``num_batches_tracked`` counters the source lacks
-            (files saved by PyTorch < 0.4.1), set to 0; they do not change the output.
-    """
+    """``state_dict`` ({mmdet ResNet key: tensor}) for the ``backbone`` config (type,
+    depth, plugins) that holds exactly these keys; ``source_format``; ``dropped_keys``
+    (the ImageNet classifier); ``filled_keys`` (BatchNorm ``num_batches_tracked`` counters
+    older files lack, set to 0: they do not change the output)."""
     state_dict: dict
     backbone: dict
     source_format: str
@@ -91,22 +84,11 @@ def _describe(backbone):
 
 def convert_resnet(state_dict, *, rules, source_format, plugin_cfg, fc1_suffix,
                    depth=None, describe_source=''):
-    """Convert a torchvision-named ResNet + attention state dict (no 'module.' prefix).
-
-    Args:
-        state_dict (dict): the source tensors.
-        rules (sequence[KeyRule]): source -> mmdet renaming (the classifier ``fc`` is
-            dropped).
-        source_format (str): recorded in the result.
-        plugin_cfg (dict): the plugin config without ratio, e.g. ``dict(type='CBAM')``.
-        fc1_suffix (str): mmdet key of the plugin's first Linear weight inside a block
-            (e.g. ``'cbam.channel_attention.fc1.weight'``): its shape gives the ratio.
-        depth (int, optional): the expected depth; a different layout is an error.
-        describe_source (str): a hint on the expected source keys for error messages.
-
-    Returns:
-        ConvertedBackbone
-    """
+    """Convert a torchvision-named ResNet + attention state dict (no 'module.' prefix)
+    with ``rules`` (the classifier is dropped) into a :class:`ConvertedBackbone` with
+    ``plugin_cfg`` (e.g. ``dict(type='CBAM')``), the ratio read from the shape of the
+    block key ``fc1_suffix``. ``depth``: refuse another layout; ``describe_source``: the
+    expected source keys, for error messages."""
     renamed, dropped, unknown = rename(state_dict, rules, CLASSIFIER_RULES)
     if unknown:
         raise CheckpointConversionError(

@@ -62,18 +62,9 @@ def ratios_for(pairs):
 
 
 def reduction_ratios(hidden_sizes):
-    """One reduction ratio per stage for an MLP attention module.
-
-    Args:
-        hidden_sizes (dict): ``{block_name: (channels, hidden)}``, e.g.
-            ``{'layer1.0': (256, 16), ...}`` from the first Linear's weight shape.
-
-    Returns:
-        list[int]: the ratio of stages 1..4: one ratio for all stages when one fits
-        (the largest that fits, i.e. ``C / hidden`` when exact), else one per stage
-        (timm's SE-ResNet-18/34 round the hidden size up to a multiple of 8, so their
-        first stage has r = 8 and the others r = 16).
-    """
+    """The reduction ratio of stages 1..4 from ``{block: (channels, hidden)}``: the
+    largest one ratio that fits every stage, else the largest per stage (timm's
+    SE-ResNet-18/34 have r = 8 in layer1, 16 elsewhere)."""
     by_stage = {}
     for block, pair in hidden_sizes.items():
         by_stage.setdefault(int(block.split('.')[0][len('layer'):]), []).append(pair)

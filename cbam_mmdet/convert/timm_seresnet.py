@@ -1,14 +1,10 @@
 """timm's SE-ResNet state dicts (``seresnet18/34/50/101/152``) -> mmdet ResNet + SE.
 
-timm names the ResNet as torchvision does (``conv1``, ``bn1``, ``layerX.Y.conv1..3``,
-``bn1..3``, ``downsample.0/1``, ``fc``) and its SE module as two 1x1 convolutions with
-bias, ``layerX.Y.se.fc1`` (C -> C/r) and ``se.fc2`` (C/r -> C), applied after the last
-BatchNorm of the block, before the residual addition, to the global average:
-exactly this project's ``SE`` plugin with Linear layers, so each ``(out, in, 1, 1)``
-weight becomes ``(out, in)``. timm rounds the hidden size to a multiple of 8: for
-seresnet50/101 that is C/16 in every stage (ratio 16); seresnet18/34 get 8 hidden
-channels for 64 (ratio 8 in layer1) and ratio 16 elsewhere, which the converted
-backbone config expresses with per-stage plugin entries.
+timm names the ResNet as torchvision does and its SE (after the block's last BatchNorm)
+as two 1x1 convolutions with bias, ``layerX.Y.se.fc1/fc2``: this project's ``SE`` with
+Linear layers, so each ``(out, in, 1, 1)`` weight becomes ``(out, in)``. timm rounds the
+hidden size to a multiple of 8: ratio 16 everywhere for seresnet50/101; 8 in layer1 and
+16 elsewhere for seresnet18/34 (per-stage plugin entries).
 """
 from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
 from .official_cbam import check_not_other_format

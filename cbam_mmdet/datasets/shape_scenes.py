@@ -1,18 +1,11 @@
 """Procedural detection scenes: filled shapes to find among hollow look-alikes and clutter.
 
-A scene is drawn from ``numpy.random.default_rng([seed, index])`` alone, so image ``index``
-of a given seed is the same on every machine and in every process.
-
-- Targets (the classes): a filled circle, square or triangle, any hue, squares and
-  triangles rotated, sizes log-uniform between ``min_size`` and ``max_size`` pixels.
-- Distractors (never labelled): the same shapes hollow (a ring, a square or triangle
-  outline) and plus signs, in the same hues and sizes. A box around a ring looks like a
-  box around a disc at its border: telling them apart needs the object's inside.
-- Clutter: a smooth colour gradient, pixel noise, thin lines and small dots everywhere.
-
-Objects do not overlap each other (their boxes keep ``gap`` pixels apart); clutter lines
-may cross them. A target's box is the box of the pixels its shape covers at least half,
-in whole pixels (x2, y2 exclusive), as a careful annotator would draw it.
+Scene ``index`` of ``seed`` is drawn from ``numpy.random.default_rng([seed, index])``
+alone, the same everywhere. Targets: a filled circle, square or triangle (any hue,
+rotated, log-uniform sizes). Distractors, never labelled: the same shapes hollow and plus
+signs (telling a ring from a disc needs the object's inside). Clutter: a gradient, noise,
+thin lines and dots. Objects keep ``gap`` pixels apart; a target's box is the box of the
+pixels its shape covers at least half (x2, y2 exclusive).
 """
 import math
 

@@ -1,15 +1,10 @@
 """SyntheticShapesDataset: the embedded detection dataset, generated in memory.
 
-Nothing is read or downloaded: ``num_images`` scenes of :func:`generate_scene` are drawn
-from ``seed`` when the dataset is built, and held as mmdet data infos (COCO-style
-instances with ``bbox`` in x1 y1 x2 y2 pixels, ``bbox_label``, ``ignore_flag``), each with
-its BGR uint8 image (as mmcv reads files) under ``img``. Its pipeline starts with
-``LoadImageFromNDArray`` instead of ``LoadImageFromFile``. mmdet's ``CocoMetric(ann_file=None)`` evaluates it when the test
-pipeline's ``PackDetInputs`` keeps ``'instances'`` in its ``meta_keys``.
-
-:meth:`SyntheticShapesDataset.to_coco` gives the same data as a COCO annotation dict, and
-:func:`export_coco` writes it as a COCO folder (PNG images + instances json) for tools
-that want files.
+``num_images`` scenes of :func:`generate_scene` are drawn from ``seed`` when the dataset
+is built and held as mmdet data infos with their BGR image under ``img`` (the pipeline
+starts with ``LoadImageFromNDArray``); nothing is read or downloaded.
+``CocoMetric(ann_file=None)`` evaluates it when the test pipeline's ``PackDetInputs``
+keeps ``'instances'``. :func:`export_coco` writes it as a COCO folder.
 """
 import json
 import os

@@ -1,16 +1,8 @@
-"""Refuse a checkpoint that does not fit the model (another architecture, another
-number of classes) instead of mmengine's warning and a partly loaded model.
-
-mmengine loads ``load_from`` and ``--resume`` checkpoints with ``strict=False``: missing,
-unexpected and mismatched-shape keys are logged and the run goes on with whatever
-matched, e.g. a plain ResNet-50 detector checkpoint evaluated by a CBAM config runs
-with randomly initialised attention. :class:`CheckpointMatchHook` compares the
-checkpoint's ``state_dict`` with the model before it is loaded and raises
-:class:`CheckpointMismatchError` listing what differs.
-
-Fine-tuning from a detector trained on another dataset (other ``num_classes``) is a
-partial load on purpose: ``allow_partial=True`` (``tools/train.py --load-from-partial``)
-keeps mmengine's behaviour for ``load_from`` (resume is always strict).
+"""Refuse a checkpoint that does not fit the model (another architecture or number of
+classes) instead of mmengine's warning and a partly loaded model (``strict=False``: a
+plain detector's checkpoint in a CBAM config would run with random attention).
+``allow_partial=True`` (``tools/train.py --load-from-partial``, fine-tuning to other
+classes) keeps mmengine's behaviour for ``load_from``; resume is always strict.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -1,21 +1,10 @@
-"""mmengine's train loops, restoring the random generators of a resumed checkpoint at
-the point where the interrupted run stood.
-
-With :class:`~cbam_mmdet.engine.RNGStateHook`, ``num_workers=0`` and deterministic
-settings, a run killed at any checkpoint and resumed ends with the same weights as an
-uninterrupted run:
-
-- :class:`ExactResumeIterBasedTrainLoop`: from any iteration checkpoint. mmengine's
-  loop advances the dataloader past the iterations already trained (replaying the
-  sampler, the batch sampler's buckets and the data pipeline); the generators are
-  restored after that skip, just before the first new iteration.
-- :class:`ExactResumeEpochBasedTrainLoop`: from checkpoints written at the end of an
-  epoch. mmengine restarts an interrupted epoch from its first batch, so a checkpoint
-  written inside an epoch resumes as mmengine does (not exact; the loop warns).
-
-With ``num_workers > 0`` the pipeline's random numbers are drawn in the worker
-processes, seeded per epoch by mmengine's ``worker_init_fn``; their state mid-epoch is
-not saved.
+"""mmengine's train loops, restoring a resumed checkpoint's random generators where the
+interrupted run stood. With :class:`~.rng_state.RNGStateHook`, ``num_workers=0`` and
+deterministic settings, a killed and resumed run ends with the uninterrupted run's
+weights: :class:`ExactResumeIterBasedTrainLoop` from any iteration checkpoint (restored
+after the dataloader skipped the trained iterations), :class:`ExactResumeEpochBasedTrainLoop`
+from end-of-epoch checkpoints (mmengine restarts an interrupted epoch; the loop warns).
+With ``num_workers > 0`` the workers' generators mid-epoch are not saved.
 """
 import logging
 
@@ -44,8 +33,7 @@ def restore_resumed_rng_state(runner) -> bool:
 
 @LOOPS.register_module()
 class ExactResumeIterBasedTrainLoop(IterBasedTrainLoop):
-    """:class:`mmengine.runner.IterBasedTrainLoop` that, when resumed, restores the
-    checkpoint's random generators after advancing the dataloader (see the module)."""
+    """mmengine's loop, restoring the generators after advancing the dataloader."""
 
     def run(self):
         self.runner.call_hook('before_train')
@@ -76,8 +64,7 @@ class ExactResumeIterBasedTrainLoop(IterBasedTrainLoop):
 
 @LOOPS.register_module()
 class ExactResumeEpochBasedTrainLoop(EpochBasedTrainLoop):
-    """:class:`mmengine.runner.EpochBasedTrainLoop` that, when resumed from the end of
-    an epoch, restores the checkpoint's random generators (see the module)."""
+    """mmengine's loop, restoring the generators when resumed at the end of an epoch."""
 
     def run(self):
         if self._iter > 0:

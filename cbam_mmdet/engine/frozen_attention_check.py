@@ -1,11 +1,9 @@
 """Refuse attention plugins frozen at their random initialisation.
 
-mmdet's ResNet freezes every parameter of the stages up to ``frozen_stages`` (mmdet's
-Faster R-CNN default is 1), plugins included. A CBAM or SE plugin there would stay at its
-random initialisation for the whole run. This project refuses that configuration
-(it does not silently unfreeze the plugin): a frozen plugin is allowed only when its
-weights come from a checkpoint (the backbone's ``init_cfg`` Pretrained file, ``load_from``
-or ``resume``), e.g. a converted official CBAM ImageNet checkpoint.
+mmdet's ResNet freezes the stages up to ``frozen_stages`` (Faster R-CNN's default: 1),
+plugins included: a CBAM or SE plugin there would stay random for the whole run. A
+frozen plugin is allowed only when its weights come from a checkpoint (the backbone's
+Pretrained ``init_cfg``, ``load_from`` or ``resume``); it is never silently unfrozen.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -33,8 +31,7 @@ def _normalise(key):
 
 
 def checkpoint_keys(path):
-    """Parameter names stored in a local checkpoint ('module.' and 'backbone.' stripped),
-    or an empty set when the file cannot be read (a URL, a missing file)."""
+    """Keys of a local checkpoint ('module.' and 'backbone.' stripped); none if unreadable."""
     from ..checkpoint import load_checkpoint_file
     try:
         ckpt = load_checkpoint_file(path)

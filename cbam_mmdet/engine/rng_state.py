@@ -1,27 +1,14 @@
 """Save every random number generator of a run in its checkpoints, for exact resume.
 
-A training run draws from four generators: Python's ``random`` and NumPy's global
-generator (the data pipeline: RandomFlip, RandomResize, ...), torch's CPU generator
-(mmdet's RPN/RoI ``RandomSampler`` uses ``torch.randperm``, dropout, the DataLoader's
-base seed) and, on GPUs, torch's CUDA generators. mmengine's checkpoints keep the seed
-only, so a resumed run re-seeds and draws different numbers than the interrupted run
-would have.
-
-:class:`RNGStateHook` stores the states of all of them in every checkpoint
-(``checkpoint['rng_state']``, tensors and plain numbers, readable by the weights-only
-loader) and keeps them after a resume until the train loop restores them at the right
-moment: after mmengine has advanced the dataloader past the iterations already trained
-(that skip runs the data pipeline and draws numbers), just before the first new
-iteration (:mod:`cbam_mmdet.engine.exact_resume_loops`).
-
-Validation draws numbers too (building the val DataLoader's iterator draws from
-torch's generator). The hook saves all states before validation and restores them
-after it, so the training stream does not depend on whether, or how often, validation
-ran: a run resumed from the checkpoint written just before a validation continues with
-the same numbers as the run that validated.
-
-The states are per process. Only rank 0 writes checkpoints, so in a distributed run the
-hook saves and restores nothing (it warns once).
+A run draws from Python's ``random`` and NumPy's generator (the data pipeline), torch's
+CPU generator (RPN/RoI samplers, the DataLoader's seed) and torch's CUDA generators;
+mmengine's checkpoints keep the seed only. :class:`RNGStateHook` stores all their states
+in every checkpoint (``checkpoint['rng_state']``, readable by the weights-only loader)
+and hands them, after a resume, to the train loop, which restores them once the
+dataloader has skipped the iterations already trained (:mod:`.exact_resume_loops`).
+Validation draws numbers too: the hook restores the states after it, so the training
+stream does not depend on it. The states are per process: in a distributed run (only
+rank 0 writes checkpoints) the hook saves and restores nothing, and warns once.
 """
 import logging
 import random
@@ -76,14 +63,8 @@ def set_rng_state(state: dict) -> None:
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
-    """Save every generator's state in checkpoints; keep validation out of the
-    training stream; hand the resumed states to the train loop.
-
-    The train loops :class:`~cbam_mmdet.engine.ExactResumeIterBasedTrainLoop` and
-    :class:`~cbam_mmdet.engine.ExactResumeEpochBasedTrainLoop` call
-    :meth:`restore_resumed_state`. ``tools/train.py`` adds both (see
-    :func:`cbam_mmdet.apis.build_train_config`).
-    """
+    """Save every generator's state in checkpoints; keep validation out of the training
+    stream; hand the resumed states to the exact-resume train loops (see the module)."""
 
     priority = 'VERY_LOW'
 

@@ -2,7 +2,7 @@
 the paper's numbers where it has them, and the options that select and size them."""
 import os.path as osp
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 COLUMNS = ('mAP', 'mAP50', 'mAP75')
@@ -34,13 +34,14 @@ class Preset:
     parallel: int = 1  # variants run at the same time by default
     gpus: int = 8  # GPUs per run in the printed distributed commands
     paper_note: str = ''
-    default_options: Dict = field(default_factory=dict)
 
 
 def _demo(name):
     return f'configs/demo/faster_rcnn_r50_shapes{name}.py'
 
 
+_COCO_NOTE = 'COCO mAP@[.5:.95], mAP@.5, mAP@.75 on val2017.'
+_VOC_NOTE = "VOC2007 test 11-point mAP at IoU .5 (mmdet's VOCMetric)."
 _SHAPES_NOTE = ('COCO mAP@[.5:.95] (CocoMetric) on 128 held-out scenes (seed 1) of the '
                 'embedded SyntheticShapesDataset, 128x128; trained from scratch on 512 '
                 'scenes (seed 0).')
@@ -87,7 +88,7 @@ PRESETS = {p.name: p for p in [
                   Variant('CBAM', 'configs/faster_rcnn_r50_cbam_coco.py',
                           dict(mAP=28.1, mAP50=48.2, mAP75=29.2))),
         metrics=COCO_METRICS, input_shape=(3, 800, 1333), runs_here=False,
-        metric_note='COCO mAP@[.5:.95], mAP@.5, mAP@.75 on val2017.',
+        metric_note=_COCO_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-50); '
                    'these ResNet-50 values were recalled, not read from the paper: check '
                    'them against arXiv 1807.06521. The paper\'s detector is not mmdet\'s '
@@ -102,7 +103,7 @@ PRESETS = {p.name: p for p in [
                   Variant('CBAM', 'configs/faster_rcnn_r101_cbam_coco.py',
                           dict(mAP=30.8, mAP50=50.5, mAP75=32.6))),
         metrics=COCO_METRICS, input_shape=(3, 800, 1333), runs_here=False,
-        metric_note='COCO mAP@[.5:.95], mAP@.5, mAP@.75 on val2017.',
+        metric_note=_COCO_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-101). '
                    'The paper\'s detector is not mmdet\'s FPN: compare deltas.'),
     Preset(
@@ -113,7 +114,7 @@ PRESETS = {p.name: p for p in [
                   Variant('SE', 'configs/faster_rcnn_r50_se_voc0712.py'),
                   Variant('CBAM', 'configs/faster_rcnn_r50_cbam_voc0712.py')),
         metrics={'mAP': 'pascal_voc/mAP'}, input_shape=(3, 600, 1000), runs_here=False,
-        metric_note='VOC2007 test 11-point mAP at IoU .5 (mmdet\'s VOCMetric).',
+        metric_note=_VOC_NOTE,
         paper_note='The paper has no Faster R-CNN VOC table.'),
     Preset(
         name='voc-ssd',
@@ -126,7 +127,7 @@ PRESETS = {p.name: p for p in [
                   Variant('CBAM', 'configs/ssd300_vgg16_cbam_voc0712.py',
                           dict(mAP=79.3, delta=0.4))),
         metrics={'mAP': 'pascal_voc/mAP'}, input_shape=(3, 300, 300), runs_here=False,
-        metric_note='VOC2007 test 11-point mAP at IoU .5 (mmdet\'s VOCMetric).',
+        metric_note=_VOC_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 7 (VOC2007 test, VGG16): SSD 77.8; its '
                    'SE and CBAM rows are on StairNet (78.9): StairNet+SE 79.1, '
                    'StairNet+CBAM 79.3, so the paper deltas are against StairNet.'),

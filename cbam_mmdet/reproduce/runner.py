@@ -27,16 +27,12 @@ LOG_FILE = 'reproduce.log'
 def _set_data_root(cfg, data_root):
     """Point every dataset of the dataloaders at ``data_root`` (and evaluator ann_files
     that lived under the old root)."""
-    from ..apis.dataset_check import _leaf_datasets
+    from ..apis.dataset_check import split_datasets
     old_roots = set()
-    for split in ('train', 'val', 'test'):
-        loader = cfg.get(f'{split}_dataloader')
-        if not loader:
-            continue
-        for _, ds in _leaf_datasets(loader.get('dataset'), split):
-            if ds.get('data_root'):
-                old_roots.add(ds['data_root'])
-            ds['data_root'] = data_root
+    for _, _, ds in split_datasets(cfg):
+        if ds.get('data_root'):
+            old_roots.add(ds['data_root'])
+        ds['data_root'] = data_root
     for key in ('val_evaluator', 'test_evaluator'):
         evaluators = cfg.get(key)
         for ev in (evaluators if isinstance(evaluators, list) else [evaluators]):
@@ -198,7 +194,7 @@ def run_preset(preset, work_dir, variants=None, cfg_options=None, data_root=None
     def one(i, variant):
         spec = dict(name=variant.name, config=variant.config,
                     work_dir=variant_dir(work_dir, variant),
-                    cfg_options=dict(preset.default_options, **(cfg_options or {})),
+                    cfg_options=cfg_options or {},
                     data_root=data_root, input_shape=list(preset.input_shape), amp=amp)
         tag = f'{i + 1}/{len(variants)} {variant.name}'
         locked_log(f'[{tag}] start: {variant.config}')

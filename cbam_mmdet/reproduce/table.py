@@ -13,7 +13,6 @@ def table_rows(preset, results):
     """One dict per variant: the columns of comparison.csv (mAP values in percent)."""
     paper = {v.name: v.paper or {} for v in preset.variants}
     rows = []
-    base = None
     for r in results:
         row = dict(variant=r['name'], config=r['config'], status=r['status'],
                    params_M=None, GFLOPs=None, mAP=None, mAP50=None, mAP75=None,
@@ -27,9 +26,7 @@ def table_rows(preset, results):
             for col, key in preset.metrics.items():
                 if key in r['metrics']:
                     row[col] = 100.0 * r['metrics'][key]
-        p = paper.get(r['name'], {})
-        for col in COLUMNS:
-            row[f'paper_{col}'] = p.get(col)
+        row.update({f'paper_{col}': paper.get(r['name'], {}).get(col) for col in COLUMNS})
         rows.append(row)
     if rows:
         base = rows[0]
@@ -46,9 +43,7 @@ def table_rows(preset, results):
 
 
 def _fmt(v, spec='.1f', signed=False):
-    if v is None:
-        return '-'
-    return format(v, ('+' if signed else '') + spec)
+    return '-' if v is None else format(v, ('+' if signed else '') + spec)
 
 
 def format_markdown(preset, rows, wall_s=None, device=None):
@@ -102,9 +97,7 @@ def write_csv(path, rows):
 
 def write_chart(path, preset, rows):
     """Grouped bars of mAP/mAP50/mAP75 per variant; failed variants marked."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from ..visualization.drawing import plt
 
     cols = [c for c in COLUMNS if c in preset.metrics]
     n = len(rows)

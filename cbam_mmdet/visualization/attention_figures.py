@@ -1,17 +1,12 @@
-"""The figures of ``tools/vis_attention.py``: detections with each stage's spatial
-attention over the image, and the channel attention statistics of every stage.
+"""The figures of ``tools/vis_attention.py``. For one image, :func:`visualize_attention`
+writes
 
-For one image, :func:`visualize_attention` writes
-
-- ``<name>_attention.png``: the detections (score >= ``score_thr``), then one panel per
-  stage with its CBAM spatial attention map ``M_s`` (last block of the stage, or the mean
-  over its blocks) upsampled onto the image; the panel title gives the map's size and its
-  range of values. SE models and channel-only CBAM have no spatial map: the figure then
-  holds the detections only.
-- ``<name>_channel_attention.png``: per stage, the channel attention ``M_c`` (SE: ``s``)
-  of each block as a blocks x channels heat map, and the distribution of its values per
-  block (box plots); colours and axes span the stage's range of values
-  (``scale='relative'``, the default) or [0, 1] (``'absolute'``).
+- ``<name>_attention.png``: the detections, then per stage its CBAM spatial map ``M_s``
+  (last block, or the blocks' mean) over the image, titled with its size and range (SE
+  and channel-only CBAM: the detections only);
+- ``<name>_channel_attention.png``: per stage, ``M_c`` (SE: ``s``) as a blocks x channels
+  heat map and box plots per block, over the stage's range of values
+  (``scale='relative'``) or [0, 1] (``'absolute'``);
 - ``<name>_channel_attention.json``: mean, std, min, max of ``M_c`` per module.
 """
 import json
@@ -96,11 +91,8 @@ def plot_channel_statistics(stats, path, scale='relative', dpi=100):
 
 def visualize_attention(model, image, out_dir, name=None, score_thr=0.3,
                         reduce='last', scale='relative', alpha=0.5, dpi=100):
-    """Write the attention figures of one image (see the module doc).
-
-    Returns dict(attention=<png>, channel=<png or None>, stats=<json or None>,
-    maps=<the recorded AttentionMaps by module name>, result=<DetDataSample>).
-    """
+    """Write the attention figures of one image (see the module doc); returns dict of the
+    paths (``attention``, ``channel``, ``stats``; None if absent), ``maps``, ``result``."""
     if name is None:
         name = osp.splitext(osp.basename(str(image)))[0] if isinstance(image, str) \
             else 'image'

@@ -1,17 +1,11 @@
 """Training curves of several runs on one PNG, from mmengine's ``scalars.json``.
 
-mmengine's ``LocalVisBackend`` writes ``<work_dir>/<timestamp>/vis_data/scalars.json``,
-one JSON object per line: training records (``loss``, ``loss_cls``, ``lr``, ... and
-``step`` = the iteration) every logging interval, and validation records (``coco/bbox_mAP``,
-``pascal_voc/mAP``, ...) after each validation. A validation record's ``step`` is the
-epoch (``LoggerHook(log_metric_by_epoch=True)``, the default) or the iteration; to put
-both kinds of run on one iteration axis, a validation record is placed at the step of the
-last training record written before it in the same file (the iteration it followed, to
-within one logging interval); a file without training records keeps its own steps.
-
-A run is a work dir (all its ``<timestamp>/vis_data/scalars.json`` in time order, so a
-resumed run continues its curve), one timestamp folder, or a ``scalars.json`` file. Its
-label is the work dir's name.
+``<work_dir>/<timestamp>/vis_data/scalars.json`` holds one JSON object per line: training
+records (``loss``, ``lr``, ..., ``step`` = the iteration) and validation records
+(``coco/bbox_mAP``, ...) whose ``step`` may be the epoch; a validation record is placed at
+the step of the training record before it, so every run shares one iteration axis. A run
+is a work dir (all its timestamps in order: a resumed run continues its curve), one
+timestamp folder or a ``scalars.json``; its label is the work dir's name.
 """
 import glob
 import json
@@ -26,8 +20,7 @@ AUTO_METRIC = 'mAP'
 
 
 def scalar_files(run):
-    """The ``scalars.json`` files of a run (work dir, timestamp dir or file), oldest
-    first."""
+    """The ``scalars.json`` files of a run (work dir, timestamp dir or file), oldest first."""
     run = str(run)
     if osp.isfile(run):
         return [run]
@@ -51,11 +44,6 @@ def work_dir_of(run):
     if osp.isfile(osp.join(path, 'vis_data', 'scalars.json')):
         return osp.dirname(path)
     return path
-
-
-def run_label(run):
-    """The work dir's name."""
-    return osp.basename(work_dir_of(run))
 
 
 def read_scalars(path):
@@ -116,7 +104,7 @@ def unique_labels(runs, labels=None):
         if len(labels) != len(runs):
             raise ValueError(f'labels: {len(labels)} labels for {len(runs)} runs')
         return list(labels)
-    names = [run_label(r) for r in runs]
+    names = [osp.basename(work_dir_of(r)) for r in runs]
     # runs with the same work dir name: the parent folder tells them apart
     return [f'{osp.basename(osp.dirname(work_dir_of(r)))}/{n}' if names.count(n) > 1
             else n for r, n in zip(runs, names)]
@@ -172,10 +160,5 @@ def plot_curves(runs, out_path, keys=('loss', 'mAP'), labels=None, smooth=1):
 
 
 def moving_average(values, window):
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    return [sum(values[max(0, i + 1 - window):i + 1]) / min(i + 1, window)
+            for i in range(len(values))]

@@ -1,7 +1,4 @@
-"""Matplotlib drawing shared by the figures: images, heat-map overlays, detections.
-
-Uses the Agg backend (files only, no display).
-"""
+"""Matplotlib drawing (Agg: files only) shared by the figures: images, overlays, boxes."""
 import os
 import os.path as osp
 
@@ -28,18 +25,14 @@ def show_image(ax, img_bgr, title=None):
 
 
 def show_overlay(ax, img_bgr, heatmap, title=None, alpha=0.5, vmin=0.0, vmax=1.0):
-    """The image with ``heatmap`` (same H x W) over it in the jet colour map.
-
-    Returns the heat-map artist (for a colour bar)."""
+    """The image with ``heatmap`` (same H x W) over it in jet; returns the artist."""
     show_image(ax, img_bgr, title)
     return ax.imshow(heatmap, cmap=HEATMAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
 
 
 def draw_detections(ax, bboxes, labels, scores, class_names=None, color='lime',
                     highlight=None):
-    """Boxes (x1, y1, x2, y2 pixels) with "class score" captions on ``ax``.
-
-    ``highlight``: index of one box drawn thicker, in red."""
+    """Boxes (x1, y1, x2, y2) with "class score" captions; ``highlight``: one box in red."""
     for i, (box, label, score) in enumerate(zip(bboxes, labels, scores)):
         x1, y1, x2, y2 = [float(v) for v in box]
         c, lw = ('red', 2.5) if i == highlight else (color, 1.2)

@@ -4,28 +4,19 @@
     \\alpha_k = \\frac{1}{hw} \\sum_{i,j} \\frac{\\partial y}{\\partial A^k_{ij}}, \\qquad
     L_{\\text{Grad-CAM}} = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big)
 
-``A`` is the output of a chosen layer (a backbone stage such as ``backbone.layer4``, or
-one output level of the neck), ``y`` the score of a chosen detection: for Faster R-CNN the
-softmax probability of the box's class from the RoI head, as the CBAM paper's Figure 4
-labels its maps with the softmax score of the target class (``target='score'``, the
-default). Grad-CAM itself takes the class score before the softmax: ``target='logit'``
-uses the class logit of the RoI behind the detection (two-stage detectors). The score is
-differentiable because the model's own predict path runs with autograd on: RoIAlign, the
-box head's softmax and the score gathering after NMS keep the graph (:func:`grad_cam`
-checks that they did).
+``A`` is the output of a layer (a backbone stage such as ``backbone.layer4``, or one
+level of the neck), ``y`` the score of a detection: for Faster R-CNN the softmax
+probability of its class, as the CBAM paper's Figure 4 labels its maps
+(``target='score'``), or the class logit before the softmax (``target='logit'``,
+Grad-CAM's own choice, two-stage detectors). The model's predict path runs with autograd
+on, so the score is differentiable through RoIAlign, the softmax and NMS. The ReLU keeps
+positive evidence only: a weak model can give an all-zero map (the figure says so). With
+``layer='neck', level='auto'`` the map is taken at the level the box was pooled from.
 
-The ReLU keeps only positive evidence: for a weak model every position can have a
-negative weighted sum, and the map is then all zero (as in any Grad-CAM implementation);
-the figure says so. Backbone stage outputs are non-negative (after a ReLU); FPN outputs
-are not, and with ``layer='neck', level='auto'`` the map is taken at the level the RoI
-head pooled the box from.
-
-A small hook-based implementation: the ``grad-cam`` package needs torchvision, which is
-not part of this project's stack. A forward hook replaces the layer's output by a leaf
-tensor that requires grad (the same values), so only the part of the model after the
-layer is differentiated, no parameter gradient is computed, and frozen stages
-(``frozen_stages``) work. The map is brought back to the original image
-(:func:`~.inference.to_image_size`) and normalised to [0, 1] by its maximum.
+A forward hook replaces the layer's output by a leaf tensor that requires grad (same
+values): only the model after the layer is differentiated, no parameter gradient is
+computed, frozen stages work, and no torchvision (which the ``grad-cam`` package needs).
+The map is brought back to the original image and normalised to [0, 1] by its maximum.
 """
 import contextlib
 from dataclasses import dataclass
@@ -44,12 +35,9 @@ TARGETS = ('score', 'logit')
 
 @dataclass
 class GradCamResult:
-    """``cam``: (h, w) raw map at the layer; ``heatmap``: (H, W) in [0, 1] over the
-    original image; the chosen detection (``index`` among the predictions, ``bbox``
-    x1 y1 x2 y2 pixels, ``label``, ``score``); ``result``: the DetDataSample;
-    ``image``: the BGR image; ``level``: the output level used (multi-level layers);
-    ``gradient_norm``: the norm of the gradient at the layer (0 when the score does not
-    depend on it)."""
+    """``cam``: (h, w) map at the layer; ``heatmap``: (H, W) in [0, 1] over the image; the
+    detection (``index``, ``bbox`` x1 y1 x2 y2, ``label``, ``score``); ``result``: the
+    DetDataSample; ``image``: BGR; ``level``: the output level used; ``gradient_norm``."""
     cam: np.ndarray
     heatmap: np.ndarray
     index: int
@@ -72,19 +60,28 @@ def find_module(model, layer):
     return modules[layer]
 
 
-class FeatureCapture:
-    """Forward hook: the layer's output becomes a detached leaf that requires grad.
+class _ForwardHook:
+    """Context manager holding ``self._hook`` as a forward hook on ``self.module``."""
 
-    For a tuple/list output (an FPN neck), ``level`` picks one level, or ``'auto'`` makes
-    every level a leaf (:attr:`activations`) so the caller can pick the one the score
-    depends on. :attr:`activation` is the chosen leaf (None for ``'auto'``)."""
+    def __enter__(self):
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
+
+
+class FeatureCapture(_ForwardHook):
+    """Forward hook: the layer's output becomes a detached leaf that requires grad. For a
+    multi-level output, ``level`` picks one, or ``'auto'`` makes every level a leaf
+    (:attr:`activations`); :attr:`activation` is the chosen leaf (None for ``'auto'``)."""
 
     def __init__(self, module, layer, level=None):
         self.module, self.layer, self.level = module, layer, level
         self.activation = None
         self.activations = []
         self.index = None  # of the chosen leaf in activations
-        self._handle = None
 
     def _hook(self, module, args, output):
         if isinstance(output, torch.Tensor):
@@ -108,38 +105,20 @@ class FeatureCapture:
         raise TypeError(f'layer {self.layer!r} outputs {type(output).__name__}, not a '
                         f'tensor or a tuple of tensors')
 
-    def __enter__(self):
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
 
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
-
-
-class ClassLogitCapture:
+class ClassLogitCapture(_ForwardHook):
     """Forward hook on a two-stage detector's ``roi_head.bbox_head``: keeps its class
     logits ``(num_rois, num_classes + 1)`` (:attr:`logits`)."""
 
     def __init__(self, model):
-        head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
-        if head is None:
+        self.module = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
+        if self.module is None:
             raise ValueError("target: 'logit' needs a two-stage detector (roi_head."
                              "bbox_head); use target='score' for this model")
-        self.head = head
         self.logits = None
-        self._handle = None
 
     def _hook(self, module, args, output):
         self.logits = output[0]
-
-    def __enter__(self):
-        self._handle = self.head.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
 
     def logit_of(self, score, label):
         """The class logit behind a detection score: the RoI whose row the score's
@@ -222,19 +201,14 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
     Args:
         model: an mmdet detector in eval mode (:func:`~.inference.load_detector`).
         image: path or BGR array.
-        layer: name of the module whose output is ``A`` (``model.named_modules()``),
-            e.g. ``'backbone.layer3'``, ``'backbone.layer4'``, ``'neck'``.
-        level: for a layer with several outputs (an FPN neck): which one, or ``'auto'``
-            for the level the score depends on most (the one the RoI head pooled the
-            box from: the others get zero gradient).
+        layer: the module whose output is ``A`` (a ``named_modules`` name).
+        level: for a multi-level layer (an FPN neck): which level, or ``'auto'`` (the
+            one the score depends on most).
         rank: the detection, by score rank (0: the top-scoring one).
-        target_box, target_label: choose instead the detection that overlaps
-            ``target_box`` most (of ``target_label`` when it has one), e.g. to compare
-            the same object across models.
+        target_box, target_label: choose instead the detection overlapping
+            ``target_box`` most (of ``target_label`` when it has one).
         score_thr: override the head's test score threshold (to reach weak detections).
-        target: ``'score'`` (default): the detection's score (Faster R-CNN: softmax
-            probability of its class); ``'logit'``: the class logit before the softmax,
-            Grad-CAM's own choice of ``y^c``, for two-stage detectors.
+        target: ``'score'`` (the detection's score) or ``'logit'`` (its class logit).
     """
     if target not in TARGETS:
         raise ValueError(f'target must be one of {list(TARGETS)}, got {target!r}')
@@ -279,16 +253,10 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
 def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=None,
                      rank=0, match='iou', score_thr=None, alpha=0.5, target='score',
                      dpi=100):
-    """The CBAM paper's Figure 4 for detectors: one row per image, the input image, then
-    the Grad-CAM of each model side by side.
-
-    ``models``: list of ``(label, model)``. The first model's detection is chosen by
-    ``rank``; with ``match='iou'`` every other model explains its detection that overlaps
-    the first one's box most (same class first), so all columns explain the same object;
-    with ``match='rank'`` each model explains its own ``rank``-th detection. Panel titles
-    give the class, the score and (for matched ones) the IoU with the first box.
-    Returns ``(out_path, [[GradCamResult per model] per image])``.
-    """
+    """The CBAM paper's Figure 4 for detectors: per image, the image and each model's
+    Grad-CAM. ``models``: ``[(label, model)]``; the first model's detection is chosen by
+    ``rank``, the others explain (``match='iou'``) the detection overlapping it most, or
+    (``'rank'``) their own ``rank``-th one. Returns ``(out_path, [[GradCamResult]])``."""
     if match not in MATCHES:
         raise ValueError(f'match must be one of {list(MATCHES)}, got {match!r}')
     if not models:

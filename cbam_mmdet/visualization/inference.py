@@ -1,13 +1,7 @@
-"""One image through a detector, keeping what the visualisations need.
-
-:func:`load_detector` builds a detector from a config and a checkpoint (mmdet's
-``init_detector``, on CPU by default). :func:`prepare_image` runs the config's test
-pipeline on one image (a file or a BGR array) and the model's data preprocessor, and
-:func:`predict` runs the model's predict path, with autograd on or off. Grad-CAM needs it
-on: the scores of the detections are then differentiable functions of the features.
-:func:`to_image_size` brings a feature-sized map back to the original image: the model
-sees the resized, padded image, so a map is upsampled to the padded batch shape, cropped
-to the resized image and resized to the original size.
+"""One image through a detector, keeping what the visualisations need: the detector
+(:func:`load_detector`), the test pipeline's input (:func:`prepare_image`), the predict
+path with autograd on or off (:func:`predict`), and feature maps brought back onto the
+original image (:func:`to_image_size`).
 """
 import copy
 import os.path as osp
@@ -24,12 +18,8 @@ LOADERS = ('LoadImageFromFile', 'LoadImageFromNDArray', 'mmdet.LoadImageFromFile
 
 
 def load_detector(config, checkpoint=None, device='cpu', cfg_options=None):
-    """A detector in eval mode, from a config (path or Config) and a checkpoint path.
-
-    ``checkpoint=None`` keeps the initialisation (for tests). Class names come from the
-    checkpoint's ``dataset_meta``; without one, from the config's test dataset class
-    (its ``METAINFO``) when it has one.
-    """
+    """A detector in eval mode from a config (path or Config) and a checkpoint (None: the
+    initialisation). Class names: the checkpoint's, else the test dataset's ``METAINFO``."""
     from mmdet.apis import init_detector
     from mmdet.registry import DATASETS
 
