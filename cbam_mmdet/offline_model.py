@@ -44,8 +44,7 @@ def load_config(config):
 
 
 def build_model_offline(config):
-    """The detector of ``config`` (path or Config), built and initialised without any
-    pretrained checkpoint."""
+    """The detector of ``config`` (path or Config), initialised without checkpoints."""
     from mmdet.registry import MODELS
 
     cfg = load_config(config)

@@ -3,9 +3,8 @@ a backbone checkpoint for mmdet's ResNet + CBAM plugin.
 
     python tools/convert_official_cbam.py RESNET50_CBAM.pth checkpoints/resnet50_cbam_mmdet.pth
 
-Then start a detector from it with
-``init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_cbam_mmdet.pth')``
-(configs/pretrained/). Any key that does not map is an error and nothing is written.
+Start a detector from it with a Pretrained init_cfg (configs/pretrained/). Any key
+that does not map is an error and nothing is written.
 """
 import functools
 import os.path as osp

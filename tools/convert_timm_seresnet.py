@@ -3,9 +3,8 @@ a backbone checkpoint for mmdet's ResNet + SE plugin.
 
     python tools/convert_timm_seresnet.py seresnet50.pth checkpoints/seresnet50_mmdet.pth
 
-Then start a detector from it with
-``init_cfg=dict(type='Pretrained', checkpoint='checkpoints/seresnet50_mmdet.pth')``
-(configs/pretrained/). Any key that does not map is an error and nothing is written.
+Start a detector from it with a Pretrained init_cfg (configs/pretrained/). Any key
+that does not map is an error and nothing is written.
 """
 import functools
 import os.path as osp

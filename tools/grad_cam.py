@@ -5,12 +5,9 @@
         [--layer backbone.layer4] [--level N|auto] [--rank 0] [--match iou|rank]
         [--target score|logit] [--score-thr THR]
 
-One row per image: the image, then each model's Grad-CAM of its chosen detection (the
-top-scoring one by default; with --match iou, the later models explain the detection
-overlapping the first model's most). Baseline vs CBAM, as the CBAM paper's Figure 4:
-    --model configs/demo/faster_rcnn_r50_shapes.py A.pth R-50
-    --model configs/demo/faster_rcnn_r50_shapes_cbam.py B.pth "R-50 + CBAM"
-See cbam_mmdet/visualization/grad_cam.py.
+One row per image: the image, then each model's Grad-CAM of its chosen detection (with
+--match iou, the later models explain the one overlapping the first model's most), as
+the CBAM paper's Figure 4. See cbam_mmdet/visualization/grad_cam.py.
 """
 import argparse
 import os.path as osp

@@ -3,9 +3,8 @@
     python tools/plot_curves.py WORK_DIR [WORK_DIR ...] --out curves.png
         [--keys loss mAP] [--labels A B ...] [--smooth N]
 
-Each run is an mmengine work dir (its <timestamp>/vis_data/scalars.json), a timestamp
-folder or a scalars.json file; 'mAP' stands for the runs' metric (coco/bbox_mAP,
-pascal_voc/mAP). See cbam_mmdet/visualization/curves.py.
+A run is a work dir, a timestamp folder or a scalars.json; 'mAP' is the runs' metric
+(see cbam_mmdet/visualization/curves.py).
 """
 import argparse
 import os.path as osp

@@ -3,10 +3,8 @@
     python tools/vis_attention.py CONFIG CHECKPOINT IMAGE [IMAGE ...] --out-dir DIR
         [--score-thr 0.3] [--reduce last|mean] [--scale relative|absolute] [--dpi 100]
 
-For each image: DIR/<name>_attention.png (detections, and each stage's CBAM spatial
-attention map over the image), DIR/<name>_channel_attention.png and .json (channel
-attention statistics per stage; SE models have these only). See
-cbam_mmdet/visualization/attention_figures.py.
+For each image: DIR/<name>_attention.png (detections, each stage's spatial map) and
+DIR/<name>_channel_attention.png/.json; see cbam_mmdet/visualization/attention_figures.py.
 """
 import argparse
 import os.path as osp

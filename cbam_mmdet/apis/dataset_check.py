@@ -60,8 +60,8 @@ def dataset_paths(dataset_cfg):
 
 
 def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
-    """Raise DatasetFileError (a FileNotFoundError) naming the first missing path, its
-    config field and how to get the dataset. Datasets that read no files (the embedded one) pass."""
+    """Raise :class:`DatasetFileError` naming the first missing path, its config field and
+    how to get the dataset."""
     for split, where, ds in split_datasets(cfg, splits):
         for field, path, is_file in dataset_paths(ds):
             if not (osp.isfile(path) if is_file else osp.isdir(path)):

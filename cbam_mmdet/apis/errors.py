@@ -34,8 +34,7 @@ class NumClassesMismatchError(InputError, ValueError):
 
 
 class DatasetWarning(UserWarning):
-    """Input the tools accept with a documented skip (boxes outside the image, images
-    without boxes)."""
+    """Input the tools accept with a documented skip (e.g. boxes outside the image)."""
 
 
 KNOWN_ERRORS = (InputError, UnsafeCheckpointError, CorruptCheckpointError,

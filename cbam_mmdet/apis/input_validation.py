@@ -23,6 +23,14 @@ from .errors import (AnnotationFileError, DatasetWarning, ImageFileError,
                      NumClassesMismatchError)
 
 SHOWN = 5
+#: Boxes mmdet skips or clips, and the warning that counts them.
+SKIPS = {'unknown_image': 'annotations refer to no listed image and are skipped; ids:',
+         'outside': 'boxes lie entirely outside their image and are skipped:',
+         'degenerate': 'boxes are smaller than 1 pixel (or area <= 0) and are skipped:',
+         'other_class': "boxes belong to categories outside the dataset's classes and are "
+                        'skipped:',
+         'clipped': 'boxes extend beyond their image; they are clipped to it when resized '
+                    '(Resize clip_object_border=True):'}
 IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'GIF87a', b'GIF89a',
                     b'II*\x00', b'MM\x00*')
 
@@ -168,68 +176,50 @@ def check_coco_dataset(ds, where, check_images=True):
         check_image_files([osp.join(img_dir, img['file_name']) for img in data['images']],
                           f'{where} ({path})')
 
-    outside, degenerate, clipped, other_class, unknown_image = [], [], [], [], []
+    found = {kind: [] for kind in SKIPS}
     with_boxes = set()
     for ann in data['annotations']:
-        if ann.get('ignore', False):
-            continue
         img = images.get(ann['image_id'])
-        if img is None:
-            unknown_image.append(ann.get('id', '?'))
+        if img is None and not ann.get('ignore', False):
+            found['unknown_image'].append(ann.get('id', '?'))
+        if img is None or ann.get('ignore', False):
             continue
         x, y, w, h = ann['bbox']
         example = f'{img["file_name"]} annotation {ann.get("id", "?")} bbox {ann["bbox"]}'
-        inter_w = max(0, min(x + w, img['width']) - max(x, 0))
-        inter_h = max(0, min(y + h, img['height']) - max(y, 0))
-        if inter_w * inter_h == 0:
-            outside.append(example)
-            continue
-        if ann['area'] <= 0 or w < 1 or h < 1:
-            degenerate.append(example)
-            continue
-        if ann['category_id'] not in used_ids:
-            other_class.append(example)
-            continue
-        if x < 0 or y < 0 or x + w > img['width'] or y + h > img['height']:
-            clipped.append(example)
-        with_boxes.add(img['id'])
-
-    for found, what in (
-            (unknown_image, 'annotations refer to no listed image and are skipped; ids:'),
-            (outside, 'boxes lie entirely outside their image and are skipped:'),
-            (degenerate, 'boxes are smaller than 1 pixel (or area <= 0) and are skipped:'),
-            (other_class, "boxes belong to categories outside the dataset's classes and "
-                          'are skipped:'),
-            (clipped, 'boxes extend beyond their image; they are clipped to it when '
-                      'resized (Resize clip_object_border=True):')):
-        if found:
-            _warn(f'{path}: {len(found)} {what} {_listing(found)}')
+        if (max(0, min(x + w, img['width']) - max(x, 0))
+                * max(0, min(y + h, img['height']) - max(y, 0))) == 0:
+            found['outside'].append(example)
+        elif ann['area'] <= 0 or w < 1 or h < 1:
+            found['degenerate'].append(example)
+        elif ann['category_id'] not in used_ids:
+            found['other_class'].append(example)
+        else:
+            if x < 0 or y < 0 or x + w > img['width'] or y + h > img['height']:
+                found['clipped'].append(example)
+            with_boxes.add(img['id'])
+    for kind, what in SKIPS.items():
+        if found[kind]:
+            _warn(f'{path}: {len(found[kind])} {what} {_listing(found[kind])}')
 
     empty = [img['file_name'] for i, img in images.items() if i not in with_boxes]
     filter_empty = bool((ds.get('filter_cfg') or {}).get('filter_empty_gt', False))
-    training = not ds.get('test_mode', False)
-    if empty and training:
-        if filter_empty:
-            if len(empty) == len(images):
-                raise AnnotationFileError(
-                    f'annotation file {path} ({field}): none of its {len(images)} images '
-                    f'has a usable box, and {where}.filter_cfg.filter_empty_gt=True skips '
-                    f'images without boxes: nothing left to train on')
-            _warn(f'{path}: {len(empty)} of {len(images)} images have no usable box and '
-                  f'are skipped in training ({where}.filter_cfg.filter_empty_gt=True): '
-                  f'{_listing(empty)}')
-        else:
-            _warn(f'{path}: {len(empty)} of {len(images)} images have no usable box; they '
-                  f'are trained as background ({where}.filter_cfg.filter_empty_gt is not '
-                  f'set): {_listing(empty)}')
-    return dict(images=len(images), boxes=len(data['annotations']), outside=len(outside),
-                degenerate=len(degenerate), clipped=len(clipped),
-                other_class=len(other_class), empty_images=len(empty))
+    if empty and not ds.get('test_mode', False):
+        if filter_empty and len(empty) == len(images):
+            raise AnnotationFileError(
+                f'annotation file {path} ({field}): none of its {len(images)} images has a '
+                f'usable box, and {where}.filter_cfg.filter_empty_gt=True skips images '
+                f'without boxes: nothing left to train on')
+        _warn(f'{path}: {len(empty)} of {len(images)} images have no usable box' + (
+            f' and are skipped in training ({where}.filter_cfg.filter_empty_gt=True): '
+            if filter_empty else f'; they are trained as background '
+            f'({where}.filter_cfg.filter_empty_gt is not set): ') + _listing(empty))
+    counts = {kind: len(v) for kind, v in found.items() if kind != 'unknown_image'}
+    return dict(images=len(images), boxes=len(data['annotations']), empty_images=len(empty),
+                **counts)
 
 
 def check_voc_dataset(ds, where, check_images=True):
-    """Check an XMLDataset (VOC) config: the image list, every listed XML file parses,
-    every listed image exists and is an image."""
+    """Check an XMLDataset (VOC) config: its image list, XML files and images."""
     root = ds.get('data_root', '') or ''
     list_file = _join(root, ds['ann_file'])
     sub_root = _join(root, (ds.get('data_prefix') or {}).get('sub_data_root', '') or '')
@@ -239,22 +229,17 @@ def check_voc_dataset(ds, where, check_images=True):
         ids = [line.strip() for line in f if line.strip()]
     if not ids:
         raise AnnotationFileError(f'image list {list_file} ({where}.ann_file) is empty')
-    missing_xml, bad_xml = [], []
+    problems = {}
     for img_id in ids:
         xml_path = osp.join(sub_root, ann_subdir, f'{img_id}.xml')
-        if not osp.isfile(xml_path):
-            missing_xml.append(xml_path)
-            continue
         try:
             ET.parse(xml_path)
+        except FileNotFoundError:
+            problems.setdefault('missing', []).append(xml_path)
         except ET.ParseError as e:
-            bad_xml.append(f'{xml_path} ({e})')
-    if missing_xml or bad_xml:
-        parts = []
-        if missing_xml:
-            parts.append(f'{len(missing_xml)} missing: {_listing(missing_xml)}')
-        if bad_xml:
-            parts.append(f'{len(bad_xml)} not valid XML: {_listing(bad_xml)}')
+            problems.setdefault('not valid XML', []).append(f'{xml_path} ({e})')
+    if problems:
+        parts = [f'{len(v)} {k}: {_listing(v)}' for k, v in problems.items()]
         raise AnnotationFileError(f'{where}: of the {len(ids)} annotation files listed by '
                                   f'{list_file}, ' + '; '.join(parts))
     if check_images:
@@ -264,9 +249,7 @@ def check_voc_dataset(ds, where, check_images=True):
 
 
 def validate_datasets(cfg, splits=('train', 'val', 'test'), check_images=True):
-    """Run the checks of this module on every COCO and VOC dataset of ``splits``.
-    Datasets of other types (generated ones) pass unchecked. Returns
-    ``{config path: counts}``."""
+    """Check every COCO and VOC dataset of ``splits`` (others pass); ``{config path: counts}``."""
     report = {}
     for _, where, ds in split_datasets(cfg, splits):
         if ds.get('ann_file') and _is_subclass(ds.get('type'), 'CocoDataset'):

@@ -68,13 +68,10 @@ def base_config(config, work_dir, cfg_options, launcher):
 def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale_lr=False,
                        cfg_options=None, launcher='none', exact_resume=True,
                        load_from_partial=False):
-    """Build the training Config the way mmdet's tools/train.py does.
-
-    ``resume``: None, ``'auto'`` (the work dir's latest complete checkpoint) or a path.
-    ``exact_resume``: save and restore every random generator (:func:`use_exact_resume`).
-    ``load_from_partial``: let ``load_from`` load only the weights that fit (fine-tuning
-    to other classes); else a checkpoint that does not fit is an error.
-    """
+    """The training Config as mmdet's tools/train.py builds it. ``resume``: None,
+    ``'auto'`` (the work dir's latest checkpoint) or a path; ``exact_resume``:
+    :func:`use_exact_resume`; ``load_from_partial``: let ``load_from`` load only what fits
+    (else a checkpoint that does not fit is an error)."""
     cfg = base_config(config, work_dir, cfg_options, launcher)
     if amp and cfg.optim_wrapper.type != 'AmpOptimWrapper':
         if cfg.optim_wrapper.type != 'OptimWrapper':

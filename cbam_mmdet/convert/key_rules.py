@@ -1,11 +1,6 @@
-"""Key renaming rules written as two templates, one per naming, usable both ways.
-
-``KeyRule('layer{s}.{b}.cbam.ChannelGate.mlp.1.{p}',
-'layer{s}.{b}.cbam.channel_attention.fc1.{p}')`` renames an official CBAM key into
-mmdet's and back (the inverse names a missing key in the source's terms).
-Placeholders: ``{s} {b} {n} {i}`` match digits, ``{p}`` a parameter or buffer name
-(``weight``, ``running_mean``, ...).
-"""
+"""Key renaming rules as two templates, one per naming, usable both ways (the inverse
+names a missing key in the source's terms): ``{s} {b} {n} {i}`` match digits, ``{p}`` a
+parameter or buffer name."""
 import re
 
 from .errors import CheckpointConversionError

@@ -37,22 +37,12 @@ def check_not_other_format(keys, expected, other_marker, other_format, other_too
 
 
 def convert_official_cbam(state_dict, depth=None):
-    """Convert an official ResNet + CBAM state dict (``module.`` prefix removed, see
-    :func:`~cbam_mmdet.convert.checkpoint_io.read_state_dict`).
-
-    Args:
-        state_dict (dict): ``{key: tensor}`` in the official naming.
-        depth (int, optional): 18, 34, 50, 101 (or 152): refuse another layout.
-
-    Returns:
-        ConvertedBackbone: the backbone is ``ResNet`` (depth >= 50, CBAM
-        ``after_conv3``) or ``PluginResNet`` (18/34, CBAM ``after_conv2``), CBAM with the
-        ratio read from the MLP shapes (16 in the official code).
-
-    Raises:
-        CheckpointConversionError: a ValueError listing every key that does not map
-            (unknown, missing, unexpected, mis-shaped), a timm file, or a wrong depth.
-    """
+    """Convert an official ResNet + CBAM state dict (no ``module.`` prefix) into a
+    :class:`ConvertedBackbone`: ``ResNet`` (CBAM ``after_conv3``) or, for depth 18/34,
+    ``PluginResNet`` (``after_conv2``), the ratio read from the MLP shapes. ``depth``:
+    refuse another layout. Raises :class:`CheckpointConversionError` listing every key
+    that does not map (unknown, missing, unexpected, mis-shaped), for a timm file, or a
+    wrong depth."""
     check_not_other_format(state_dict, 'an official ResNet + CBAM checkpoint', '.se.fc1.',
                            'timm SE-ResNet', 'tools/convert_timm_seresnet.py')
     plugin_cfg = dict(type='CBAM')

@@ -43,11 +43,8 @@ def build_backbone(backbone_cfg):
 
 def check_against_backbone(state_dict, backbone, rules):
     """Raise :class:`CheckpointConversionError` listing every missing, unexpected or
-    mis-shaped key of ``state_dict`` for ``backbone``; returns the filled keys.
-
-    Missing ``num_batches_tracked`` counters are filled with 0 (and returned) when the
-    source has none at all; any other missing key is an error.
-    """
+    mis-shaped key; returns the ``num_batches_tracked`` keys filled with 0 (when the
+    source has none at all)."""
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state_dict]
     filled = []

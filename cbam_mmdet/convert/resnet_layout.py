@@ -28,11 +28,8 @@ def stage_blocks(keys):
 
 
 def resnet_depth(keys, depth=None):
-    """The ResNet depth (18, 34, 50, 101, 152) of a state dict in mmdet names.
-
-    Bottleneck blocks have ``conv3``; the block counts per stage pick the depth.
-    ``depth``, when given, must agree (a ValueError otherwise).
-    """
+    """The ResNet depth of a state dict in mmdet names (block type and counts per stage);
+    ``depth``, when given, must agree."""
     counts = tuple(stage_blocks(keys).values())
     bottleneck = any(re.match(r'layer\d+\.\d+\.conv3\.', k) for k in keys)
     found = [d for d, (block, n) in ResNet.arch_settings.items()

@@ -32,21 +32,9 @@ TIMM_SERESNET_RULES = TORCHVISION_RESNET_RULES + SE_RULES
 
 
 def convert_timm_seresnet(state_dict, depth=None):
-    """Convert a timm SE-ResNet state dict.
-
-    Args:
-        state_dict (dict): ``{key: tensor}`` in timm's naming.
-        depth (int, optional): refuse another layout.
-
-    Returns:
-        ConvertedBackbone: ``ResNet`` (depth >= 50, SE ``after_conv3``) or
-        ``PluginResNet`` (18/34, SE ``after_conv2``) with the SE ratio(s) read from the
-        fc1 shapes.
-
-    Raises:
-        CheckpointConversionError: a ValueError listing every key that does not map, an
-            official CBAM file, a hidden size no integer ratio gives, or a wrong depth.
-    """
+    """Convert a timm SE-ResNet state dict as :func:`.convert_official_cbam` does CBAM,
+    the SE ratio(s) read from the fc1 shapes; also refuses an official CBAM file and a
+    hidden size no integer ratio gives."""
     check_not_other_format(state_dict, 'a timm SE-ResNet checkpoint', '.cbam.ChannelGate.',
                            'official ResNet + CBAM', 'tools/convert_official_cbam.py')
     return convert_resnet(

@@ -100,13 +100,9 @@ def _iou_free(box, boxes, gap):
 def generate_scene(seed, index, height=160, width=160, min_size=12, max_size=64,
                    objects=(1, 4), distractors=(1, 4), clutter_lines=6, clutter_dots=20,
                    noise=12.0, gap=2, max_tries=60):
-    """Draw scene ``index`` of ``seed``.
-
-    Returns ``(image, boxes, labels)``: an RGB uint8 image (height x width x 3), float32
-    boxes (N x 4, x1 y1 x2 y2 in pixels) and int64 labels (N,) indexing :data:`CLASSES`.
-    ``objects`` and ``distractors`` are inclusive (min, max) counts per image; an object
-    that finds no free place in ``max_tries`` draws is left out.
-    """
+    """Scene ``index`` of ``seed``: an RGB uint8 image, float32 boxes (N x 4, x1 y1 x2 y2)
+    and int64 labels into :data:`CLASSES`. ``objects``/``distractors``: inclusive (min,
+    max) counts; an object with no free place in ``max_tries`` draws is left out."""
     if not 4 <= min_size <= max_size:
         raise ValueError(f'min_size and max_size must satisfy 4 <= min_size <= max_size, '
                          f'got min_size={min_size}, max_size={max_size}')

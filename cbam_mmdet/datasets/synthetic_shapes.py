@@ -20,18 +20,9 @@ from .shape_scenes import CLASSES, PALETTE, generate_scene
 
 @DATASETS.register_module()
 class SyntheticShapesDataset(BaseDetDataset):
-    """Procedural shapes among hollow look-alikes and clutter (see :mod:`.shape_scenes`).
-
-    Args:
-        num_images (int): how many scenes. Defaults to 512.
-        seed (int): scene ``i`` is drawn from ``(seed, i)``; use different seeds for
-            train and test. Defaults to 0.
-        scene_cfg (dict, optional): keyword arguments of :func:`generate_scene`
-            (``height``, ``width``, ``min_size``, ``max_size``, ``objects``,
-            ``distractors``, ``clutter_lines``, ``clutter_dots``, ``noise``).
-        **kwargs: :class:`mmdet.datasets.BaseDetDataset` arguments (``pipeline``,
-            ``test_mode``, ``filter_cfg``, ...). ``ann_file`` and ``data_root`` are unused.
-    """
+    """``num_images`` scenes, scene ``i`` drawn from ``(seed, i)`` (use other seeds for
+    train and test) with :func:`generate_scene`'s keyword arguments ``scene_cfg``;
+    ``**kwargs`` go to :class:`mmdet.datasets.BaseDetDataset` (``ann_file`` unused)."""
 
     METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
@@ -88,9 +79,8 @@ class SyntheticShapesDataset(BaseDetDataset):
 
 
 def export_coco(out_dir, num_images=512, seed=0, scene_cfg=None):
-    """Write the dataset as ``out_dir/images/*.png`` + ``out_dir/annotations.json`` (COCO);
-    mmdet's ``CocoDataset`` reads it back with ``metainfo=dict(classes=CLASSES)``.
-    Returns the annotation file's path."""
+    """Write ``out_dir/images/*.png`` + ``out_dir/annotations.json`` (COCO, for
+    ``CocoDataset`` with ``metainfo=dict(classes=CLASSES)``); returns the json's path."""
     dataset = SyntheticShapesDataset(num_images=num_images, seed=seed, scene_cfg=scene_cfg,
                                      pipeline=[], test_mode=True)
     coco = dataset.to_coco()

@@ -21,9 +21,7 @@ def _strip(key, prefixes=('module.',)):
 
 
 def state_dict_differences(model_state: dict, checkpoint_state: dict):
-    """``(missing, unexpected, mismatched)``: keys of the model absent from the
-    checkpoint, keys of the checkpoint absent from the model, and
-    ``(key, checkpoint shape, model shape)`` of keys whose shapes differ."""
+    """``(missing, unexpected, [(key, checkpoint shape, model shape)])`` of a checkpoint."""
     ckpt = {_strip(k): v for k, v in checkpoint_state.items()}
     missing = sorted(k for k in model_state if k not in ckpt)
     unexpected = sorted(k for k in ckpt if k not in model_state)
@@ -63,12 +61,8 @@ def check_checkpoint_matches(model, checkpoint, source='the checkpoint'):
 
 @HOOKS.register_module()
 class CheckpointMatchHook(Hook):
-    """Check ``load_from``/resume checkpoints against the model before they load.
-
-    Args:
-        allow_partial (bool): let ``load_from`` (not resume) load only what matches,
-            with mmengine's warning. Default False.
-    """
+    """Check ``load_from``/resume checkpoints against the model before they load;
+    ``allow_partial``: let ``load_from`` (not resume) load what matches, with a warning."""
 
     priority = 'VERY_HIGH'
 

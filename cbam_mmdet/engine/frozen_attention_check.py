@@ -42,13 +42,8 @@ def checkpoint_keys(path):
 
 
 def check_no_frozen_random_attention(model, weight_files=()):
-    """Raise ValueError when a frozen attention module gets no weights from a checkpoint.
-
-    Args:
-        model: the detector (or backbone).
-        weight_files: local checkpoints the run loads into the model (the backbone's
-            Pretrained init_cfg, ``load_from``, the resumed checkpoint).
-    """
+    """Raise ValueError when a frozen attention module of ``model`` gets no weights from
+    ``weight_files`` (the backbone's Pretrained file, ``load_from``, the resumed one)."""
     if is_model_wrapper(model):
         model = model.module
     frozen = frozen_attention_modules(model)
@@ -85,8 +80,7 @@ def _backbone_checkpoint(model):
 
 @HOOKS.register_module()
 class FrozenAttentionCheckHook(Hook):
-    """Before training, refuse CBAM/SE plugins frozen at random initialisation
-    (see :func:`check_no_frozen_random_attention`)."""
+    """Before training, :func:`check_no_frozen_random_attention`."""
 
     priority = 'VERY_HIGH'
 

@@ -38,7 +38,7 @@ def attention_plugins():
                   and list(inspect.signature(cls).parameters)[:1] == ['in_channels'])
 
 
-def check_plugin_type(type_name, where='plugin cfg', scope=None):
+def check_plugin_type(type_name, where='a plugins[].cfg.type', scope=None):
     """Raise :class:`UnknownPluginError` naming ``type_name`` and the attention plugins
     when no registry in scope (default: the current one) holds it."""
     if not isinstance(type_name, str):
@@ -51,8 +51,9 @@ def check_plugin_type(type_name, where='plugin cfg', scope=None):
     hint = f" Did you mean '{close[0]}'?" if close else ''
     raise UnknownPluginError(
         f'unknown plugin type {type_name!r} ({where}): no module of this name is '
-        f'registered in scope {searched!r}. Attention plugins registered by cbam_mmdet: {", ".join(known)} (any other '
-        f'module of the mmdet MODELS registry works too).{hint}')
+        f'registered in scope {searched!r}. Attention plugins registered by cbam_mmdet: '
+        f'{", ".join(known)} (any other module of the mmdet MODELS registry works too).'
+        f'{hint}')
 
 
 def model_plugin_types(model_cfg, where='model'):

@@ -92,8 +92,7 @@ class RNGStateHook(Hook):
         self.resumed_state = checkpoint.get(RNG_STATE_KEY)
 
     def restore_resumed_state(self, runner) -> bool:
-        """Restore the states read from the resumed checkpoint (once). Returns whether
-        there was a state to restore."""
+        """Restore the resumed checkpoint's states (once); whether there were any."""
         state, self.resumed_state = self.resumed_state, None
         if state is None or not self._single_process():
             return False

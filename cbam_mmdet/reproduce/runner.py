@@ -59,10 +59,8 @@ def _gflops(cfg, input_shape):
 
 
 def run_variant(spec):
-    """Train then test one variant (the subprocess's job); writes and returns its result.
-
-    ``spec``: dict(name, config, work_dir, cfg_options, data_root, input_shape, metrics,
-    amp)."""
+    """Train then test one variant (the subprocess's job) from ``spec`` (name, config,
+    work_dir, cfg_options, data_root, input_shape, amp); writes and returns its result."""
     import gc
 
     from ..apis import build_test_config, build_train_config, run_test, run_train

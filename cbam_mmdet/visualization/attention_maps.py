@@ -1,19 +1,11 @@
 """Capture the attention maps of every CBAM and SE module of a model during a forward.
 
-:class:`AttentionRecorder` puts a forward pre-hook on each :class:`~cbam_mmdet.CBAM` and
-:class:`~cbam_mmdet.SE` module. The hook takes the module's input ``F`` before the module
-runs and computes the maps with the module's own weights, so they do not depend on how
-``forward`` is implemented (a fast path fuses the steps and never returns the maps):
-
-- CBAM: ``M_c`` = ``cbam.channel_attention(.)`` ``(N, C, 1, 1)`` and
-  ``M_s`` = ``cbam.spatial_attention(.)`` ``(N, 1, H, W)``, each on the input it gets in
-  the module's arrangement (channel first: ``M_s`` on ``M_c * F``; spatial first: ``M_c``
-  on ``M_s * F``; parallel: both on ``F``);
-- SE: ``s = sigmoid(fc2(ReLU(fc1(AvgPool(F)))))`` ``(N, C, 1, 1)``.
-
-Both maps are sigmoids, in [0, 1]; they are computed without autograd. The model must be
-in eval mode (a BatchNorm in training mode would update its running statistics a second
-time): :class:`AttentionRecorder` refuses a module in training mode.
+:class:`AttentionRecorder`'s forward pre-hook computes the maps from the module's input
+``F`` and weights before the module runs (a fast path never returns them): CBAM's
+``M_c = cbam.channel_attention(.)`` (N, C, 1, 1) and ``M_s = cbam.spatial_attention(.)``
+(N, 1, H, W), each on its input in the module's arrangement (channel first: ``M_s`` on
+``M_c * F``); SE's ``s = sigmoid(fc2(ReLU(fc1(AvgPool(F)))))``. The model must be in eval
+mode (BatchNorm statistics would update twice otherwise).
 """
 import re
 from collections import OrderedDict
@@ -29,11 +21,8 @@ STAGE_REDUCTIONS = ('last', 'mean')
 
 @dataclass
 class AttentionMaps:
-    """The maps one attention module produced in its last call.
-
-    ``channel``: ``(N, C, 1, 1)`` or None; ``spatial``: ``(N, 1, H, W)`` or None; both
-    float32 on the CPU, in [0, 1]. ``kind``: ``'CBAM'`` or ``'SE'``.
-    """
+    """The maps of one module's last call (``kind`` 'CBAM' or 'SE'): ``channel`` (N, C, 1,
+    1) and ``spatial`` (N, 1, H, W), float32 on the CPU, or None."""
     name: str
     kind: str
     channel: Optional[torch.Tensor]
@@ -70,14 +59,8 @@ def attention_modules(model):
 
 
 class AttentionRecorder:
-    """Context manager: records :class:`AttentionMaps` of every CBAM/SE module.
-
-    Example::
-
-        with AttentionRecorder(model) as rec:
-            model.predict(inputs, data_samples)
-        rec.maps['backbone.layer2.0.cbam'].spatial   # (N, 1, H, W)
-    """
+    """Context manager recording :class:`AttentionMaps` of every CBAM/SE module in
+    ``maps`` by module name, e.g. ``rec.maps['backbone.layer2.0.cbam'].spatial``."""
 
     def __init__(self, model):
         self.model = model

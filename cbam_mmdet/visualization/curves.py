@@ -111,16 +111,9 @@ def unique_labels(runs, labels=None):
 
 
 def plot_curves(runs, out_path, keys=('loss', 'mAP'), labels=None, smooth=1):
-    """One panel per key, one line per run; writes ``out_path`` (PNG).
-
-    Args:
-        runs: work dirs / timestamp dirs / scalars.json files.
-        keys: scalar names (``loss``, ``loss_cls``, ``coco/bbox_mAP``, ...); ``'mAP'``
-            stands for the runs' main metric (:func:`resolve_metric`).
-        labels: legend labels (default: the work dirs' names).
-        smooth: moving-average window (in records) for training keys; 1 = raw.
-    Returns ``(out_path, {label: {key: (xs, ys)}})``.
-    """
+    """One panel per scalar of ``keys`` (``'mAP'``: the runs' metric), one line per run
+    (legend ``labels``, default the work dirs' names), losses smoothed over ``smooth``
+    records; writes ``out_path`` and returns ``(out_path, {label: {key: (xs, ys)}})``."""
     if not runs:
         raise ValueError('runs: give at least one work dir or scalars.json')
     if not isinstance(smooth, int) or smooth < 1:

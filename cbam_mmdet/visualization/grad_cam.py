@@ -196,20 +196,11 @@ def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_lab
 
 def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_box=None,
              target_label=None, score_thr=None, target='score'):
-    """Grad-CAM of one detection on one image; returns a :class:`GradCamResult`.
-
-    Args:
-        model: an mmdet detector in eval mode (:func:`~.inference.load_detector`).
-        image: path or BGR array.
-        layer: the module whose output is ``A`` (a ``named_modules`` name).
-        level: for a multi-level layer (an FPN neck): which level, or ``'auto'`` (the
-            one the score depends on most).
-        rank: the detection, by score rank (0: the top-scoring one).
-        target_box, target_label: choose instead the detection overlapping
-            ``target_box`` most (of ``target_label`` when it has one).
-        score_thr: override the head's test score threshold (to reach weak detections).
-        target: ``'score'`` (the detection's score) or ``'logit'`` (its class logit).
-    """
+    """Grad-CAM of one detection of ``model`` (eval mode) on ``image`` (path or BGR) at
+    ``layer`` (a ``named_modules`` name; ``level``: one output of a multi-level layer, or
+    ``'auto'``): the ``rank``-th detection, or the one overlapping ``target_box`` most (of
+    ``target_label`` first). ``score_thr`` overrides the head's test threshold; ``target``:
+    ``'score'`` or ``'logit'``. Returns a :class:`GradCamResult`."""
     if target not in TARGETS:
         raise ValueError(f'target must be one of {list(TARGETS)}, got {target!r}')
     inputs, data_samples, img = prepare_image(model, image)
