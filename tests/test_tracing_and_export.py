@@ -38,13 +38,10 @@ def test_jit_trace_under_no_grad_records_the_equations(cls):
 
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
 def test_jit_trace_with_autograd_records_the_equations(cls):
-    model = block(cls).train()
+    model = block(cls)
     traced = torch.jit.trace(model, torch.randn(2, 8, 12, 10), check_trace=False)
-    x = torch.randn(3, 8, 12, 10)
-    model.eval()
-    traced.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 8, 12, 10) * 3
+    torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
@@ -54,8 +51,6 @@ def test_torch_export_records_the_equations(cls):
         exported = torch.export.export(model, (torch.randn(2, 8, 12, 10),))
         x = torch.randn(2, 8, 12, 10) * 3
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
-    names = {str(n.target) for n in exported.graph.nodes if n.op == 'call_function'}
-    assert any('sigmoid' in n for n in names), names
 
 
 def test_use_reference_while_tracing():
