@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .convert.resnet_layout import plugin_architecture
-from .offline_model import load_config, without_pretrained
+from .offline_model import build_model_offline, load_config, without_pretrained
 
 IMAGENET_SHAPE = (3, 224, 224)
 DETECTOR_SHAPE = (3, 800, 1333)
@@ -29,8 +29,7 @@ PAPER_IMAGENET = {
 
 
 class ImageNetClassifier(nn.Module):
-    """A ResNet backbone with the ImageNet head of the paper's tables:
-    global average pooling and ``Linear(feat_dim, 1000)``."""
+    """A ResNet backbone with the paper's ImageNet head: average pooling and a Linear."""
 
     def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int = 1000):
         super().__init__()
@@ -48,8 +47,8 @@ class NotComparable(Exception):
 
 
 def imagenet_classifier(backbone_cfg) -> ImageNetClassifier:
-    """The config's backbone (no pretrained weights) with an ImageNet head; raises
-    :class:`NotComparable` for a backbone that is not an mmdet ResNet."""
+    """The backbone (no pretrained weights) with an ImageNet head; :class:`NotComparable`
+    unless it is an mmdet ResNet."""
     from mmdet.models.backbones import ResNet
     from mmdet.registry import MODELS
 
@@ -93,13 +92,14 @@ def paper_imagenet(backbone_cfg):
 
 
 def use_reference_attention(model: nn.Module) -> nn.Module:
-    """Every CBAM/SE module of ``model`` on its reference forward (the paper's operations,
-    not a fused fast path)."""
+    """``model`` in eval mode, every CBAM/SE module on its reference forward (the paper's
+    operations, not a fused fast path)."""
     from .models import CBAM, SE
 
     for m in model.modules():
         if isinstance(m, (CBAM, SE)):
             m.implementation = 'reference'
+    model.eval()
     return model
 
 
@@ -114,7 +114,6 @@ def conv_fc_flops(model: nn.Module, inputs) -> int:
     from mmengine.analysis import FlopAnalyzer
 
     use_reference_attention(model)
-    model.eval()
     with torch.no_grad():
         # A handle of None does not override mmengine's default handles: count 0.
         analyzer = FlopAnalyzer(model, inputs).set_op_handle(
@@ -124,12 +123,10 @@ def conv_fc_flops(model: nn.Module, inputs) -> int:
 
 
 def count(model: nn.Module, inputs) -> dict:
-    """{'params': int, 'flops': int} with mmengine's get_model_complexity_info, the
-    attention modules on their reference implementation."""
+    """{'params', 'flops'} by mmengine's get_model_complexity_info, attention on reference."""
     from mmengine.analysis import get_model_complexity_info
 
     use_reference_attention(model)
-    model.eval()
     with torch.no_grad():
         info = get_model_complexity_info(model, inputs=inputs, show_table=False,
                                          show_arch=False)
@@ -137,8 +134,7 @@ def count(model: nn.Module, inputs) -> dict:
 
 
 def backbone_complexity(config, shape=IMAGENET_SHAPE) -> dict:
-    """Params and FLOPs of the config's backbone as an ImageNet classifier on a
-    1 x ``shape`` input; raises :class:`NotComparable` for a non-ResNet backbone."""
+    """Params and FLOPs of the backbone as an ImageNet classifier on a 1 x ``shape`` input."""
     cfg = load_config(config)
     model = imagenet_classifier(cfg.model.backbone)
     torch.manual_seed(0)
@@ -174,13 +170,8 @@ def detector_inputs(model, shape, seed=0):
 def detector_complexity(config, shape=DETECTOR_SHAPE) -> dict:
     """Params and FLOPs of the whole detector (``mode='tensor'``) on one seeded ``shape``
     (C, H, W) image (a RoI head's share depends on the proposals the RPN keeps)."""
-    from mmdet.registry import MODELS
-
-    cfg = load_config(config)
     torch.manual_seed(0)
-    model = MODELS.build(without_pretrained(cfg.model))
-    model.init_weights()
-    model.eval()
+    model = build_model_offline(config).eval()
     inputs, samples = detector_inputs(model, shape)
     forward = model.forward
     model.forward = partial(forward, data_samples=samples, mode='tensor')

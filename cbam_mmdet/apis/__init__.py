@@ -1,9 +1,8 @@
 from .cpu_distributed import prepare_cpu_distributed
-from .dataset_check import check_dataset_paths
 from .errors import (KNOWN_ERRORS, AnnotationFileError, DatasetFileError, DatasetWarning,
                      ImageFileError, InputError, MissingCheckpointError,
                      NumClassesMismatchError, exit_on_known_errors, parse_tool_args)
-from .input_validation import check_num_classes, validate_datasets
+from .input_validation import check_dataset_paths, check_num_classes, validate_datasets
 from .testing import build_test_config, run_test
 from .training import (build_runner, build_train_config, run_train, use_exact_resume,
                        validate_train_config)

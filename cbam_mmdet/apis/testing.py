@@ -7,9 +7,8 @@ from mmengine.runner import Runner
 
 from ..engine.plugin_check import check_model_plugins
 from .cpu_distributed import prepare_cpu_distributed
-from .dataset_check import check_dataset_paths
 from .errors import MissingCheckpointError
-from .input_validation import check_num_classes, validate_datasets
+from .input_validation import check_dataset_paths, check_num_classes, validate_datasets
 from .training import base_config, run_runner_step
 
 CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)

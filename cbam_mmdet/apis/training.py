@@ -5,15 +5,15 @@ import itertools
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction for the tools)
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint import latest_checkpoint
 from ..engine.plugin_check import check_model_plugins
 from .cpu_distributed import finish_distributed, prepare_cpu_distributed
-from .dataset_check import check_dataset_paths
-from .input_validation import check_num_classes, image_read_error, validate_datasets
+from .input_validation import (check_dataset_paths, check_num_classes, image_read_error,
+                               validate_datasets)
 
 FROZEN_CHECK = dict(type='FrozenAttentionCheckHook')
 RNG_STATE = dict(type='RNGStateHook')
@@ -30,7 +30,7 @@ def _add_hook(cfg, hook):
 
 def use_exact_resume(cfg):
     """Swap mmengine's train loop for its exact-resume subclass and add ``RNGStateHook``
-    (:mod:`cbam_mmdet.engine.exact_resume_loops`); another loop type is kept as it is."""
+    (:mod:`cbam_mmdet.engine.exact_resume`); another loop type is kept as it is."""
     train_cfg = cfg.get('train_cfg')
     if not train_cfg:
         return

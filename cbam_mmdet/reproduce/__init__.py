@@ -48,12 +48,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Train and test every variant of a preset and write the paper-style '
                     'comparison (comparison.md, comparison.csv, comparison.png).')
-    parser.add_argument('--preset', required=True, choices=list(PRESETS),
-                        help='which comparison')
-    parser.add_argument('--work-dir', help='default: work_dirs/<preset>; one sub-folder '
-                                           'per variant')
-    parser.add_argument('--variants', help='comma-separated subset of the preset\'s '
-                                           'variants (default: all)')
+    parser.add_argument('--preset', required=True, choices=list(PRESETS))
+    parser.add_argument('--work-dir', help='default: work_dirs/<preset>; a folder per variant')
+    parser.add_argument('--variants', help="comma-separated subset of the preset's variants")
     parser.add_argument('--collect', action='store_true',
                         help='run nothing: build the table from finished work dirs')
     parser.add_argument('--run', action='store_true',
@@ -62,11 +59,9 @@ def parse_args(argv=None):
     parser.add_argument('--max-iters', type=int,
                         help='training budget in iterations (demo, placement only)')
     parser.add_argument('--parallel', type=int,
-                        help='variants run at the same time (default: the preset\'s; '
-                             'mini: 3 on one GPU)')
+                        help="variants run at the same time (default: the preset's)")
     parser.add_argument('--gpus', type=int, help='GPUs per run in the printed commands')
-    parser.add_argument('--data-root', help='dataset root for every dataloader, e.g. a '
-                                            'copy of BCCD')
+    parser.add_argument('--data-root', help='dataset root for every dataloader')
     parser.add_argument('--amp', action='store_true', help='mixed precision training')
     parser.add_argument('--device-name', help='named in comparison.md, e.g. "1x H100"')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},

@@ -27,7 +27,7 @@ LOG_FILE = 'reproduce.log'
 def _set_data_root(cfg, data_root):
     """Point every dataset of the dataloaders at ``data_root`` (and evaluator ann_files
     that lived under the old root)."""
-    from ..apis.dataset_check import split_datasets
+    from ..apis.input_validation import split_datasets
     old_roots = set()
     for _, _, ds in split_datasets(cfg):
         if ds.get('data_root'):

@@ -1,14 +1,18 @@
-"""Save every random number generator of a run in its checkpoints, for exact resume.
+"""Exact resume: every random number generator of a run saved in its checkpoints, and
+restored where the interrupted run stood.
 
 A run draws from Python's ``random`` and NumPy's generator (the data pipeline), torch's
 CPU generator (RPN/RoI samplers, the DataLoader's seed) and torch's CUDA generators;
 mmengine's checkpoints keep the seed only. :class:`RNGStateHook` stores all their states
-in every checkpoint (``checkpoint['rng_state']``, readable by the weights-only loader)
-and hands them, after a resume, to the train loop, which restores them once the
-dataloader has skipped the iterations already trained (:mod:`.exact_resume_loops`).
-Validation draws numbers too: the hook restores the states after it, so the training
-stream does not depend on it. The states are per process: in a distributed run (only
-rank 0 writes checkpoints) the hook saves and restores nothing, and warns once.
+in every checkpoint (``checkpoint['rng_state']``, readable by the weights-only loader);
+after a resume the train loops below restore them once the dataloader has skipped the
+iterations already trained: :class:`ExactResumeIterBasedTrainLoop` from any iteration
+checkpoint, :class:`ExactResumeEpochBasedTrainLoop` from end-of-epoch ones (mmengine
+restarts an interrupted epoch; the loop warns). With ``num_workers=0`` and deterministic
+settings a killed and resumed run then ends with the uninterrupted run's weights.
+Validation draws numbers too: the hook restores the states after it. The states are per
+process: in a distributed run (only rank 0 writes checkpoints) nothing is saved or
+restored (a warning says so), nor are ``num_workers > 0`` workers' generators.
 """
 import logging
 import random
@@ -18,7 +22,8 @@ import torch
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmdet.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+from mmdet.registry import HOOKS, LOOPS
 
 RNG_STATE_KEY = 'rng_state'
 
@@ -64,7 +69,7 @@ def set_rng_state(state: dict) -> None:
 @HOOKS.register_module()
 class RNGStateHook(Hook):
     """Save every generator's state in checkpoints; keep validation out of the training
-    stream; hand the resumed states to the exact-resume train loops (see the module)."""
+    stream; hand the resumed states to the train loops (see the module)."""
 
     priority = 'VERY_LOW'
 
@@ -107,3 +112,67 @@ class RNGStateHook(Hook):
         if self._state_before_val is not None:
             set_rng_state(self._state_before_val)
             self._state_before_val = None
+
+
+def restore_resumed_rng_state(runner) -> bool:
+    """Let the run's :class:`RNGStateHook` restore the resumed checkpoint's generators."""
+    hooks = [h for h in runner.hooks if isinstance(h, RNGStateHook)]
+    if not hooks:
+        print_log('resumed without RNGStateHook: the random generators are re-seeded, '
+                  'not restored, so the resumed run draws other numbers than the '
+                  'interrupted one', logger='current', level=logging.WARNING)
+        return False
+    restored = hooks[0].restore_resumed_state(runner)
+    if not restored:
+        print_log('the resumed checkpoint holds no random generator states (written '
+                  'without RNGStateHook?): the resumed run draws other numbers than the '
+                  'interrupted one', logger='current', level=logging.WARNING)
+    return restored
+
+
+@LOOPS.register_module()
+class ExactResumeIterBasedTrainLoop(IterBasedTrainLoop):
+    """mmengine's loop, restoring the generators after advancing the dataloader."""
+
+    def run(self):
+        self.runner.call_hook('before_train')
+        self.runner.call_hook('before_train_epoch')
+        if self._iter > 0:
+            print_log(f'Advance dataloader {self._iter} steps to skip data that has '
+                      'already been trained', logger='current', level=logging.WARNING)
+            for _ in range(self._iter):
+                next(self.dataloader_iterator)
+            restore_resumed_rng_state(self.runner)
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+
+            data_batch = next(self.dataloader_iterator)
+            self.run_iter(data_batch)
+
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None
+                    and self._iter >= self.val_begin
+                    and (self._iter % self.val_interval == 0
+                         or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+
+        self.runner.call_hook('after_train_epoch')
+        self.runner.call_hook('after_train')
+        return self.runner.model
+
+
+@LOOPS.register_module()
+class ExactResumeEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """mmengine's loop, restoring the generators when resumed at the end of an epoch."""
+
+    def run(self):
+        if self._iter > 0:
+            if self._iter == self._epoch * len(self.dataloader):
+                restore_resumed_rng_state(self.runner)
+            else:
+                print_log(f'resumed at iteration {self._iter}, inside epoch '
+                          f'{self._epoch + 1}: mmengine restarts that epoch from its first '
+                          'batch, the random generators are not restored; the run is not '
+                          'exactly the uninterrupted one (resume from an epoch checkpoint '
+                          'for that)', logger='current', level=logging.WARNING)
+        return super().run()
