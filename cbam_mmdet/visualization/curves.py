@@ -71,12 +71,9 @@ def load_run(run):
     for path in scalar_files(run):
         last_train_step = None
         for rec in read_scalars(path):
-            is_train = TRAIN_KEY in rec
-            if is_train:
+            if TRAIN_KEY in rec:
                 last_train_step = rec['step']
-                x = rec['step']
-            else:
-                x = rec['step'] if last_train_step is None else last_train_step
+            x = rec['step'] if last_train_step is None else last_train_step
             for key, value in rec.items():
                 if key == 'step' or isinstance(value, bool) or \
                         not isinstance(value, (int, float)):
@@ -90,13 +87,8 @@ def load_run(run):
 def resolve_metric(all_series):
     """The first of :data:`METRIC_KEYS` any run has, else the first key with 'mAP'."""
     keys = [k for s in all_series for k in s]
-    for k in METRIC_KEYS:
-        if k in keys:
-            return k
-    for k in keys:
-        if AUTO_METRIC in k:
-            return k
-    return None
+    return next((k for k in METRIC_KEYS if k in keys),
+                next((k for k in keys if AUTO_METRIC in k), None))
 
 
 def unique_labels(runs, labels=None):

@@ -165,15 +165,10 @@ def score_threshold(model, score_thr):
 
 
 def box_iou(box, boxes):
-    """IoU of one x1 y1 x2 y2 box with each row of ``boxes``."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    box = np.asarray(box, dtype=np.float64)
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa
-    union = area(box) + area(boxes) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    """IoU of one x1 y1 x2 y2 box with each row of ``boxes`` (mmdet's bbox_overlaps)."""
+    from mmdet.structures.bbox import bbox_overlaps
+    as_tensor = lambda b: torch.as_tensor(np.asarray(b, np.float64)).reshape(-1, 4)  # noqa
+    return bbox_overlaps(as_tensor(box), as_tensor(boxes))[0].numpy()
 
 
 def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_label=None):
