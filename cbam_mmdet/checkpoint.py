@@ -1,13 +1,10 @@
 """Safe checkpoint loading and atomic checkpoint writing for mmengine.
 
-mmengine 0.10.7 fails on its own checkpoints under torch >= 2.6's ``weights_only=True``.
-Importing :mod:`cbam_mmdet` replaces its local-file loader with
-:func:`load_checkpoint_file`: the weights-only unpickler with an allowlist of the types
-mmengine checkpoints hold. A file that would import anything else (and could run code) is
-refused with :class:`UnsafeCheckpointError` unless trusted with
-:func:`allow_unsafe_checkpoints` (``--unsafe-load-untrusted-checkpoints``) or
-``CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS=1``. mmengine's local backend also writes atomically
-(temporary file, fsync, rename): a checkpoint is never half-written.
+Importing :mod:`cbam_mmdet` replaces mmengine's local-file loader (which fails on its own
+checkpoints under torch >= 2.6) with :func:`load_checkpoint_file`: torch's weights-only
+unpickler with an allowlist of mmengine's types. Anything else could run code and is
+refused (:class:`UnsafeCheckpointError`) unless trusted (:func:`allow_unsafe_checkpoints`,
+``CBAM_MMDET_UNSAFE_LOAD_CHECKPOINTS=1``). Local files are also written atomically.
 """
 import contextlib
 import os

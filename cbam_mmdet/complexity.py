@@ -1,13 +1,10 @@
 """Parameters and GFLOPs of a config's backbone (as an ImageNet classifier, like the CBAM
 paper's tables) and of its whole detector, with mmengine's FlopAnalyzer.
 
-GFLOPs are multiply-adds (mmengine's and the paper's convention) of convolutions, Linear
-layers, BatchNorm, adaptive average pooling and upsampling (not ReLU, sigmoid, max
-pooling, element-wise ops); CBAM and SE run their reference forward. ResNet-50 counts 4.1
-where the paper prints 3.858: the paper counts conv and fc multiply-adds only, on the
-ResNet v1 layout (stride on the first 1x1 conv, mmdet's ``style='caffe'``), which
-:func:`backbone_paper_convention` reproduces (3.858 / 3.860 / 3.864 for baseline / SE /
-CBAM). The paper's values are printed beside ours, never substituted for them.
+GFLOPs are multiply-adds (mmengine's convention; CBAM/SE on their reference forward).
+ResNet-50 counts 4.1 where the paper prints 3.858: the paper counts conv and fc only, on
+the ResNet v1 layout (``style='caffe'``), as :func:`backbone_paper_convention` does
+(3.858 / 3.860 / 3.864). The paper's values are printed beside ours, never instead.
 """
 import copy
 from functools import partial

@@ -1,7 +1,5 @@
-"""Params and GFLOPs (multiply-adds) of configs, as one markdown table: the backbone as an
-ImageNet classifier at 1x3x224x224 beside the CBAM paper's numbers, and the whole
-detector (default input 3x800x1333). No dataset, no network: pretrained weights are not
-loaded.
+"""Params and GFLOPs of configs as a markdown table: the backbone as an ImageNet classifier
+beside the CBAM paper's numbers, and the whole detector (no data, no pretrained weights).
 
     python tools/complexity.py configs/faster_rcnn_r50_coco.py configs/faster_rcnn_r50_se_coco.py
         [--shape H [W]] [--no-backbone] [--no-detector]

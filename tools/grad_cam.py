@@ -5,9 +5,8 @@
         [--layer backbone.layer4] [--level N|auto] [--rank 0] [--match iou|rank]
         [--target score|logit] [--score-thr THR]
 
-One row per image: the image, then each model's Grad-CAM of its chosen detection (with
---match iou, the later models explain the one overlapping the first model's most), as
-the CBAM paper's Figure 4. See cbam_mmdet/visualization/grad_cam.py.
+One row per image, one column per model (the CBAM paper's Figure 4); see
+cbam_mmdet/visualization/grad_cam.py.
 """
 import argparse
 import os.path as osp

@@ -1,13 +1,10 @@
 """Train and test every variant of a preset and write the paper-style comparison.
 
     python tools/reproduce.py --preset demo --work-dir work_dirs/demo
-    python tools/reproduce.py --preset placement
     python tools/reproduce.py --preset mini --data-root data/bccd/ --device-name "1x H100"
-    python tools/reproduce.py --preset coco-r50              # prints distributed commands
-    python tools/reproduce.py --preset coco-r50 --collect    # table from finished runs
+    python tools/reproduce.py --preset coco-r50 [--collect]   # commands, or the table
 
-Presets, options and outputs: cbam_mmdet/reproduce/. Exits with 1 when a variant failed
-(its row in the table says why).
+Exits with 1 when a variant failed (its row in the table says why).
 """
 import os.path as osp
 import sys

@@ -3,8 +3,7 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
         [--show-dir DIR] [--cfg-options K=V ...]
 
-The checkpoint must fit the config's model exactly. Known input errors (plugin types,
-dataset files, num_classes, checkpoints) print one message and exit with status 2.
+The checkpoint must fit the model exactly; known input errors exit with status 2.
 """
 import argparse
 import os.path as osp

@@ -4,8 +4,7 @@
         [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr] [--load-from-partial]
         [--cfg-options K=V ...]
 
-Known input errors (plugin types, dataset files, num_classes, checkpoints) print one
-message and exit with status 2.
+Known input errors print one message and exit with status 2.
 """
 import argparse
 import os.path as osp

@@ -1,10 +1,8 @@
 """Distributed training and testing on CPU (gloo), which mmengine 0.10.7 does not do.
 
-Under ``--launcher pytorch`` mmengine calls ``torch.cuda.set_device(LOCAL_RANK)`` and
-wraps the model in ``MMDistributedDataParallel(device_ids=[LOCAL_RANK])``. Without CUDA,
-:func:`prepare_cpu_distributed` (run by the tools) initialises the gloo process group
-itself from the launcher's environment (mmengine then skips its own) and sets
-``model_wrapper_cfg`` with ``device_ids=None``. Nothing of mmengine is patched::
+Without CUDA, :func:`prepare_cpu_distributed` (run by the tools) initialises the gloo
+process group from the launcher's environment itself (mmengine would call
+``torch.cuda.set_device``) and sets ``model_wrapper_cfg`` with ``device_ids=None``::
 
     bash tools/dist_train.sh CONFIG 2 --cfg-options env_cfg.dist_cfg.backend=gloo
 """

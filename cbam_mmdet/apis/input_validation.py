@@ -1,17 +1,11 @@
 """Pre-flight checks of a config's datasets and heads, run by the tools before the runner.
 
-- A dataset file or folder that does not exist: :class:`DatasetFileError` naming it, its
-  config field and how to get the dataset.
-- A COCO json or VOC XML file that does not parse or lacks a field mmdet reads:
-  :class:`AnnotationFileError` naming the file, the config field and the entry.
-- Images listed but absent, empty or not an image: :class:`ImageFileError` with the
-  count and the first few files (one damaged past its header is named when read,
-  :func:`image_read_error`).
-- Boxes mmdet skips (outside the image, under 1 pixel, of a category outside the
-  dataset's classes) or clips (partly outside), and images without boxes (skipped with
-  ``filter_cfg.filter_empty_gt=True``, else background): one :class:`DatasetWarning`
-  each, with the count and an example; no training image left is an error.
-- A box head's ``num_classes`` unlike the dataset's classes: :class:`NumClassesMismatchError`.
+Missing dataset files (:class:`DatasetFileError`), annotation files that do not parse or
+lack a field (:class:`AnnotationFileError`), listed images that are absent or not images
+(:class:`ImageFileError`; :func:`image_read_error` when decoding fails later) and a box
+head's ``num_classes`` unlike the dataset's (:class:`NumClassesMismatchError`) are errors
+naming the file or config field. Boxes mmdet skips or clips and images without boxes give
+one :class:`DatasetWarning` each, with the count and examples.
 """
 import json
 import logging
@@ -46,6 +40,8 @@ HOW_TO_GET = {
         '(VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, '
         'VOCtrainval_11-May-2012.tar); unpack them as data/VOCdevkit/{VOC2007,VOC2012} '
         '(README, section "Data").'),
+    'bccd': ('BCCD comes from https://github.com/Shenggan/BCCD_Dataset: put its BCCD/ '
+             'folder (Annotations, ImageSets, JPEGImages) under data/bccd/.'),
 }
 
 
@@ -54,10 +50,8 @@ def _leaf_datasets(dataset_cfg, where):
     if dataset_cfg is None:
         return []
     if 'datasets' in dataset_cfg:  # ConcatDataset
-        out = []
-        for i, d in enumerate(dataset_cfg['datasets']):
-            out += _leaf_datasets(d, f'{where}.datasets[{i}]')
-        return out
+        return [leaf for i, d in enumerate(dataset_cfg['datasets'])
+                for leaf in _leaf_datasets(d, f'{where}.datasets[{i}]')]
     if 'dataset' in dataset_cfg:  # RepeatDataset, ClassBalancedDataset, ...
         return _leaf_datasets(dataset_cfg['dataset'], f'{where}.dataset')
     return [(where, dataset_cfg)]
@@ -71,9 +65,7 @@ def split_datasets(cfg, splits=('train', 'val', 'test')):
 
 
 def _join(root, path):
-    if not path:
-        return root
-    return path if osp.isabs(path) or not root else osp.join(root, path)
+    return root if not path else path if osp.isabs(path) or not root else osp.join(root, path)
 
 
 def dataset_paths(dataset_cfg):
@@ -98,7 +90,7 @@ def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
     for split, where, ds in split_datasets(cfg, splits):
         for field, path, is_file in dataset_paths(ds):
             if not (osp.isfile(path) if is_file else osp.isdir(path)):
-                hint = HOW_TO_GET.get(ds.get('type', ''), '')
+                hint = HOW_TO_GET.get('bccd' if 'bccd' in path.lower() else ds.get('type', ''), '')
                 raise DatasetFileError(
                     f'{split} dataset: {"file" if is_file else "folder"} {path} '
                     f'({where}.{field}) does not exist. {hint} To use data elsewhere, set '
@@ -331,27 +323,18 @@ def validate_datasets(cfg, splits=('train', 'val', 'test'), check_images=True):
 
 def head_num_classes(model_cfg):
     """``[(config field, num_classes)]`` of the model's box heads."""
-    out = []
-    roi = model_cfg.get('roi_head') or {}
-    heads = roi.get('bbox_head')
-    if isinstance(heads, dict):
-        heads = [heads]
-    for i, head in enumerate(heads or []):
-        field = 'model.roi_head.bbox_head' + (f'[{i}]' if len(heads) > 1 else '')
-        if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
-            out.append((f'{field}.num_classes', head['num_classes']))
-    head = model_cfg.get('bbox_head')
-    if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
-        out.append(('model.bbox_head.num_classes', head['num_classes']))
-    return out
+    heads = (model_cfg.get('roi_head') or {}).get('bbox_head') or []
+    heads = [heads] if isinstance(heads, dict) else heads
+    fields = [(f'model.roi_head.bbox_head{f"[{i}]" if len(heads) > 1 else ""}', head)
+              for i, head in enumerate(heads)] + [('model.bbox_head', model_cfg.get('bbox_head'))]
+    return [(f'{field}.num_classes', head['num_classes']) for field, head in fields
+            if isinstance(head, dict) and isinstance(head.get('num_classes'), int)]
 
 
 def check_num_classes(cfg, splits=('train', 'val', 'test')):
     """Raise :class:`NumClassesMismatchError` when a box head's num_classes differs
     from the number of classes of a dataset of ``splits``."""
     heads = head_num_classes(cfg.get('model') or {})
-    if not heads:
-        return
     for split, where, ds in split_datasets(cfg, splits):
         classes = dataset_classes(ds)
         for field, n in heads:
@@ -371,7 +354,6 @@ def image_read_error(error):
     (an image that could not be decoded when read), else None."""
     match = FAILED_IMAGE.search(str(error))
     if isinstance(error, AssertionError) and match:
-        path = match.group(1).strip()
-        return ImageFileError(f'image file {path} cannot be decoded (corrupt or not an '
-                              f'image); remove it from the annotations or replace it')
+        return ImageFileError(f'image file {match.group(1).strip()} cannot be decoded (corrupt '
+                              f'or not an image); remove it from the annotations or replace it')
     return None

@@ -1,11 +1,8 @@
 """The official CBAM ImageNet checkpoints (Jongchan/attention-module) -> mmdet ResNet + CBAM.
 
-The official ResNet is torchvision's (v1.5) with a CBAM at the end of every block's
-residual branch, saved from ``nn.DataParallel``. Its ResNet keys are mmdet's already,
-``fc.*`` is dropped, and per block :data:`CBAM_RULES` rename ``cbam.ChannelGate.mlp.1/3``
-to ``cbam.channel_attention.fc1/2`` and ``cbam.SpatialGate.spatial.conv/bn`` to
-``cbam.spatial_attention.conv/bn``. Both pool channels as [max; mean], so the spatial
-weights carry over unchanged (timm's CbamModule pools [mean; max]).
+The ResNet keys are mmdet's already and ``fc.*`` is dropped; :data:`CBAM_RULES` rename
+the CBAM keys. Both pool channels as [max; mean]: the spatial weights carry over as they
+are (timm's CbamModule pools [mean; max]).
 """
 from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
 from .resnet_conversion import CheckpointConversionError, convert_resnet

@@ -1,10 +1,8 @@
 """timm's SE-ResNet state dicts (``seresnet18/34/50/101/152``) -> mmdet ResNet + SE.
 
-timm names the ResNet as torchvision does and its SE (after the block's last BatchNorm)
-as two 1x1 convolutions with bias, ``layerX.Y.se.fc1/fc2``: this project's ``SE`` with
-Linear layers, so each ``(out, in, 1, 1)`` weight becomes ``(out, in)``. timm rounds the
-hidden size to a multiple of 8: ratio 16 everywhere for seresnet50/101; 8 in layer1 and
-16 elsewhere for seresnet18/34 (per-stage plugin entries).
+timm's SE is two 1x1 convolutions with bias (``se.fc1/fc2``): each weight becomes a
+Linear one. timm rounds the hidden size to a multiple of 8, so seresnet18/34 get ratio 8
+in layer1 (per-stage plugin entries).
 """
 from .key_rules import TORCHVISION_RESNET_RULES, KeyRule
 from .official_cbam import check_not_other_format

@@ -1,11 +1,9 @@
 """Procedural detection scenes: filled shapes to find among hollow look-alikes and clutter.
 
-Scene ``index`` of ``seed`` is drawn from ``numpy.random.default_rng([seed, index])``
-alone, the same everywhere. Targets: a filled circle, square or triangle (any hue,
-rotated, log-uniform sizes). Distractors, never labelled: the same shapes hollow and plus
-signs (telling a ring from a disc needs the object's inside). Clutter: a gradient, noise,
-thin lines and dots. Objects keep ``gap`` pixels apart; a target's box is the box of the
-pixels its shape covers at least half (x2, y2 exclusive).
+Scene ``index`` of ``seed`` comes from ``numpy.random.default_rng([seed, index])`` alone.
+Targets: filled circles, squares, triangles; distractors (never labelled): the same shapes
+hollow, and plus signs; clutter: a gradient, noise, lines, dots. A target's box is that of
+the pixels its shape covers at least half.
 """
 import math
 
@@ -67,20 +65,21 @@ def _box(kind, cx, cy, size, angle):
     return np.array([cx - half, cy - half, cx + half, cy + half])
 
 
+def _px(*values):  # in cv2's fixed point
+    return tuple(int(round(v * _ONE)) for v in values)
+
+
 def _draw(img, kind, cx, cy, size, angle, colour, thickness):
     pts, radius = _shape_geometry(kind, cx, cy, size, angle)
-    centre = (int(round(cx * _ONE)), int(round(cy * _ONE)))
     if kind == 'circle':
-        cv2.circle(img, centre, int(round(radius * _ONE)), colour, -1, _AA, _SHIFT)
+        cv2.circle(img, _px(cx, cy), _px(radius)[0], colour, -1, _AA, _SHIFT)
     elif kind == 'ring':
-        cv2.circle(img, centre, int(round((radius - thickness / 2) * _ONE)), colour,
-                   thickness, _AA, _SHIFT)
+        cv2.circle(img, _px(cx, cy), _px(radius - thickness / 2)[0], colour, thickness,
+                   _AA, _SHIFT)
     elif kind == 'plus':
         h = size / 2
         for (x0, y0, x1, y1) in ((cx - h, cy, cx + h, cy), (cx, cy - h, cx, cy + h)):
-            cv2.line(img, (int(round(x0 * _ONE)), int(round(y0 * _ONE))),
-                     (int(round(x1 * _ONE)), int(round(y1 * _ONE))), colour,
-                     thickness, _AA, _SHIFT)
+            cv2.line(img, _px(x0, y0), _px(x1, y1), colour, thickness, _AA, _SHIFT)
     else:
         poly = np.round(pts * _ONE).astype(np.int32)[None]
         if kind.endswith('_outline'):
@@ -90,11 +89,8 @@ def _draw(img, kind, cx, cy, size, angle, colour, thickness):
 
 
 def _iou_free(box, boxes, gap):
-    for b in boxes:
-        if (box[0] < b[2] + gap and b[0] < box[2] + gap and box[1] < b[3] + gap
-                and b[1] < box[3] + gap):
-            return False
-    return True
+    return not any(box[0] < b[2] + gap and b[0] < box[2] + gap and box[1] < b[3] + gap
+                   and b[1] < box[3] + gap for b in boxes)
 
 
 def generate_scene(seed, index, height=160, width=160, min_size=12, max_size=64,

@@ -1,10 +1,8 @@
 """SyntheticShapesDataset: the embedded detection dataset, generated in memory.
 
-``num_images`` scenes of :func:`generate_scene` are drawn from ``seed`` when the dataset
-is built and held as mmdet data infos with their BGR image under ``img`` (the pipeline
-starts with ``LoadImageFromNDArray``); nothing is read or downloaded.
-``CocoMetric(ann_file=None)`` evaluates it when the test pipeline's ``PackDetInputs``
-keeps ``'instances'``. :func:`export_coco` writes it as a COCO folder.
+Scenes of :func:`generate_scene` are held with their BGR image under ``img`` (pipelines
+start with ``LoadImageFromNDArray``); ``CocoMetric(ann_file=None)`` evaluates it when
+``PackDetInputs`` keeps ``'instances'``. :func:`export_coco` writes it as a COCO folder.
 """
 import json
 import os

@@ -1,9 +1,5 @@
-"""Refuse a checkpoint that does not fit the model (another architecture or number of
-classes) instead of mmengine's warning and a partly loaded model (``strict=False``: a
-plain detector's checkpoint in a CBAM config would run with random attention).
-``allow_partial=True`` (``tools/train.py --load-from-partial``, fine-tuning to other
-classes) keeps mmengine's behaviour for ``load_from``; resume is always strict.
-"""
+"""Refuse a checkpoint that does not fit the model (mmengine loads what matches and warns:
+a plain detector's checkpoint in a CBAM config would run with random attention)."""
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS

@@ -1,18 +1,13 @@
 """Exact resume: every random number generator of a run saved in its checkpoints, and
 restored where the interrupted run stood.
 
-A run draws from Python's ``random`` and NumPy's generator (the data pipeline), torch's
-CPU generator (RPN/RoI samplers, the DataLoader's seed) and torch's CUDA generators;
-mmengine's checkpoints keep the seed only. :class:`RNGStateHook` stores all their states
-in every checkpoint (``checkpoint['rng_state']``, readable by the weights-only loader);
-after a resume the train loops below restore them once the dataloader has skipped the
-iterations already trained: :class:`ExactResumeIterBasedTrainLoop` from any iteration
-checkpoint, :class:`ExactResumeEpochBasedTrainLoop` from end-of-epoch ones (mmengine
-restarts an interrupted epoch; the loop warns). With ``num_workers=0`` and deterministic
-settings a killed and resumed run then ends with the uninterrupted run's weights.
-Validation draws numbers too: the hook restores the states after it. The states are per
-process: in a distributed run (only rank 0 writes checkpoints) nothing is saved or
-restored (a warning says so), nor are ``num_workers > 0`` workers' generators.
+mmengine's checkpoints keep the seed only. :class:`RNGStateHook` stores the states of
+Python's, NumPy's and torch's (CPU, CUDA) generators in every checkpoint and restores them
+after validation; the train loops below restore a resumed checkpoint's states once the
+dataloader has skipped the trained iterations (the epoch loop: from end-of-epoch
+checkpoints only). With ``num_workers=0`` and deterministic settings a killed and resumed
+run ends with the uninterrupted run's weights. Distributed runs and dataloader workers'
+generators are not covered (a warning says so).
 """
 import logging
 import random
@@ -130,35 +125,32 @@ def restore_resumed_rng_state(runner) -> bool:
     return restored
 
 
+class _RestoreAfterSkip:
+    """The train loop's dataloader iterator, restoring the resumed generators just before
+    the first batch after the ``skip`` batches mmengine advances past on resume."""
+
+    def __init__(self, iterator, skip, runner):
+        self.iterator, self.skip, self.runner = iterator, skip, runner
+
+    def __next__(self):
+        if self.skip == 0:
+            restore_resumed_rng_state(self.runner)
+        self.skip -= 1
+        return next(self.iterator)
+
+    def __getattr__(self, name):
+        return getattr(self.iterator, name)
+
+
 @LOOPS.register_module()
 class ExactResumeIterBasedTrainLoop(IterBasedTrainLoop):
     """mmengine's loop, restoring the generators after advancing the dataloader."""
 
     def run(self):
-        self.runner.call_hook('before_train')
-        self.runner.call_hook('before_train_epoch')
         if self._iter > 0:
-            print_log(f'Advance dataloader {self._iter} steps to skip data that has '
-                      'already been trained', logger='current', level=logging.WARNING)
-            for _ in range(self._iter):
-                next(self.dataloader_iterator)
-            restore_resumed_rng_state(self.runner)
-        while self._iter < self._max_iters and not self.stop_training:
-            self.runner.model.train()
-
-            data_batch = next(self.dataloader_iterator)
-            self.run_iter(data_batch)
-
-            self._decide_current_val_interval()
-            if (self.runner.val_loop is not None
-                    and self._iter >= self.val_begin
-                    and (self._iter % self.val_interval == 0
-                         or self._iter == self._max_iters)):
-                self.runner.val_loop.run()
-
-        self.runner.call_hook('after_train_epoch')
-        self.runner.call_hook('after_train')
-        return self.runner.model
+            self.dataloader_iterator = _RestoreAfterSkip(self.dataloader_iterator,
+                                                         self._iter, self.runner)
+        return super().run()
 
 
 @LOOPS.register_module()

@@ -1,9 +1,7 @@
 """Refuse attention plugins frozen at their random initialisation.
 
-mmdet's ResNet freezes the stages up to ``frozen_stages`` (Faster R-CNN's default: 1),
-plugins included: a CBAM or SE plugin there would stay random for the whole run. A
-frozen plugin is allowed only when its weights come from a checkpoint (the backbone's
-Pretrained ``init_cfg``, ``load_from`` or ``resume``); it is never silently unfrozen.
+``frozen_stages`` freezes the plugins of those stages too: one is allowed only when its
+weights come from a checkpoint (Pretrained ``init_cfg``, ``load_from``, ``resume``).
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -1,13 +1,11 @@
 """One clear error for an unknown plugin type (a typo such as ``type='CBMA'``).
 
-mmcv's ``build_plugin_layer`` reports an unknown type as ``KeyError: 'Cannot find None in
-registry under scope name mmdet'``, naming neither the type nor the valid ones.
-:func:`check_model_plugins` checks every plugin type of a model config before anything is
-built (``tools/train.py`` and ``tools/test.py`` run it). For scripts that build models
-themselves, importing :mod:`cbam_mmdet` also replaces the name ``build_plugin_layer``
-inside ``mmdet.models.backbones.resnet`` (where mmdet's Bottleneck, and PluginResNet's
-BasicBlock, look it up) by :func:`build_plugin_layer`: mmcv's function behind the same
-check. Nothing else of mmdet or mmcv changes.
+mmcv reports one as ``KeyError: 'Cannot find None in registry under scope name mmdet'``.
+:func:`check_model_plugins` checks a model config before anything is built (the tools run
+it). For scripts that build models themselves, importing :mod:`cbam_mmdet` replaces the
+name ``build_plugin_layer`` in ``mmdet.models.backbones.resnet`` (where mmdet's Bottleneck
+and PluginResNet's BasicBlock look it up) by :func:`build_plugin_layer`, mmcv's function
+behind the same check; nothing else of mmdet or mmcv changes.
 """
 import difflib
 import inspect

@@ -1,12 +1,6 @@
-"""Run a whole comparison (baseline vs SE vs CBAM, or attention placements) and write the
-paper-style table (:mod:`.table`).
-
-Presets (:data:`PRESETS`, :mod:`.presets`): ``demo`` (embedded dataset, CPU, minutes),
-``placement`` (where CBAM goes, embedded dataset), ``mini`` (BCCD from scratch on one GPU),
-``coco-r50``, ``coco-r101``, ``voc-frcnn``, ``voc-ssd`` (the real configs: printed as
-distributed commands unless ``--run``). Each variant runs in a subprocess
-(:mod:`.runner`); ``--collect`` rebuilds the table from finished work dirs.
-"""
+"""Run a whole comparison (:data:`PRESETS`: baseline vs SE vs CBAM, or placements) and
+write the paper-style table; the long presets (coco-*, voc-*) print distributed commands
+unless ``--run``, and ``--collect`` rebuilds the table from finished work dirs."""
 import argparse
 import os.path as osp
 import time

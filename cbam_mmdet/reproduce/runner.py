@@ -1,10 +1,6 @@
-"""Running the variants of a preset: each trains and tests through the same Runner path as
-``tools/train.py`` and ``tools/test.py`` (:mod:`cbam_mmdet.apis`), in its own subprocess
-(``python -m cbam_mmdet.reproduce --worker SPEC``) and work dir ``WORK_DIR/<variant>/``, so
-that a crash is a failed row and the others still run. The log streams as one progress line
-per logged iteration and is kept whole in ``reproduce.log``; the outcome is ``result.json``.
-:func:`collect` reads finished work dirs back (also those of ``tools/dist_*.sh``).
-"""
+"""Running a preset's variants: each trains and tests as ``tools/train.py`` and
+``tools/test.py`` do, in its own subprocess (a crash is a failed row) and work dir
+(``reproduce.log``, ``result.json``). :func:`collect` reads finished work dirs back."""
 import collections
 import glob
 import json

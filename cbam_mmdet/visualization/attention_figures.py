@@ -1,13 +1,8 @@
-"""The figures of ``tools/vis_attention.py``. For one image, :func:`visualize_attention`
-writes
-
-- ``<name>_attention.png``: the detections, then per stage its CBAM spatial map ``M_s``
-  (last block, or the blocks' mean) over the image, titled with its size and range (SE
-  and channel-only CBAM: the detections only);
-- ``<name>_channel_attention.png``: per stage, ``M_c`` (SE: ``s``) as a blocks x channels
-  heat map and box plots per block, over the stage's range of values
-  (``scale='relative'``) or [0, 1] (``'absolute'``);
-- ``<name>_channel_attention.json``: mean, std, min, max of ``M_c`` per module.
+"""The figures of ``tools/vis_attention.py``, per image: ``<name>_attention.png`` (the
+detections, then each stage's spatial map ``M_s`` over the image), and, with channel
+attention, ``<name>_channel_attention.png`` (each stage's ``M_c`` as a blocks x channels
+heat map and box plots) and ``.json`` (its statistics per module). Colours span the
+values' range (``scale='relative'``) or [0, 1] (``'absolute'``).
 """
 import json
 import os.path as osp

@@ -1,11 +1,8 @@
 """Training curves of several runs on one PNG, from mmengine's ``scalars.json``.
 
-``<work_dir>/<timestamp>/vis_data/scalars.json`` holds one JSON object per line: training
-records (``loss``, ``lr``, ..., ``step`` = the iteration) and validation records
-(``coco/bbox_mAP``, ...) whose ``step`` may be the epoch; a validation record is placed at
-the step of the training record before it, so every run shares one iteration axis. A run
-is a work dir (all its timestamps in order: a resumed run continues its curve), one
-timestamp folder or a ``scalars.json``; its label is the work dir's name.
+A run is a work dir (its ``<timestamp>/vis_data/scalars.json`` in order), a timestamp
+folder or a ``scalars.json``. A validation record (whose ``step`` may be the epoch) is
+placed at the iteration of the training record before it: all runs share one axis.
 """
 import glob
 import json

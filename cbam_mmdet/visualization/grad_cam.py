@@ -4,19 +4,12 @@
     \\alpha_k = \\frac{1}{hw} \\sum_{i,j} \\frac{\\partial y}{\\partial A^k_{ij}}, \\qquad
     L_{\\text{Grad-CAM}} = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big)
 
-``A`` is the output of a layer (a backbone stage such as ``backbone.layer4``, or one
-level of the neck), ``y`` the score of a detection: for Faster R-CNN the softmax
-probability of its class, as the CBAM paper's Figure 4 labels its maps
-(``target='score'``), or the class logit before the softmax (``target='logit'``,
-Grad-CAM's own choice, two-stage detectors). The model's predict path runs with autograd
-on, so the score is differentiable through RoIAlign, the softmax and NMS. The ReLU keeps
-positive evidence only: a weak model can give an all-zero map (the figure says so). With
-``layer='neck', level='auto'`` the map is taken at the level the box was pooled from.
-
-A forward hook replaces the layer's output by a leaf tensor that requires grad (same
-values): only the model after the layer is differentiated, no parameter gradient is
-computed, frozen stages work, and no torchvision (which the ``grad-cam`` package needs).
-The map is brought back to the original image and normalised to [0, 1] by its maximum.
+``A``: a layer's output (e.g. ``backbone.layer4``, or a neck level); ``y``: a detection's
+score (the softmax probability, as the CBAM paper's Figure 4) or class logit
+(``target='logit'``), differentiable since the predict path runs with autograd on. A weak
+model can give an all-zero map (the ReLU keeps positive evidence; the figure says so). A
+forward hook makes the layer's output a leaf that requires grad: only the model after it
+is differentiated, frozen stages work, and no torchvision is needed.
 """
 import contextlib
 from dataclasses import dataclass
@@ -225,9 +218,7 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
     if grad is None:
         raise RuntimeError(f'the detection score does not depend on layer {layer!r}'
                            + ('' if level is None else f' level {level}'))
-    act = act.detach()
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(dim=1))[0]
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act.detach()).sum(dim=1))[0]
     heatmap = normalize01(to_image_size(cam, data_samples[0]))
     return GradCamResult(cam=cam.numpy(), heatmap=heatmap, index=idx,
                          bbox=pred.bboxes[idx].detach().cpu().numpy(),
@@ -252,17 +243,15 @@ def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=No
     for row, image in enumerate(images):
         results = []
         for col, (name, model) in enumerate(models):
-            first = results[0] if results else None
-            kwargs = {}
-            if first is not None and match == 'iou':
-                kwargs = dict(target_box=first.bbox, target_label=first.label)
+            first = results[0] if results and match == 'iou' else None
+            kwargs = dict(target_box=first.bbox, target_label=first.label) if first else {}
             res = grad_cam(model, image, layer=layer, level=level, rank=rank,
                            score_thr=score_thr, target=target, **kwargs)
             results.append(res)
             names = class_names_of(model)
             cls = names[res.label] if names and res.label < len(names) else str(res.label)
             title = f'{name}\n{cls} {res.score:.3f}'
-            if first is not None and match == 'iou':
+            if first:
                 title += f', IoU {float(box_iou(first.bbox, res.bbox[None])[0]):.2f}'
             if res.level is not None and level == 'auto':
                 title += f', level {res.level}'
