@@ -184,26 +184,22 @@ def complexity_row(config, detector_shape=DETECTOR_SHAPE, backbone=True, detecto
     """One markdown table row (list of cells) for ``config``."""
     import os.path as osp
 
-    def _m(n):
-        return f'{n / 1e6:.2f}M'
-
-    def _g(n):
-        return f'{n / 1e9:.3f}'
-
     cfg = load_config(config)
     name = osp.basename(config) if isinstance(config, str) else (cfg.filename or 'config')
     cells = [name]
     if backbone:
         try:
             b = backbone_complexity(cfg)
-            cells += [_m(b['params']), _g(b['flops']), _g(backbone_paper_convention(cfg))]
+            cells += [f'{b["params"] / 1e6:.2f}M', f'{b["flops"] / 1e9:.3f}',
+                      f'{backbone_paper_convention(cfg) / 1e9:.3f}']
         except NotComparable as err:
             cells += [f'n/a: {err}', 'n/a', 'n/a']
         paper = paper_imagenet(cfg.model.backbone)
         cells += [f'{paper[0]:.2f}M' if paper else '-', f'{paper[1]:.3f}' if paper else '-']
     if detector:
         d = detector_complexity(cfg, detector_shape)
-        cells += ['x'.join(map(str, d['shape'])), _m(d['params']), _g(d['flops'])]
+        cells += ['x'.join(map(str, d['shape'])), f'{d["params"] / 1e6:.2f}M',
+                  f'{d["flops"] / 1e9:.3f}']
     return cells
 
 

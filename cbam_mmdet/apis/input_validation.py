@@ -357,3 +357,13 @@ def image_read_error(error):
         return ImageFileError(f'image file {match.group(1).strip()} cannot be decoded (corrupt '
                               f'or not an image); remove it from the annotations or replace it')
     return None
+
+
+def validate_config(cfg, splits):
+    """All the pre-flight checks of this module (and the plugin types,
+    :mod:`cbam_mmdet.engine.plugin_check`) for the datasets of ``splits``."""
+    from ..engine.plugin_check import check_model_plugins
+    check_model_plugins(cfg)
+    check_dataset_paths(cfg, splits=splits)
+    validate_datasets(cfg, splits=splits)
+    check_num_classes(cfg, splits=splits)

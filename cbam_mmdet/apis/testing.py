@@ -2,14 +2,8 @@
 (plugin types, datasets, num_classes, a checkpoint that fits the model exactly)."""
 import os.path as osp
 
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from ..engine.plugin_check import check_model_plugins
-from .cpu_distributed import prepare_cpu_distributed
 from .errors import MissingCheckpointError
-from .input_validation import check_dataset_paths, check_num_classes, validate_datasets
-from .training import base_config, run_runner_step
+from .training import base_config, build_runner, run_runner_step
 
 CHECKPOINT_MATCH = dict(type='CheckpointMatchHook', allow_partial=False)
 
@@ -47,10 +41,4 @@ def build_test_config(config, checkpoint, work_dir=None, out=None, show=False,
 
 def run_test(cfg):
     """Evaluate with mmengine's Runner; returns the metrics dict."""
-    check_model_plugins(cfg)
-    check_dataset_paths(cfg, splits=('test',))
-    validate_datasets(cfg, splits=('test',))
-    check_num_classes(cfg, splits=('test',))
-    prepare_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    return run_runner_step(cfg, runner.test)
+    return run_runner_step(cfg, build_runner(cfg, splits=('test',)).test)

@@ -10,10 +10,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint import latest_checkpoint
-from ..engine.plugin_check import check_model_plugins
 from .cpu_distributed import finish_distributed, prepare_cpu_distributed
-from .input_validation import (check_dataset_paths, check_num_classes, image_read_error,
-                               validate_datasets)
+from .input_validation import image_read_error, validate_config
 
 FROZEN_CHECK = dict(type='FrozenAttentionCheckHook')
 RNG_STATE = dict(type='RNGStateHook')
@@ -98,17 +96,16 @@ def build_train_config(config, work_dir=None, resume=None, amp=False, auto_scale
 
 
 def validate_train_config(cfg):
-    """The pre-flight checks: plugin types (:mod:`cbam_mmdet.engine.plugin_check`),
-    dataset files and annotations, num_classes (:mod:`.input_validation`)."""
-    check_model_plugins(cfg)
-    splits = ('train', 'val') if cfg.get('val_cfg') else ('train',)
-    check_dataset_paths(cfg, splits=splits)
-    validate_datasets(cfg, splits=splits)
-    check_num_classes(cfg, splits=splits)
+    """The pre-flight checks of the training (and validation) splits."""
+    validate_config(cfg, ('train', 'val') if cfg.get('val_cfg') else ('train',))
 
 
-def build_runner(cfg):
-    validate_train_config(cfg)
+def build_runner(cfg, splits=None):
+    """The Runner of ``cfg`` after the pre-flight checks of ``splits`` (default: training)."""
+    if splits:
+        validate_config(cfg, splits)
+    else:
+        validate_train_config(cfg)
     prepare_cpu_distributed(cfg)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 

@@ -14,11 +14,8 @@ CONVERTERS = dict(official_cbam=convert_official_cbam,
 
 
 def convert_checkpoint_file(src, dst, source_format, depth=None):
-    """Read ``src``, convert it with ``CONVERTERS[source_format]``, write ``dst``.
-
-    Returns:
-        ConvertedBackbone
-    """
+    """Read ``src``, convert it with ``CONVERTERS[source_format]``, write ``dst``; returns
+    the :class:`ConvertedBackbone`."""
     if source_format not in CONVERTERS:
         raise ValueError(f'source_format must be one of {sorted(CONVERTERS)}, '
                          f'got {source_format!r}')

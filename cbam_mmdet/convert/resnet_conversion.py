@@ -16,10 +16,8 @@ _SHOWN = 30
 
 @dataclass
 class ConvertedBackbone:
-    """``state_dict`` ({mmdet ResNet key: tensor}) for the ``backbone`` config (type,
-    depth, plugins) that holds exactly these keys; ``source_format``; ``dropped_keys``
-    (the ImageNet classifier); ``filled_keys`` (BatchNorm ``num_batches_tracked`` counters
-    older files lack, set to 0: they do not change the output)."""
+    """A ``state_dict`` with exactly the keys of the ``backbone`` config; the source keys
+    dropped (the classifier) and the BatchNorm counters filled with 0."""
     state_dict: dict
     backbone: dict
     source_format: str

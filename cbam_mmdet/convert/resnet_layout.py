@@ -85,12 +85,8 @@ def plugin_configs(plugin_cfg, ratios, position):
     share it, else one entry per run of equal ratios with a ``stages`` mask."""
     if len(set(ratios)) == 1:
         return [dict(cfg=dict(plugin_cfg, ratio=ratios[0]), position=position)]
-    plugins = []
-    for ratio in dict.fromkeys(ratios):
-        stages = tuple(r == ratio for r in ratios)
-        plugins.append(dict(cfg=dict(plugin_cfg, ratio=ratio), stages=stages,
-                            position=position))
-    return plugins
+    return [dict(cfg=dict(plugin_cfg, ratio=ratio), stages=tuple(r == ratio for r in ratios),
+                 position=position) for ratio in dict.fromkeys(ratios)]
 
 
 # Plugin arguments that choose how a plugin runs, not what it computes or its weights.

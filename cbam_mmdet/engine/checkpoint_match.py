@@ -9,16 +9,10 @@ from ..checkpoint import CheckpointMismatchError
 SHOWN = 8
 
 
-def _strip(key, prefixes=('module.',)):
-    for prefix in prefixes:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
 def state_dict_differences(model_state: dict, checkpoint_state: dict):
     """``(missing, unexpected, [(key, checkpoint shape, model shape)])`` of a checkpoint."""
-    ckpt = {_strip(k): v for k, v in checkpoint_state.items()}
+    ckpt = {k[len('module.'):] if k.startswith('module.') else k: v
+            for k, v in checkpoint_state.items()}
     missing = sorted(k for k in model_state if k not in ckpt)
     unexpected = sorted(k for k in ckpt if k not in model_state)
     mismatched = sorted(

@@ -3,6 +3,8 @@
 ``frozen_stages`` freezes the plugins of those stages too: one is allowed only when its
 weights come from a checkpoint (Pretrained ``init_cfg``, ``load_from``, ``resume``).
 """
+import re
+
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
@@ -10,22 +12,14 @@ from mmdet.registry import HOOKS
 from ..models import CBAM, SE
 
 
-def attention_modules(model):
-    """``{name: module}`` of the CBAM and SE modules of ``model``."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (CBAM, SE))}
-
-
 def frozen_attention_modules(model):
-    """Names of the attention modules none of whose parameters require a gradient."""
-    return [name for name, m in attention_modules(model).items()
-            if not any(p.requires_grad for p in m.parameters())]
+    """Names of the CBAM/SE modules none of whose parameters require a gradient."""
+    return [name for name, m in model.named_modules() if isinstance(m, (CBAM, SE))
+            and not any(p.requires_grad for p in m.parameters())]
 
 
 def _normalise(key):
-    for prefix in ('module.', 'backbone.'):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
+    return re.sub(r'^(module\.)?(backbone\.)?', '', key)
 
 
 def checkpoint_keys(path):
@@ -47,10 +41,7 @@ def check_no_frozen_random_attention(model, weight_files=()):
     frozen = frozen_attention_modules(model)
     if not frozen:
         return
-    loaded = set()
-    for path in weight_files:
-        if path:
-            loaded |= checkpoint_keys(path)
+    loaded = set().union(*(checkpoint_keys(path) for path in weight_files if path))
     missing = [name for name in frozen
                if not any(k.startswith(_normalise(name) + '.') for k in loaded)]
     if not missing:

@@ -1,5 +1,4 @@
-"""``python -m cbam_mmdet.reproduce``: tools/reproduce.py, or (``--worker SPEC``) one
-variant's subprocess."""
+"""``python -m cbam_mmdet.reproduce``: tools/reproduce.py, or one variant's subprocess."""
 import json
 import sys
 

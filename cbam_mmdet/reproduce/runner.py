@@ -200,7 +200,6 @@ def run_preset(preset, work_dir, variants=None, cfg_options=None, data_root=None
 
 def _metrics_from_mmengine_logs(vdir, metrics):
     """The newest test metrics json mmengine wrote under ``vdir/<timestamp>/``."""
-    wanted = metrics['mAP']
     found = []
     for path in glob.glob(osp.join(vdir, '*', '*.json')):
         try:
@@ -208,12 +207,9 @@ def _metrics_from_mmengine_logs(vdir, metrics):
                 data = json.load(f)
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and wanted in data:
+        if isinstance(data, dict) and metrics['mAP'] in data:
             found.append((osp.getmtime(path), path, data))
-    if not found:
-        return None
-    _, path, data = max(found)
-    return path, data
+    return max(found)[1:] if found else None
 
 
 def collect(preset, work_dir, variants=None, count_missing=True, log=print):

@@ -20,17 +20,14 @@ def table_rows(preset, results):
                    paper_delta=None, train_s=r.get('train_s'), test_s=r.get('test_s'),
                    error=r.get('error', ''))
         if r['status'] == 'ok':
-            if r.get('params') is not None:
-                row['params_M'] = r['params'] / 1e6
+            row['params_M'] = r['params'] / 1e6 if r.get('params') is not None else None
             row['GFLOPs'] = r.get('gflops')
-            for col, key in preset.metrics.items():
-                if key in r['metrics']:
-                    row[col] = 100.0 * r['metrics'][key]
+            row.update({col: 100.0 * r['metrics'][key] for col, key in preset.metrics.items()
+                        if key in r['metrics']})
         row.update({f'paper_{col}': paper.get(r['name'], {}).get(col) for col in COLUMNS})
         rows.append(row)
     if rows:
-        base = rows[0]
-        base_paper = paper.get(base['variant'], {}).get('mAP')
+        base, base_paper = rows[0], paper.get(rows[0]['variant'], {}).get('mAP')
         for row in rows[1:]:
             if row['mAP'] is not None and base['mAP'] is not None:
                 row['delta_mAP'] = row['mAP'] - base['mAP']
@@ -66,16 +63,12 @@ def format_markdown(preset, rows, wall_s=None, device=None):
         cells = [r['variant'], _fmt(r['params_M'], '.2f'), _fmt(r['GFLOPs'], '.3f')]
         cells += [_fmt(r[c]) for c in cols] + [_fmt(r['delta_mAP'], signed=True)]
         if has_paper:
-            cells += [_fmt(r[f'paper_{c}']) for c in cols]
-            cells += [_fmt(r['paper_delta'], signed=True)]
-        if r['status'] == 'ok':
-            times = [f'{k} {r[k + "_s"]:.0f} s' for k in ('train', 'test')
-                     if r.get(k + '_s') is not None]
-            status = 'ok' + (f' ({", ".join(times)})' if times else '')
-        else:
-            status = f'{r["status"]}: {r["error"]}'.replace('|', '\\|')
-        cells.append(status)
-        lines.append('| ' + ' | '.join(cells) + ' |')
+            cells += [_fmt(r[f'paper_{c}']) for c in cols] + [_fmt(r['paper_delta'], signed=True)]
+        times = [f'{k} {r[k + "_s"]:.0f} s' for k in ('train', 'test')
+                 if r.get(k + '_s') is not None]
+        status = 'ok' + (f' ({", ".join(times)})' if times else '') if r['status'] == 'ok' \
+            else f'{r["status"]}: {r["error"]}'.replace('|', '\\|')
+        lines.append('| ' + ' | '.join(cells + [status]) + ' |')
     if any(r['GFLOPs'] is None and r['status'] == 'ok' for r in rows):
         lines += ['', 'GFLOPs "-": not counted (the count failed).']
     if preset.paper_note:

@@ -70,16 +70,10 @@ class AttentionRecorder:
 
     def _hook(self, name):
         def hook(module, args):
-            x = args[0]
-            if isinstance(module, CBAM):
-                channel, spatial = cbam_maps(module, x)
-                kind = 'CBAM'
-            else:
-                channel, spatial, kind = se_map(module, x), None, 'SE'
-            self.maps[name] = AttentionMaps(
-                name, kind,
-                None if channel is None else channel.detach().float().cpu(),
-                None if spatial is None else spatial.detach().float().cpu())
+            cbam = isinstance(module, CBAM)
+            maps = cbam_maps(module, args[0]) if cbam else (se_map(module, args[0]), None)
+            self.maps[name] = AttentionMaps(name, 'CBAM' if cbam else 'SE', *(
+                None if m is None else m.detach().float().cpu() for m in maps))
         return hook
 
     def __enter__(self):
@@ -96,7 +90,6 @@ class AttentionRecorder:
         for h in self._handles:
             h.remove()
         self._handles = []
-        return False
 
 
 def stage_of(name: str) -> str:
@@ -115,10 +108,8 @@ def group_by_stage(maps):
 
 
 def stage_spatial_maps(maps, reduce='last', index=0):
-    """``OrderedDict(stage -> (H, W) tensor)``: each stage's spatial attention map for
-    sample ``index``, of its last block (``reduce='last'``) or the mean over its blocks
-    (``'mean'``; the blocks of a ResNet stage share one resolution). Stages without a
-    spatial gate (SE, channel-only CBAM) are left out."""
+    """``OrderedDict(stage -> (H, W) tensor)``: the spatial map of sample ``index`` of each
+    stage that has one, of its last block (``reduce='last'``) or the blocks' mean."""
     if reduce not in STAGE_REDUCTIONS:
         raise ValueError(f'reduce must be one of {list(STAGE_REDUCTIONS)}, got {reduce!r}')
     out = OrderedDict()
@@ -141,9 +132,7 @@ def channel_statistics(maps, index=0):
     """Per module with channel attention: dict(name, stage, kind, channels, mean, std,
     min, max, values) of ``M_c`` (or SE's ``s``) for sample ``index``."""
     stats = []
-    for rec in maps.values():
-        if rec.channel is None:
-            continue
+    for rec in (r for r in maps.values() if r.channel is not None):
         v = rec.channel[index].flatten()
         stats.append(dict(name=rec.name, stage=stage_of(rec.name), kind=rec.kind,
                           channels=int(v.numel()), mean=float(v.mean()),
