@@ -102,3 +102,15 @@ def test_voc_configs_train_on_voc0712_and_test_on_voc2007_with_11_point_map(name
     if name.startswith('faster_rcnn'):
         assert cfg.model.backbone.frozen_stages == 0
     assert any(h.type == 'FrozenAttentionCheckHook' for h in cfg.custom_hooks)
+
+
+@pytest.mark.parametrize('name', all_configs())
+def test_attention_configs_are_mmdets_resnet_with_plugins(name):
+    """The SE/CBAM backbones are mmdet's ResNet (R-18/34: PluginResNet) with plugins
+    naming only the type and ratio; no config points at a machine path."""
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        assert '../shared' not in f.read()
+    backbone = Config.fromfile(os.path.join(CONFIG_DIR, name)).model.backbone
+    if backbone.get('plugins'):
+        assert backbone.type == ('ResNet' if backbone.depth >= 50 else 'PluginResNet')
+        assert all(set(p.cfg) <= {'type', 'ratio'} for p in backbone.plugins)
