@@ -204,10 +204,12 @@ class _AttentionFunction(torch.autograd.Function):
         stream = current_stream(g.get_device())
         needs = ctx.needs_input_grad
         dx = torch.empty_like(x) if needs[0] else None
-        # recorded where the C++ node would launch the same kernels: the gradient laid
-        # out as x and aligned, dx computed
-        record = (ctx.forward_program is not None and dx is not None and sg == plan.st
-                  and g.dtype == x.dtype and extra[2] and x.stride() == dx.stride())
+        # recorded once per key (a state the C++ node runs is never replaced), where
+        # the C++ node would launch the same kernels: the gradient laid out as x and
+        # aligned, dx computed
+        record = (ctx.forward_program is not None and ctx.native_key not in plan.native
+                  and dx is not None and sg == plan.st and g.dtype == x.dtype and extra[2]
+                  and x.stride() == dx.stride())
         recorder = triton_programs.Recorder() if record else None
         run = recorder or launch
         if ctx.cbam:
