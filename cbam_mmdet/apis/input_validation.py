@@ -40,8 +40,8 @@ HOW_TO_GET = {
         '(VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, '
         'VOCtrainval_11-May-2012.tar); unpack them as data/VOCdevkit/{VOC2007,VOC2012} '
         '(README, section "Data").'),
-    'bccd': ('BCCD comes from https://github.com/Shenggan/BCCD_Dataset: put its BCCD/ '
-             'folder (Annotations, ImageSets, JPEGImages) under data/bccd/.'),
+    'bccd': ('BCCD comes from https://github.com/Shenggan/BCCD_Dataset: git clone '
+             'https://github.com/Shenggan/BCCD_Dataset data/bccd (README, section "Data").'),
 }
 
 
