@@ -56,9 +56,6 @@ def test_extension_is_built_and_refuses_what_does_not_fit():
             program.add(1, grid, 128, 0, slots, values)
     assert program.num_launches == 1
     x = torch.randn(2, 32, 5, 6)
-    # slots [x, workspace, out, *rest]: checked before anything is launched
-    with pytest.raises(RuntimeError, match='program needs 6 tensors, got 3'):
-        triton_programs.infer(program, x, 64, 0, [])
     shapes = [[4, 8], [4], [1, 2, 7, 7]]
     for offsets, strides, error in (
             ([0, 32], [], 'one gradient offset per gradient shape'),
