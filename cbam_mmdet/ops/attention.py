@@ -1,19 +1,15 @@
 """The functional API of the kernel layer: :func:`cbam` and :func:`se` over tensors.
 
-Each call takes the fastest backend that accepts it; all of them compute the modules'
-reference equations (the same outputs and gradients up to float rounding):
-
-- CUDA with Triton (float16, bfloat16, float32): fused Triton kernels for training and
-  inference (:mod:`.triton_attention`), replayed from C++ after the first call of an
-  input signature (:mod:`.triton_programs`);
-- CPU inference on float32: the C++ kernels (:mod:`.cpu_kernels`);
-- everything else: PyTorch ops (:mod:`.cbam_torch`).
+Each call takes the fastest backend that accepts it, all computing the modules' reference
+equations (the same outputs and gradients up to float rounding): on CUDA with Triton
+(float16, bfloat16, float32) fused Triton kernels (:mod:`.triton_attention`), replayed from
+C++ after an input signature's first call (:mod:`.triton_programs`); for CPU inference on
+float32 C++ kernels (:mod:`.cpu_kernels`); else PyTorch ops (:mod:`.cbam_torch`).
 
 The modules (:class:`~cbam_mmdet.CBAM`, :class:`~cbam_mmdet.SE`) call these only where
-:func:`use_reference` is False: not with ``CBAM_MMDET_REFERENCE=1`` in the environment
-(read once, at import; :func:`set_reference` at run time), and not while
-``torch.jit`` traces or scripts or ``torch.export`` exports, so that those record the
-equations as PyTorch ops.
+:func:`use_reference` is False: not with ``CBAM_MMDET_REFERENCE=1`` (read at import;
+:func:`set_reference` at run time), and not under ``torch.jit`` tracing or scripting or
+``torch.export``, so that those record the equations as PyTorch ops.
 """
 import functools
 import os
@@ -40,15 +36,13 @@ def set_reference(enabled):
 
 def _is_exporting():
     compiler = getattr(torch, 'compiler', None)
-    return compiler is not None and hasattr(compiler, 'is_exporting') and \
-        compiler.is_exporting()
+    return compiler is not None and hasattr(compiler, 'is_exporting') and compiler.is_exporting()
 
 
 def use_reference():
-    """Whether the modules run their reference forward instead of this layer: the
-    reference setting, or a ``torch.jit`` trace or script, or a ``torch.export``."""
-    return (_reference[0] or torch.jit.is_scripting() or torch.jit.is_tracing()
-            or _is_exporting())
+    """Whether the modules run their reference forward: the setting, or a ``torch.jit``
+    trace or script, or a ``torch.export``."""
+    return (_reference[0] or torch.jit.is_scripting() or torch.jit.is_tracing() or _is_exporting())
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,8 +63,7 @@ def _triton_takes(x):
 
 
 def _cpu_kernels_for(x, params):
-    """The CPU kernels where they take the call, else None (warning once where they
-    would have and are not built)."""
+    """The CPU kernels where they take the call, else None (warning once if not built)."""
     if not cpu_kernels.applies(x, params):
         return None
     kern = cpu_kernels.kernels()
@@ -86,13 +79,11 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, bn_weight, 
     channel attention from avg- and max-pooled descriptors through one shared MLP
     (``fc1``: C -> C/r, ReLU, ``fc2``: C/r -> C, both with bias), then spatial attention
     from [max; mean] over channels through a k x k convolution without bias
-    (``conv_weight``: (1, 2, k, k)), BatchNorm and a sigmoid.
-
-    The BatchNorm arguments are ``nn.BatchNorm2d``'s state: ``bn_training`` (batch
-    statistics; the running ones, where given, are updated with ``momentum``, ``None``
-    for a cumulative average, and ``num_batches_tracked`` counted) or running
-    statistics. Returns a new tensor; ``x`` is never written.
-    """
+    (``conv_weight``: (1, 2, k, k)), BatchNorm and a sigmoid. The BatchNorm arguments are
+    ``nn.BatchNorm2d``'s state: ``bn_training`` (batch statistics; running ones, where
+    given, updated with ``momentum``, ``None`` for a cumulative average,
+    ``num_batches_tracked`` counted) or running statistics. Returns a new tensor; ``x`` is
+    never written."""
     args = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, bn_weight, bn_bias,
             running_mean, running_var, num_batches_tracked, bn_training, momentum, eps)
     if _triton_takes(x):

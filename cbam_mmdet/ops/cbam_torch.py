@@ -1,21 +1,16 @@
-"""CBAM and SE in PyTorch ops, on any device: the same equations as the modules'
-reference ``forward`` in fewer passes, differentiable. It runs where neither the Triton
-kernels (CUDA) nor the C++ CPU kernels (CPU inference) take a call: CPU training, float64,
-CUDA without Triton, or the extensions not built.
+"""CBAM and SE in PyTorch ops, on any device: the modules' reference equations in fewer
+passes, differentiable. It runs where neither the Triton kernels (CUDA) nor the C++ CPU
+kernels (CPU inference) take a call: CPU training, float64, CUDA without Triton, or the
+extensions not built. As in the reference, attention maps are computed in float32 (float64
+for float64 inputs) outside autocast, so fp16 activations as large as 1e4 give no inf or
+NaN. Differences from the reference (exact up to float rounding):
 
-Differences from the reference (all exact up to float rounding):
-
-- global max pooling with ``amax`` over (H, W) instead of ``adaptive_max_pool2d``
-  (several times faster on CPU); both descriptors go through the shared MLP as one
-  batched ``(2, N, C)`` input;
-- the channel mean of ``F' = M_c F`` as one matrix product ``M_c^T F / C`` over the
-  NCHW tensor (no reduction along the strided channel axis);
-- ``F'' = M_s F'`` in place on ``F'`` when autograd does not record (inference), so a
-  CBAM call allocates one feature-sized tensor instead of two; the input is never
-  written.
-
-Attention maps are computed in float32 (float64 for float64 inputs) outside autocast, as
-in the reference, so fp16 activations as large as 1e4 give no inf or NaN.
+- global max pooling with ``amax`` over (H, W), not ``adaptive_max_pool2d`` (several
+  times faster on CPU); both descriptors go through the MLP as one ``(2, N, C)`` batch;
+- the channel mean of ``F' = M_c F`` as one matrix product ``M_c^T F / C`` over the NCHW
+  tensor (no reduction along the strided channel axis);
+- ``F'' = M_s F'`` in place on ``F'`` in inference (autograd not recording): one
+  feature-sized allocation per CBAM call instead of two; the input is never written.
 """
 import contextlib
 
@@ -50,22 +45,21 @@ def mlp_logits(pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
 
 def batch_norm(z, weight, bias, running_mean, running_var, num_batches_tracked,
                bn_training, momentum, eps):
-    """``nn.BatchNorm2d``'s forward as a function of its state (``num_batches_tracked``
-    counted, ``momentum=None`` as a cumulative average)."""
+    """``nn.BatchNorm2d``'s forward as a function of its state (``momentum=None``: a
+    cumulative average)."""
     factor = 0.0 if momentum is None else momentum
     if bn_training and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
         if momentum is None:
             factor = 1.0 / float(num_batches_tracked)
     dt = z.dtype
-    return F.batch_norm(z, running_mean, running_var,
-                        None if weight is None else weight.to(dt),
+    return F.batch_norm(z, running_mean, running_var, None if weight is None else weight.to(dt),
                         None if bias is None else bias.to(dt), bn_training, factor, eps)
 
 
 def spatial_logits(desc, conv_weight, bn):
-    """``BN(conv_k(desc))`` for the ``(N, 2, H, W)`` descriptor; ``bn``: the arguments of
-    :func:`batch_norm` after ``z``."""
+    """``BN(conv_k(desc))`` of the ``(N, 2, H, W)`` descriptor; ``bn``: :func:`batch_norm`'s
+    arguments after ``z``."""
     z = F.conv2d(desc, conv_weight.to(desc.dtype), None, 1, conv_weight.shape[-1] // 2)
     return batch_norm(z, *bn)
 
@@ -94,10 +88,9 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, *bn):
     desc_max = y.amax(dim=1, keepdim=True).to(cdt)
     with no_autocast(x):
         if x.dtype == cdt and x.is_contiguous():
-            # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample, in the
-            # compute dtype (under autocast a matmul would run in fp16 and overflow)
-            desc_mean = torch.matmul(a.view(n, 1, c),
-                                     x.view(n, c, h * w)).view(n, 1, h, w) / c
+            # mean_c(a_c x_c) as one (1 x C) @ (C x HW) product per sample, in the compute
+            # dtype (under autocast a matmul would run in fp16 and overflow)
+            desc_mean = torch.matmul(a.view(n, 1, c), x.view(n, c, h * w)).view(n, 1, h, w) / c
         else:
             desc_mean = y.mean(dim=1, keepdim=True, dtype=cdt)
         s = torch.sigmoid(spatial_logits(torch.cat((desc_max, desc_mean), dim=1),

@@ -1,14 +1,10 @@
 """CBAM and SE inference on CPU through the C++ kernels of ``cbam_mmdet.ops._cpu_kernels``
-(csrc/cbam_cpu_kernels.cpp, built by ``setup.py build_ext``).
-
-They take inference calls (autograd not recording) on float32 CPU tensors, contiguous
-NCHW or channels_last. SE is one call (``se_eval``): the average over H x W in one pass,
-the shared MLP and its sigmoid (each weight read once), and the scale in a second pass.
-CBAM pools over H x W in one pass and runs the MLP (``mlp_gate``); then, with BatchNorm
-in running statistics, one call (``cbam_eval``) forms the channel max and mean of
-``M_c F`` in one pass, runs the 7x7 convolution, BatchNorm and sigmoid on that small map,
-and writes ``F M_c M_s`` in a second pass (with batch statistics: the same two passes
-with the convolution and BatchNorm as PyTorch ops on the small maps in between).
+(csrc/cbam_cpu_kernels.cpp), for float32 CPU tensors, contiguous NCHW or channels_last.
+SE is one call (``se_eval``): the average over H x W, the MLP and its sigmoid, the scale.
+CBAM pools over H x W and runs the MLP (``mlp_gate``); then, with BatchNorm in running
+statistics, one call (``cbam_eval``) forms the channel max and mean of ``M_c F``, runs the
+convolution, BatchNorm and sigmoid on that small map and writes ``F M_c M_s`` (with batch
+statistics: the convolution and BatchNorm as PyTorch ops between the two passes).
 """
 import functools
 import math
@@ -29,9 +25,8 @@ def kernels():
 
 
 def applies(x, params):
-    """Whether the C++ kernels take this call: inference on a float32 CPU tensor,
-    contiguous NCHW or channels_last, with float32 parameters, contiguous but for the
-    spatial convolution's weight (read contiguous, 2 x K x K values)."""
+    """Whether the C++ kernels take this call: inference on a float32 CPU tensor (contiguous
+    NCHW or channels_last), float32 parameters contiguous but for the 4-d conv weight (made so)."""
     if not (x.device.type == 'cpu' and x.dtype == torch.float32
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
         return False
@@ -57,11 +52,9 @@ def _bn_affine(weight, bias, running_mean, running_var, eps):
     return scale, float(bias) - float(running_mean) * scale
 
 
-def cbam(kern, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, bn_weight,
-         bn_bias, running_mean, running_var, num_batches_tracked, bn_training, momentum,
-         eps):
-    """CBAM inference: three passes over the map (the pooling, the spatial descriptor,
-    the scale), the small maps' work in C++ with running statistics."""
+def cbam(kern, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, bn_weight, bn_bias,
+         running_mean, running_var, num_batches_tracked, bn_training, momentum, eps):
+    """CBAM inference: three passes over the map (pooling, spatial descriptor, scale)."""
     out = torch.empty_like(x)
     a = kern.mlp_gate(kern.channel_pool(x), fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     conv_weight = conv_weight.detach().contiguous()

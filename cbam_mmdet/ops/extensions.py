@@ -1,19 +1,14 @@
 """The compiled extensions of the fast paths, and whether this process runs them.
 
-Both are built by ``setup.py build_ext`` (``pip install -e .`` builds them too) and both
-are optional: where one is missing, the plugins compute the same outputs on a slower
-path, without an error.
+Both are built by ``setup.py build_ext`` (and ``pip install -e .``) and optional: without
+one, the plugins compute the same outputs on a slower path, and a call that would have used
+it warns once per process (:func:`warn_not_built`).
 
 - ``cbam_mmdet.ops._cpu_kernels`` (csrc/cbam_cpu_kernels.cpp): CPU inference of CBAM and
-  SE in C++ passes. Without it: PyTorch ops (:mod:`.cbam_torch`).
+  SE in C++. Without it: PyTorch ops (:mod:`.cbam_torch`).
 - ``cbam_mmdet.ops._triton_programs`` (csrc/triton_programs.cpp): CUDA calls of the
   Triton kernels replayed from C++ (:mod:`.triton_programs`). Without it, or with
-  ``CBAM_MMDET_TRITON_PROGRAMS=0``: the same kernels launched from Python, with more host
-  time per call.
-
-A plugin call that would have used a missing extension warns once per process
-(:func:`warn_not_built`). Timings of a build without them are timings of another
-implementation: the benchmark prints :func:`describe`.
+  ``CBAM_MMDET_TRITON_PROGRAMS=0``: the same kernels launched from Python (more host time).
 """
 import warnings
 
@@ -25,8 +20,8 @@ _warned = set()
 
 
 def warn_not_built(name, what_runs):
-    """Warn once per process that the extension ``cbam_mmdet.ops.<name>`` is not built
-    and ``what_runs`` instead (called where a plugin call would have used it)."""
+    """Warn once per process that ``cbam_mmdet.ops.<name>`` is not built and ``what_runs``
+    instead (called where a plugin call would have used it)."""
     if name in _warned:
         return
     _warned.add(name)
@@ -36,15 +31,15 @@ def warn_not_built(name, what_runs):
 
 
 def status():
-    """``{'cpu_kernels': bool, 'triton': bool, 'triton_programs': bool}``: whether the
-    CPU kernels are loaded, Triton and a CUDA device are available, and CUDA calls of the
-    Triton kernels may be replayed from C++ (the extension loaded and not switched off)."""
+    """``{'cpu_kernels': bool, 'triton': bool, 'triton_programs': bool}``: whether the CPU
+    kernels are loaded, Triton and CUDA are available, and Triton calls replayed from C++."""
     return dict(cpu_kernels=cpu_kernels.kernels() is not None, triton=triton_available(),
                 triton_programs=triton_programs.enabled())
 
 
 def describe(device):
-    """One line on the fast paths that ``device`` (``'cpu'``, ``'cuda'``, ...) runs."""
+    """One line on the fast paths that ``device`` (``'cpu'``, ``'cuda'``, ...) runs (the
+    benchmark prints it: timings without an extension are of another implementation)."""
     state = status()
     if str(device).startswith('cuda'):
         if not state['triton']:

@@ -1,16 +1,12 @@
 """The Triton kernels of CBAM's and SE's backward passes (CUDA).
 
-CBAM backward, five launches: :func:`_bwd_pixels` (``dL/dM_s`` per pixel and the
-output's share of ``dL/dM_c``), :func:`_bwd_spatial` (BatchNorm's and the convolution's
-backward on the small maps), :func:`_bwd_desc_reduce` (the descriptor's share of
-``dL/dM_c``), :func:`_mlp_bwd` (the MLP's weight gradients and ``dL/d pooled``) and
-:func:`_bwd_dx` (``dL/dF``). SE backward, three: :func:`_bwd_reduce`, :func:`_mlp_bwd`,
-:func:`_bwd_dx`. Parameter gradients are written into the workspace, which autograd
-receives as views.
-
-Maxima: the gradient of a max goes to every element equal to it (the reference gives it
-to one element or splits it between ties; ties have probability zero for real-valued
-activations).
+CBAM backward, five launches: :func:`_bwd_pixels` (``dL/dM_s`` per pixel and the output's
+share of ``dL/dM_c``), :func:`_bwd_spatial` (BatchNorm's and the convolution's backward on
+the small maps), :func:`_bwd_desc_reduce` (the descriptor's share of ``dL/dM_c``),
+:func:`_mlp_bwd` (the MLP's weight gradients and ``dL/d pooled``) and :func:`_bwd_dx`
+(``dL/dF``). SE backward, three: :func:`_bwd_reduce`, :func:`_mlp_bwd`, :func:`_bwd_dx`.
+Parameter gradients are written into the workspace (autograd gets views). The gradient of
+a max goes to every element equal to it (ties have probability zero for real values).
 """
 import triton
 import triton.language as tl
@@ -22,13 +18,10 @@ def _bwd_pixels(g_ptr, x_ptr, ws_ptr, bws_ptr, cnt_ptr, OFF_A, OFF_S, OFF_Z,
                 OFF_STATS, B_DA, B_DZ, B_BNPART, SLOT, N, C, HW, CPS, sxn, sxc, sxhw, sgn,
                 sgc, sghw, ATOMIC: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
-    """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels and
-    ds = sum_c p a. One channel split (not ATOMIC): ds is complete,
-    dz = ds s (1 - s) is stored with the block's (sum dz, sum dz zhat) for BatchNorm's
-    backward. ATOMIC: ds is added into the dz region (zeroed by the forward) and the
-    last of a pixel block's channel splits to finish (its counter, SLOT + the block's
-    index, reset after use) turns the block's ds into dz and stores the block's two
-    sums."""
+    """With p = g x: da[n, c] += sum_hw p s over the program's CPS channels, ds = sum_c p a.
+    Not ATOMIC: stores dz = ds s (1 - s) and the block's (sum dz, sum dz zhat) for
+    BatchNorm's backward. ATOMIC: ds is added into dz (zeroed by the forward); the pixel
+    block's last channel split (counter SLOT + block index) finishes dz and the sums."""
     n, _, c_begin, c_end = _channel_span(C, CPS)
     pid = tl.program_id(1)
     offs_hw = pid * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -97,11 +90,9 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
                  TRAIN: tl.constexpr, K: tl.constexpr, W_CL: tl.constexpr,
                  TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     """BatchNorm backward (batch statistics when TRAIN) to dzin, then the convolution's
-    backward for this block's pixels: ddesc stored, dW added by atomics (in the weight's
-    layout, W_CL: channels_last), TAPS taps of the K x K kernel at a time. Grid: samples
-    x blocks of pixels. BatchNorm's sums over the blocks' partials (dL/d gamma, dL/d
-    beta) are read by every program when TRAIN (they enter dzin), else by the first
-    alone."""
+    backward for this pixel block (grid: samples x pixel blocks): ddesc stored, dW added by
+    atomics (in the weight's layout), TAPS taps at a time. The partials' sums (dL/d gamma,
+    dL/d beta) are read by every program when TRAIN (in dzin), else by the first alone."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     first = (n == 0) & (pid == 0)
@@ -173,9 +164,8 @@ def _bwd_spatial(ws_ptr, bws_ptr, w_ptr, bw_ptr, OFF_DESC, OFF_Z, OFF_STATS,
 def _bwd_desc_reduce(x_ptr, ws_ptr, bws_ptr, OFF_A, OFF_DESC, B_DA, B_DDESC, C, HW,
                      sxn, sxc, sxhw, hw_per_prog, BLOCK_C: tl.constexpr,
                      BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
-    """The descriptor's share of dL/da over one channel block and a span of pixels:
-    da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max]) (one atomic per
-    channel and program)."""
+    """The descriptor's share of dL/da over a channel block and a span of pixels (one atomic
+    per channel): da[n, c] += sum_hw x (ddesc_mean / C + ddesc_max [a x == desc_max])."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -237,8 +227,7 @@ def _logit_grad(ws_ptr, bws_ptr, OFF_A, B_DA, n, C, offs_c, mask_c):
 @triton.jit
 def _store_dpre(ws_ptr, bws_ptr, OFF_HPRE, B_DPRE, HID, n, offs_j, mask_j, dh,
                 PAIR: tl.constexpr):
-    """Stores dL/d hpre of sample n's hidden units offs_j (both branches where PAIR) from
-    dL/dh; returns their sum (db1's share)."""
+    """Stores sample n's dL/d hpre (both branches where PAIR) from dL/dh; returns their sum."""
     hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
     dpre = bws_ptr + B_DPRE + n * 2 * HID + offs_j
     dpa = tl.where(tl.load(hpre, mask=mask_j, other=0.0) > 0.0, dh, 0.0)
@@ -256,11 +245,9 @@ def _mlp_bwd(ws_ptr, bws_ptr, w1_ptr, w2_ptr, OFF_A, OFF_POOLED, OFF_HPRE, B_DA,
              B_DW1, B_DB1, B_DW2, B_DB2, B_DPOOLED, N, C, HID, CPB,
              PAIR: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
              BLOCK_DH: tl.constexpr):
-    """The shared MLP's backward for one block of hidden units (grid axis 0) and CPB
-    channels (axis 1): dL/d hpre of the block (every program computes it over all
-    channels, BLOCK_DH at a time, two samples per pass over W2's rows; the first channel
-    block stores db1), then for its channels the rows of dW2 and columns of dW1, db2
-    (first hidden block) and dL/d pooled (atomics over the hidden blocks)."""
+    """The MLP's backward for a block of hidden units (grid axis 0) and CPB channels (axis 1):
+    the block's dL/d hpre (over all channels; the first channel block stores db1), then for
+    its channels dW2's rows, dW1's columns, db2 and dL/d pooled (atomics)."""
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_j = pid * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -330,10 +317,9 @@ def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC,
             OFF_POOLED, B_DDESC, B_DPOOLED, C, HW, sxn, sxc, sxhw, sgn, sgc, sghw,
             HAS_S: tl.constexpr, BLOCK_C: tl.constexpr,
             BLOCK_HW: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr):
-    """CBAM: dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max])
-    + dpooled_avg / HW + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW.
-    dx has x's strides. A program covers TILES consecutive
-    pixel blocks of its channels (their per-channel values loaded once)."""
+    """CBAM: dx = g a s + a (ddesc_mean / C + ddesc_max [a x == desc_max]) + dpooled_avg / HW
+    + dpooled_max [x == channel max]; SE: dx = g a + dpooled_avg / HW. dx has x's strides.
+    A program covers TILES pixel blocks of its channels (per-channel values loaded once)."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -372,7 +358,3 @@ def _bwd_dx(g_ptr, x_ptr, ws_ptr, bws_ptr, dx_ptr, OFF_A, OFF_S, OFF_DESC,
         else:
             dx = g * a + gavg
             tl.store(dx_ptr + xoffs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-
-
-# ---- plans: every integer argument, grid and workspace offset of one input signature ----
-

@@ -3,19 +3,16 @@
 CBAM forward, four launches: :func:`_pool_mlp` (avg and max over H x W and the shared
 MLP's first layer; the last program of each sample finishes the MLP), :func:`_spatial_pool`
 ([max; mean] over C of ``M_c F``, never stored), :func:`_spatial_conv` (the 7x7
-convolution, BatchNorm and the sigmoid, ``M_s``; with batch statistics the last program
+convolution, BatchNorm and sigmoid, ``M_s``; with batch statistics the last program
 combines the blocks' statistics and updates the running ones) and :func:`_cbam_scale`
 (``out = F M_c M_s``). SE forward, two: :func:`_pool_mlp` and :func:`_scale_channels`.
 
-The big map ``F`` (N, C, H, W) is read three times and written once by CBAM (the floor
-for a pooling that must finish before the scale), twice and once by SE. Kernels read any
-strides where H and W merge into one axis (contiguous NCHW and channels_last), accumulate
-in float32 and write ``F``'s dtype; the small maps are float32.
-
-"Last program to finish" steps count finished programs in an int32 counter (reset by
-the last program) after a barrier, so that every thread's partial results are written
-first. The counters' atomics are acquire-release; every other atomic only accumulates
-and is relaxed.
+CBAM reads the big map ``F`` (N, C, H, W) three times and writes it once (the floor for a
+pooling that must finish before the scale), SE twice and once. Kernels read any strides
+where H and W merge into one axis (contiguous NCHW, channels_last), accumulate in float32
+and write ``F``'s dtype; the small maps are float32. "Last program to finish" steps count
+finished programs in an int32 counter (acquire-release, reset by the last) after a barrier;
+every other atomic only accumulates (relaxed).
 """
 import triton
 import triton.language as tl
@@ -23,8 +20,8 @@ import triton.language as tl
 @triton.jit
 def _hidden(ws_ptr, b1_ptr, n, h_avg, h_max, offs_j, mask_j, OFF_HPRE, OFF_H, HID,
             PAIR: tl.constexpr):
-    """Store hpre[n] = (W1 avg + b1, W1 max + b1) and h[n] = relu(hpre_avg) +
-    relu(hpre_max) (PAIR, CBAM) or relu(hpre_avg) (SE)."""
+    """hpre[n] = (W1 avg + b1, W1 max + b1), h[n] = relu(hpre_avg) + relu(hpre_max) (PAIR,
+    CBAM) or relu(hpre_avg) (SE)."""
     b1 = tl.load(b1_ptr + offs_j, mask=mask_j, other=0.0)
     hpre = ws_ptr + OFF_HPRE + n * 2 * HID + offs_j
     tl.store(hpre, h_avg + b1, mask=mask_j)
@@ -39,8 +36,8 @@ def _hidden(ws_ptr, b1_ptr, n, h_avg, h_max, offs_j, mask_j, OFF_HPRE, OFF_H, HI
 def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H,
                 N, C, HID, HW, SPLIT,
                 PAIR: tl.constexpr, HID_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """For sample n, from the partials over SPLIT spans of H x W: pooled[n] = (avg, max)
-    and the shared MLP's first layer (:func:`_hidden`)."""
+    """Sample n's pooled[n] = (avg, max) from the partials over SPLIT spans of H x W, then
+    the MLP's first layer (:func:`_hidden`)."""
     offs_j = tl.arange(0, HID_P)
     mask_j = offs_j < HID
     h_avg = tl.zeros((HID_P,), dtype=tl.float32)
@@ -72,8 +69,8 @@ def _mlp_sample(ws_ptr, w1_ptr, b1_ptr, n, OFF_PART, OFF_POOLED, OFF_HPRE, OFF_H
 @triton.jit
 def _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID,
                   PAIR: tl.constexpr, HID_P: tl.constexpr):
-    """a[n, c] at the channels offs_c: sigmoid(W2 h[n] + 2 b2) (PAIR: the MLP's second
-    layer applied to both pooled descriptors and summed) or sigmoid(W2 h[n] + b2)."""
+    """a[n, offs_c] = sigmoid(W2 h[n] + 2 b2) (PAIR: both descriptors' outputs summed) or
+    sigmoid(W2 h[n] + b2)."""
     offs_j = tl.arange(0, HID_P)
     mask_j = offs_j < HID
     h = tl.load(ws_ptr + OFF_H + n * HID + offs_j, mask=mask_j, other=0.0)
@@ -85,8 +82,8 @@ def _channel_gate(ws_ptr, w2_ptr, b2_ptr, OFF_H, n, offs_c, mask_c, HID,
 
 @triton.jit
 def _channel_span(C, CPS):
-    """(sample n, channel split, first channel, end of its channels) of a program whose
-    grid axis 0 runs over the samples x the splits of CPS channels each."""
+    """(sample, channel split, first channel, end channel) of a program whose grid axis 0
+    runs over samples x splits of CPS channels."""
     num_cs = tl.cdiv(C, CPS)
     cs = tl.program_id(0) % num_cs
     c_begin = cs * CPS
@@ -108,19 +105,15 @@ def _pool_mlp(x_ptr, ws_ptr, cnt_ptr, acc_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, O
               INIT_DESC: tl.constexpr, ZERO_DS: tl.constexpr, HID_P: tl.constexpr,
               MLP_BLOCK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
               GATE: tl.constexpr, STAGES: tl.constexpr):
-    """avg and max of x over H x W and the shared MLP's first layer.
-
-    DIRECT (one program covers all of H x W for its channels): the program stores its
-    channels' pooled values and adds W1[:, its channels] (avg, max) into the per-sample
-    accumulator ``acc`` (zero between calls); else it stores partials over its span of
-    H x W and the MLP's first layer runs in the last program of the sample
-    (:func:`_mlp_sample`). The last program of sample n to finish (a counter per sample,
-    reset after use) stores hpre[n] and h[n] (:func:`_hidden`); with GATE (CBAM, where
-    the pass is not direct or runs over a large map) also a[n] = M_c by
-    :func:`_channel_gate` (else the next pass computes it per program); and it prepares
-    the later passes: zeroes the backward's atomic accumulators of sample n (ZERO_GRADS;
-    the convolution's with n == 0; the pixels' dL/ds with ZERO_DS) and sets the
-    descriptor of sample n to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
+    """avg and max of x over H x W and the shared MLP's first layer. DIRECT (a program
+    covers all of H x W for its channels): it stores its channels' pooled
+    values and adds W1[:, its channels] (avg, max) into the per-sample accumulator ``acc``
+    (zero between calls); else it stores partials over its span and the first layer runs
+    in the sample's last program (:func:`_mlp_sample`). The last program of sample n (a
+    counter per sample) stores hpre[n], h[n] (:func:`_hidden`), with GATE a[n] = M_c
+    (:func:`_channel_gate`), zeroes the backward's atomic accumulators of sample n
+    (ZERO_GRADS; the convolution's with n == 0; dL/ds with ZERO_DS) and sets its
+    descriptor to (-inf, 0) for atomic maxima and sums (INIT_DESC)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -204,11 +197,9 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
                   sxn, sxc, sxhw, A_READY: tl.constexpr, ATOMIC: tl.constexpr,
                   HID_P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr):
-    """a[n, c] = M_c (A_READY: computed by :func:`_pool_mlp`; else here, by
-    :func:`_channel_gate`, and stored by the programs of the first pixel block), then
-    desc[n, 0, hw] = max_c a[n, c] x[n, c, hw] and desc[n, 1, hw] = mean_c of the same,
-    over the program's CPS channels: stored, or with ATOMIC (channels split over
-    programs) an atomic max and sum into the descriptor set by :func:`_pool_mlp`."""
+    """a[n, c] = M_c (A_READY: from :func:`_pool_mlp`; else :func:`_channel_gate`, stored by
+    the first pixel block), desc[n, :, hw] = (max_c, mean_c) of a x over the program's CPS
+    channels: stored, or with ATOMIC an atomic max and sum into the descriptor."""
     n, _, c_begin, c_end = _channel_span(C, CPS)
     store_a = tl.program_id(1) == 0
     offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -242,9 +233,8 @@ def _spatial_pool(x_ptr, ws_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, OFF_DESC, C, HID,
 @triton.jit
 def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, momentum,
               UPDATE: tl.constexpr, BLOCK: tl.constexpr):
-    """stats = (mean, 1 / sqrt(var + eps)) of the batch, combined from the blocks'
-    (count, mean, M2) as in Chan et al.; the running statistics updated when UPDATE, with
-    the unbiased variance, as BatchNorm does."""
+    """stats = (mean, 1 / sqrt(var + eps)) of the batch from the blocks' (count, mean, M2)
+    (Chan et al.); UPDATE: the running statistics too, unbiased variance as BatchNorm."""
     offs = tl.arange(0, BLOCK)
     acc_c = tl.zeros((BLOCK,), dtype=tl.float32)
     acc_cm = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -280,8 +270,7 @@ def _bn_stats(ws_ptr, rm_ptr, rv_ptr, nbt_ptr, OFF_CPART, P, OFF_STATS, eps, mom
 
 @triton.jit
 def _conv_tap(ch, ky, kx, K: tl.constexpr, W_CL: tl.constexpr):
-    """The offset of the (1, 2, K, K) weight's element [0, ch, ky, kx]: contiguous, or
-    channels_last (W_CL: the two channels of a tap side by side)."""
+    """Offset of the (1, 2, K, K) weight's [0, ch, ky, kx]: contiguous or channels_last (W_CL)."""
     if W_CL:
         return (ky * K + kx) * 2 + ch
     return (ch * K + ky) * K + kx
@@ -313,11 +302,9 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_pt
                   OFF_Z, OFF_S, OFF_CPART, OFF_STATS, SLOT, H, W, eps, momentum,
                   TRAIN: tl.constexpr, UPDATE: tl.constexpr, SAVE_Z: tl.constexpr,
                   K: tl.constexpr, W_CL: tl.constexpr, BLOCK: tl.constexpr):
-    """z[n, hw] = conv_KxK(desc[n]) (no bias). BatchNorm in running statistics (not
-    TRAIN): s = sigmoid(BN(z)) is stored here, and with SAVE_Z also z and the statistics
-    (mean, 1 / std) for a backward. TRAIN (batch statistics): this block's (count, mean,
-    M2) of z are stored with z and the last program to finish (counter SLOT, reset after
-    use) computes the statistics (:func:`_bn_stats`); :func:`_cbam_scale` then forms s."""
+    """z[n, hw] = conv_KxK(desc[n]) (no bias). Not TRAIN: stores s = sigmoid(BN(z)), with
+    SAVE_Z also z and (mean, 1 / std). TRAIN: stores z and the block's (count, mean, M2) of
+    z; the last program (counter SLOT) computes the statistics (:func:`_bn_stats`)."""
     n = tl.program_id(0)
     pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -356,10 +343,9 @@ def _spatial_conv(ws_ptr, w_ptr, cnt_ptr, rm_ptr, rv_ptr, nbt_ptr, bw_ptr, bb_pt
 def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
                 OFF_S, C, HW, sxn, sxc, sxhw, S_READY: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """out[n, c, hw] = x a[n, c] s[n, hw] over one tile (channel block x pixel block); s
-    stored by :func:`_spatial_conv` (S_READY) or formed here from z and the batch
-    statistics, sigmoid((z - mean) / std gamma + beta), and stored by the first channel
-    block. out has x's strides."""
+    """out[n, c, hw] = x a[n, c] s[n, hw] (x's strides) over one channel x pixel tile; s from
+    :func:`_spatial_conv` (S_READY) or formed here, sigmoid((z - mean) / std gamma + beta),
+    and stored by the first channel block."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -389,8 +375,8 @@ def _cbam_scale(x_ptr, ws_ptr, out_ptr, bw_ptr, bb_ptr, OFF_A, OFF_Z, OFF_STATS,
 def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID, HW,
                     sxn, sxc, sxhw, HID_P: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """SE: a[n, c] by :func:`_channel_gate` from h[n] (stored by the programs of the
-    first pixel block), then out = x a[n, c]; out has x's strides."""
+    """SE: a[n, c] by :func:`_channel_gate` (stored by the first pixel block), then
+    out = x a[n, c] (x's strides)."""
     pid_nc = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cb
@@ -405,5 +391,3 @@ def _scale_channels(x_ptr, ws_ptr, out_ptr, w2_ptr, b2_ptr, OFF_A, OFF_H, C, HID
     tl.store(ws_ptr + OFF_A + n * C + offs_c, a, mask=mask_c & (tl.program_id(1) == 0))
     y = xv.to(tl.float32) * a[:, None]
     tl.store(out_ptr + offs, y.to(xv.dtype), mask=mask)
-
-

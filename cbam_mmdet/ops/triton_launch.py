@@ -1,18 +1,14 @@
 """Launching Triton kernels with little host time.
 
 ``kernel[grid](*args)`` binds and specialises every argument in Python on every call
-(about 15-40 us of host time per launch on an H100 or H200 host),
-two to three times a PyTorch op. A detector step on a fast GPU is bound by host time, so
-the fast paths launch a kernel through its compiled form instead: the first call with a
-given ``key`` goes through ``kernel[grid]`` (compiling and specialising it), later calls
-with the same key call the compiled kernel's launcher directly (about 5 us).
-
-The key must determine every specialisation Triton makes from the arguments: integer
-values (equal to 1, divisible by 16), pointer alignment (16 bytes) and dtypes. The
-callers keep one cache per input signature (shape, strides, dtype, device and
-alignment, from which all their integer arguments are derived) and key it by the
-kernel, its compile-time options and the signature of any further tensor (the
-gradient).
+(about 15-40 us of host time per launch on an H100 or H200 host, two to three times a
+PyTorch op). So the first call with a given ``key`` goes through ``kernel[grid]``
+(compiling it), later calls with that key call the compiled kernel's launcher directly
+(about 5 us). The key must determine every specialisation Triton makes from the
+arguments: integer values (equal to 1, divisible by 16), pointer alignment (16 bytes) and
+dtypes. The callers keep one cache per input signature (shape, strides, dtype, device,
+alignment: all their integer arguments follow), keyed by the kernel, its compile-time
+options and the signature of any further tensor (the gradient).
 """
 import os
 
@@ -31,11 +27,10 @@ def current_stream(device_index):
 
 
 def launch(kernel, grid, cache, key, stream, *args, num_warps=4):
-    """Launch ``kernel`` (a ``triton.jit`` function) on ``grid`` (a 3-tuple) and the
-    current stream (``stream``, from :func:`current_stream`) with ``args`` (all of them,
-    ``tl.constexpr`` ones included, positionally) in programs of ``num_warps`` warps;
-    ``cache`` (a dict) keeps the compiled kernel under ``key``, which must determine
-    ``num_warps`` too."""
+    """Launch ``kernel`` (a ``triton.jit`` function) on ``grid`` (a 3-tuple) and ``stream``
+    (:func:`current_stream`) with ``args`` (all of them, constexprs included, positionally)
+    in programs of ``num_warps`` warps; ``cache`` (a dict) keeps the compiled kernel under
+    ``key``, which must determine ``num_warps`` too."""
     compiled = cache.get(key)
     if compiled is None or not _direct[0] or _INTERPRET:
         cache[key] = kernel[grid](*args, num_warps=num_warps)

@@ -1,10 +1,7 @@
-"""Launch planning of the Triton kernels: for one input signature (shape, strides, dtype,
-device, alignment) every grid, block size, warp count and workspace offset.
-
-A :class:`Plan` is computed once per signature (:func:`plan_for`) and kept; it also keeps
-the compiled kernels (``compiled``) and the recorded programs that the C++ replay runs
-(``native``, see :mod:`.triton_programs`).
-"""
+"""Launch planning of the Triton kernels: every grid, block size, warp count and workspace
+offset of one input signature (shape, strides, dtype, device, alignment), computed once
+(:func:`plan_for`) and kept in a :class:`Plan` with the compiled kernels (``compiled``) and
+the recorded programs the C++ replay runs (``native``, :mod:`.triton_programs`)."""
 import collections
 
 import triton
@@ -29,9 +26,8 @@ def _layout(sizes):
     return offsets, total
 
 
-# Tuning constants. Each was chosen by sweeping the values named beside it on an H200
-# (Faster R-CNN R-50 feature maps at 800x1216, batch 2) and keeping the fastest; they
-# change speed only, never results.
+# Tuning constants, each the fastest in a sweep on an H200 (Faster R-CNN R-50 feature maps
+# at 800x1216, batch 2); they change speed only, never results.
 
 # Passes over pixels split the channels over programs where the pixels alone give fewer
 # than about PIXEL_PROGRAMS programs (four per SM), each program keeping at least
@@ -39,53 +35,46 @@ def _layout(sizes):
 PIXEL_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64
 MAX_SPLIT_PIXELS = 16384
-# _bwd_pixels where it splits the channels (contiguous NCHW): steps of 64 channels x 32
-# pixels, 128 channels per program (narrow pixel blocks keep its per-step sums cheap).
+# _bwd_pixels splitting channels (NCHW): steps of 64 channels x 32 pixels, 128 per program
 SPLIT_PIX_BLOCK = (64, 32)
 SPLIT_PIX_CHANNELS = 128
-# (channels, pixels) per step of _spatial_pool where it splits the channels and forms
-# M_c itself: longer pixel blocks read W2's rows fewer times. Index: H x W > 2048.
+# (channels, pixels) per step of _spatial_pool splitting the channels and forming M_c
+# itself (longer pixel blocks read W2's rows fewer times), indexed by H x W > 2048
 GATE_SPLIT_SP_BLOCK = ((16, 256), (8, 512))
 # software-pipeline stages of each pass's loop (tl.range's num_stages; of 1-4)
 LOOP_STAGES = dict(_pool_mlp=1, _spatial_pool=3, _bwd_pixels=1, _bwd_desc_reduce=3,
                    _bwd_reduce=3, _bwd_dx=1)
-# _bwd_dx on maps of at least DX_TILES_HW pixels per sample: DX_TILES pixel blocks per
-# program (per-channel values loaded once), pipelined in DX_STAGES stages.
+# _bwd_dx from DX_TILES_HW pixels per sample: DX_TILES pixel blocks per program, DX_STAGES stages
 DX_TILES = 2
 DX_TILES_HW = 2048
 DX_STAGES = 2
-# The pooling pass runs the MLP's first layer in all its programs (atomics) rather than
-# in one program per sample where the weights have at least this many values.
+# the pooling pass runs the MLP's first layer in all its programs (atomics) from this many weights
 DIRECT_MLP_WEIGHTS = 32768
-# The pooling pass over large maps (contiguous NCHW, H x W >= PIX_WIDE_HW): direct,
-# programs of LARGE_POOL_BLOCK (channels, pixels per step), two pipeline stages, where
-# that makes at least LARGE_POOL_PROGRAMS programs.
+# the pooling pass over large maps (contiguous NCHW, H x W >= PIX_WIDE_HW): direct, with
+# LARGE_POOL_BLOCK (channels, pixels per step), where that makes LARGE_POOL_PROGRAMS or more
 LARGE_POOL_BLOCK = (1, 4096)
 LARGE_POOL_PROGRAMS = 1024
 LARGE_POOL_STAGES = 2
-# pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 channels and
-# half as many pixels for a direct pass over at most 2048 pixels), and its warps with
-# 4-channel steps
+# pixels per step of the pooling pass (contiguous NCHW; 4 channels, or 8 and half as many
+# pixels for a direct pass over at most 2048 pixels), and its warps with 4-channel steps
 POOL_BLOCK_HW = 1024
 POOL_WIDE_WARPS = 8
 # (channels, pixels) per step of a direct pooling pass over channels_last inputs
 CL_DIRECT_POOL_BLOCK = (16, 128)
 # programs of the pooling pass where it runs over spans of H x W (not direct)
 POOL_PROGRAMS = 512
-# passes over blocks of pixels (contiguous NCHW): 128-pixel blocks where that gives at
-# least WIDE_PROGRAMS programs, else 64; 64 channels per step from PIX_WIDE_HW pixels
-# per sample on, else 32
+# passes over pixel blocks (contiguous NCHW): 128 pixels where that gives WIDE_PROGRAMS
+# programs or more, else 64; 64 channels per step from PIX_WIDE_HW pixels per sample, else 32
 WIDE_PROGRAMS = 512
 PIX_WIDE_HW = 8192
-# pixels per program of _bwd_spatial (long, default, short): short where the default
-# makes fewer than CONV_BWD_PROGRAMS[1] programs; long with running statistics where W
-# is a multiple of 16 and they still make CONV_BWD_PROGRAMS[0] programs
+# pixels per program of _bwd_spatial (long, default, short): short where the default makes
+# < CONV_BWD_PROGRAMS[1] programs; long (running statistics, W % 16 == 0) if >= [0] programs
 CONV_BWD_BLOCKS = (512, 128, 64)
 CONV_BWD_PROGRAMS = (200, 132)
 # taps of the spatial convolution's dW summed per step in _bwd_spatial (a power of 2)
 CONV_BWD_TAPS = 32
-# _mlp_bwd: hidden units per program, channels per step of its serial phase, channels
-# per program (doubled while there would be more than MLP_BWD_PROGRAMS programs)
+# _mlp_bwd: hidden units per program, channels per step of its serial phase, channels per
+# program (doubled while there would be more than MLP_BWD_PROGRAMS programs)
 MLP_BWD_BLOCK_J = 16
 MLP_BWD_BLOCK_DH = 1024
 MLP_BWD_CHANNELS = 64
@@ -94,8 +83,7 @@ MLP_BWD_PROGRAMS = 128
 REDUCE_PROGRAMS = 1024
 # channels per block of _bwd_desc_reduce (128 pixels)
 DESC_BLOCK_C = 16
-# warps per program for contiguous NCHW inputs (Triton's default, 4, elsewhere): the
-# passes over tiles of 8 channels x 128 pixels run fastest with one warp
+# warps per program for contiguous NCHW inputs (else 4): 8 x 128 tiles run fastest with one
 NUM_WARPS = dict(_bwd_dx=1, _cbam_scale=1, _scale_channels=1, _bwd_desc_reduce=1)
 # large maps (contiguous NCHW, N x H x W > MAX_SPLIT_PIXELS, H x W >= PIX_WIDE_HW), by
 # whether 128-pixel blocks are wide: _bwd_pixels' (channels, pixels) per step, and warps
@@ -105,8 +93,8 @@ LARGE_WARPS = {True: dict(_bwd_pixels=1, _bwd_desc_reduce=2),
 
 
 def _channel_split(programs, n, hw, c, block_c):
-    """(channels per program, number of channel splits) for a pass over pixels that has
-    ``programs`` programs per channel split."""
+    """(channels per program, channel splits) of a pass over pixels with ``programs``
+    programs per split."""
     if n * hw > MAX_SPLIT_PIXELS:
         return c, 1
     splits = max(1, min(triton.cdiv(PIXEL_PROGRAMS, programs), c // MIN_SPLIT_CHANNELS))
@@ -132,9 +120,8 @@ class Plan:
             n, c, h, w, hw, st, hid, k
         cl = st[1] == 1  # channels_last: C is the contiguous axis
         cbam = kind == 'cbam'
-        # pooling over H x W: channel blocks, each over all of H x W (direct: the MLP's
-        # first layer in every program) or over spans of it (about POOL_PROGRAMS
-        # programs, partials)
+        # pooling over H x W: channel blocks over all of H x W (direct: the MLP's first layer
+        # in every program) or over spans of it (about POOL_PROGRAMS programs, partials)
         self.hid_p = triton.next_power_of_2(hid)
         self.mlp_bc = max(16, 4096 // self.hid_p)
         self.direct = c * hid >= DIRECT_MLP_WEIGHTS
@@ -150,8 +137,7 @@ class Plan:
                 if self.direct and hw <= 2048 else (4, POOL_BLOCK_HW)
         ncb = n * triton.cdiv(c, self.pool_bc)
         hw_blocks = triton.cdiv(hw, self.pool_bhw)
-        per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // POOL_PROGRAMS),
-                                                 hw_blocks)
+        per = hw_blocks if self.direct else min(max(1, ncb * hw_blocks // POOL_PROGRAMS), hw_blocks)
         self.pool_hw_per_prog = per * self.pool_bhw
         self.split = triton.cdiv(hw, self.pool_hw_per_prog)
         self.direct = self.direct or self.split == 1
@@ -172,17 +158,14 @@ class Plan:
         self.pix_splits = triton.cdiv(c, self.pix_cps)
         pix_blocks = triton.cdiv(hw, self.pix_bhw)
         self.pix_grid = (n * self.pix_splits, pix_blocks, 1)
-        # the spatial convolution's backward: (pixels per program, grid) by whether
-        # BatchNorm uses batch statistics (which also reads z at every tap)
+        # _bwd_spatial's (pixels per program, grid) by bn_train (which reads z at every tap)
         long_block, block, short_block = CONV_BWD_BLOCKS
         if n * triton.cdiv(hw, block) < CONV_BWD_PROGRAMS[1]:
             block = short_block
         self.conv_bwd = {bn_train: (b, (n, triton.cdiv(hw, b), 1)) for bn_train, b in (
-            (True, block),
-            (False, long_block if w % 16 == 0 and n * triton.cdiv(hw, long_block)
-             >= CONV_BWD_PROGRAMS[0] else block))}
-        # (channel splits make programs where n * hw <= MAX_SPLIT_PIXELS; where the pass
-        # also forms M_c, after a direct pooling pass, longer pixel blocks)
+            (True, block), (False, long_block if w % 16 == 0 and n * triton.cdiv(
+                hw, long_block) >= CONV_BWD_PROGRAMS[0] else block))}
+        # (channel splits where n * hw <= MAX_SPLIT_PIXELS; longer blocks where it forms M_c)
         self.sp_bc, self.sp_bhw = (64, 32) if cl else (
             (GATE_SPLIT_SP_BLOCK[hw > 2048] if self.direct else (16, 128))
             if n * hw <= MAX_SPLIT_PIXELS else (16, 128) if wide else (32, 64))
@@ -194,38 +177,30 @@ class Plan:
         self.conv_parts = n * self.conv_grid[1]
         # BatchNorm's backward partials: one per pixel block
         self.bnpart = n * pix_blocks
-        # counters: one per sample (pooling), the convolution's, and with channel splits
-        # one per pixel block (_bwd_pixels)
+        # counters: per sample (pooling), the convolution's, with channel splits per pixel block
         self.counter_slots = n + 1 + (n * pix_blocks if self.pix_splits > 1 else 0)
         # tiles (channel block x pixel block)
         self.tile_bc, self.tile_bhw = (64, 32) if cl else (8, 128)
         self.tile_grid = (n * triton.cdiv(c, self.tile_bc), triton.cdiv(hw, self.tile_bhw), 1)
-        # the backward's last pass (dL/dF): DX_TILES pixel blocks per program where the
-        # map has at least DX_TILES_HW pixels per sample (else one)
+        # the backward's last pass (dL/dF): DX_TILES pixel blocks per program from DX_TILES_HW
         self.dx_tiles = DX_TILES if not cl and hw >= DX_TILES_HW else 1
-        self.dx_grid = (self.tile_grid[0],
-                        triton.cdiv(hw, self.tile_bhw * self.dx_tiles), 1)
-        self.red_hw_per_prog, self.red_grid = _reduce_grid(n, c, hw, self.tile_bc,
-                                                           self.tile_bhw)
-        # the descriptors' reduction (CBAM) reads per-pixel values with every channel
-        # block: wider channel blocks read them fewer times
+        self.dx_grid = (self.tile_grid[0], triton.cdiv(hw, self.tile_bhw * self.dx_tiles), 1)
+        self.red_hw_per_prog, self.red_grid = _reduce_grid(n, c, hw, self.tile_bc, self.tile_bhw)
+        # CBAM's descriptor reduction reads per-pixel values per channel block: wide blocks
         self.desc_bc, self.desc_bhw = (64, 32) if cl else (DESC_BLOCK_C, 128)
-        self.desc_hw_per_prog, self.desc_grid = _reduce_grid(n, c, hw, self.desc_bc,
-                                                             self.desc_bhw)
+        self.desc_hw_per_prog, self.desc_grid = _reduce_grid(n, c, hw, self.desc_bc, self.desc_bhw)
         self.mlp_bwd_bj, self.mlp_bwd_cpb = MLP_BWD_BLOCK_J, MLP_BWD_CHANNELS
         while (triton.cdiv(hid, self.mlp_bwd_bj) * triton.cdiv(c, self.mlp_bwd_cpb)
                > MLP_BWD_PROGRAMS):
             self.mlp_bwd_cpb *= 2
-        self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj),
-                             triton.cdiv(c, self.mlp_bwd_cpb), 1)
+        self.mlp_bwd_grid = (triton.cdiv(hid, self.mlp_bwd_bj), triton.cdiv(c, self.mlp_bwd_cpb), 1)
         self.ws, self.ws_size = _layout([
             ('part', 0 if self.direct else self.split * 2 * n * c), ('a', n * c),
             ('pooled', n * 2 * c), ('hpre', n * 2 * hid), ('h', n * hid),
             ('desc', n * 2 * hw if cbam else 0),
             ('z', n * hw if cbam else 0), ('s', n * hw if cbam else 0),
             ('cpart', self.conv_parts * 3 if cbam else 0), ('stats', 2 if cbam else 0)])
-        # the parameters' gradients: one unpadded tail of the backward workspace, handed
-        # to autograd as views
+        # the parameters' gradients: one unpadded tail of the backward workspace (views)
         grads = [('dw1', hid * c), ('db1', hid), ('dw2', c * hid), ('db2', c)]
         self.grad_shapes = [(hid, c), (hid,), (c, hid), (c,)]
         if cbam:
@@ -252,7 +227,6 @@ class Plan:
             self.atomic_regions.append((self.bws['dconv'], 2 * k * k))
             if self.pix_splits > 1:  # dL/ds, summed over the channel splits
                 self.atomic_regions.append((self.bws['dz'], n * hw))
-
         self.compiled = {}  # compiled kernels of this signature (triton_launch.launch)
         self.warps = collections.defaultdict(lambda: 4, {} if cl else NUM_WARPS)
         if large:
@@ -264,23 +238,19 @@ class Plan:
             self.warps['_pool_mlp'] = POOL_WIDE_WARPS
         if self.dx_tiles > 1:
             self.stages['_bwd_dx'] = DX_STAGES
-        # recorded programs (inference) and C++ training states by call kind, or None
-        # where a recording cannot be replayed (triton_programs)
+        # recorded programs (inference) and C++ training states by call kind; None: not replayable
         self.native = {}
         o, b = self.ws, self.bws
         pair = cbam
         self.poolmlp_tail = {zero: (
             o['part'], o['a'], o['pooled'], o['hpre'], o['h'], o['desc'] if cbam else 0,
-            b['da'], b['dpooled'], b['dconv'] if pair else 0, 2 * k * k,
-            b['dz'] if cbam else 0, n, c, hid, hw, *st, self.pool_hw_per_prog,
-            pair, self.direct, zero, cbam and self.sp_splits > 1,
-            cbam and self.pix_splits > 1, self.hid_p, self.mlp_bc, self.pool_bc,
-            self.pool_bhw, pair and self.gate_in_pool)
-            for zero in (False, True)}
-        self.mlpbwd_tail = (
-            o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'], b['dw2'],
-            b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair, self.mlp_bwd_bj, 64,
-            min(MLP_BWD_BLOCK_DH, triton.next_power_of_2(c)))
+            b['da'], b['dpooled'], b['dconv'] if pair else 0, 2 * k * k, b['dz'] if cbam else 0,
+            n, c, hid, hw, *st, self.pool_hw_per_prog, pair, self.direct, zero,
+            cbam and self.sp_splits > 1, cbam and self.pix_splits > 1, self.hid_p, self.mlp_bc,
+            self.pool_bc, self.pool_bhw, pair and self.gate_in_pool) for zero in (False, True)}
+        self.mlpbwd_tail = (o['a'], o['pooled'], o['hpre'], b['da'], b['dpre'], b['dw1'], b['db1'],
+                            b['dw2'], b['db2'], b['dpooled'], n, c, hid, self.mlp_bwd_cpb, pair,
+                            self.mlp_bwd_bj, 64, min(MLP_BWD_BLOCK_DH, triton.next_power_of_2(c)))
 
 
 _plans = {}
@@ -288,8 +258,7 @@ _plans = {}
 
 def plan_for(kind, x, hid, k):
     """The :class:`Plan` of ``x``'s signature for ``kind`` ('cbam' or 'se')."""
-    key = (kind, x.shape, x.stride(), x.dtype, x.get_device(), not x.data_ptr() % 16,
-           hid, k)
+    key = (kind, x.shape, x.stride(), x.dtype, x.get_device(), not x.data_ptr() % 16, hid, k)
     plan = _plans.get(key)
     if plan is None:
         plan = _plans[key] = Plan(kind, x, strides(x), hid, k)

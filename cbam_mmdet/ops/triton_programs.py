@@ -1,39 +1,23 @@
 """Recording the Triton passes of one call, to replay them from C++.
 
 For one input signature (a :class:`.triton_plan.Plan`) every launch of the CBAM and SE
-Triton paths has a fixed kernel, grid and set of integer arguments; only the tensors
-change from call to call. The first call of a signature runs in Python with a
-:class:`Recorder` as its launcher; the recording becomes a ``Program`` of the C++
-extension ``cbam_mmdet.ops._triton_programs`` (csrc/triton_programs.cpp), and later calls
-run there: inference in one call (allocations and launches), training as an autograd
-node in C++ whose backward runs no Python. The Python path stays the definition and the
-fallback: without the extension, under Triton's interpreter, with
-``CBAM_MMDET_TRITON_PROGRAMS=0`` (read once, at import; :func:`set_enabled` at run time),
-or where a launch does not fit what the extension supports (cluster launches, scratch
-memory, argument types).
+Triton paths has a fixed kernel, grid and integer arguments; only the tensors change. The
+first call of a signature runs in Python with a :class:`Recorder` as its launcher; the
+recording becomes a ``Program`` of the extension ``cbam_mmdet.ops._triton_programs``
+(csrc/triton_programs.cpp), which runs later calls: inference in one call, training as a
+C++ autograd node whose backward runs no Python. The Python path stays the definition and
+the fallback: without the extension, under Triton's interpreter, with
+``CBAM_MMDET_TRITON_PROGRAMS=0`` (read at import; :func:`set_enabled` at run time), or
+where a launch does not fit the extension (cluster launches, scratch memory, argument
+types). In training, the C++ backward accumulates parameter gradients into ``.grad`` itself
+("direct" gradients, as ``AccumulateGrad`` would; parameters with hooks go through
+autograd), so ``torch.autograd.grad`` cannot return them (asking raises) and
+``loss.backward(inputs=[...])`` reaches a plugin's parameters only where its backward runs
+for another input too; :func:`set_direct_grads` (False) routes them all through autograd.
 
-A program of several launches runs as one CUDA graph launch, except on a capturing
-stream (:func:`set_graphs` launches kernel by kernel); a launch sets only the graph's
-kernel nodes whose tensor addresses changed.
-
-In training, the parameters' gradients are accumulated into their ``.grad`` by the
-call's backward itself ("direct" gradients), as their ``AccumulateGrad`` nodes would, but
-without a node per parameter for the autograd engine to schedule. The values and the
-accumulation are autograd's: taken as ``.grad`` where it is None, added where it is set,
-in ``loss.backward()`` and for the parameters named in ``loss.backward(inputs=...)``.
-Where a parameter has hooks that its ``AccumulateGrad`` would run (tensor hooks,
-post-accumulate-grad hooks, hooks on its grad accumulator such as
-``DistributedDataParallel``'s), its gradient goes through autograd as usual. What
-changes: ``torch.autograd.grad`` cannot return a direct gradient (asking for one raises
-where the call's backward runs; otherwise torch finds the parameter unused), and
-``loss.backward(inputs=[...])`` reaches a plugin's parameters only where its backward
-runs for another input too. :func:`set_direct_grads` (False) routes every parameter
-gradient through autograd.
-
-A program names every tensor argument by its position in the call's tensor list
-("slot"): ``[x, workspace, out, *params, *rest]`` forward, ``[grad_out, x, workspace,
-dx, *params, *rest]`` backward. Every other argument is an immediate value, packed as the
-compiled kernel's signature types it.
+A program names each tensor argument by its slot in the call's tensors: ``[x, workspace,
+out, *params, *rest]`` forward, ``[grad_out, x, workspace, dx, *params, *rest]`` backward;
+other arguments are immediate values, packed as the compiled kernel's signature types them.
 """
 import os
 import struct
@@ -48,12 +32,9 @@ except ImportError:  # not built (no compiler, or a pure-Python install)
 ENV_VAR = 'CBAM_MMDET_TRITON_PROGRAMS'
 
 _INT_MASKS = {'i1': 0xFF, 'u1': 0xFF, 'i8': 0xFF, 'u8': 0xFF, 'i16': 0xFFFF, 'u16': 0xFFFF,
-              'i32': 0xFFFFFFFF, 'u32': 0xFFFFFFFF, 'i64': (1 << 64) - 1,
-              'u64': (1 << 64) - 1}
+              'i32': 0xFFFFFFFF, 'u32': 0xFFFFFFFF, 'i64': (1 << 64) - 1, 'u64': (1 << 64) - 1}
 
-
-_enabled = [_ext is not None and not _INTERPRET
-            and os.environ.get(ENV_VAR, '1').strip() != '0']
+_enabled = [_ext is not None and not _INTERPRET and os.environ.get(ENV_VAR, '1').strip() != '0']
 
 
 def enabled():
@@ -63,8 +44,7 @@ def enabled():
 
 def set_enabled(enabled):
     """Replay recorded programs from C++ (``True``, the default where the extension is
-    built) or launch every kernel from Python (``False``); returns the previous setting.
-    Without the extension it stays False."""
+    built; else it stays False) or launch every kernel from Python; returns the previous."""
     if not isinstance(enabled, bool):
         raise ValueError(f'enabled must be True or False, got {enabled!r}')
     previous = _enabled[0]
@@ -73,15 +53,13 @@ def set_enabled(enabled):
 
 
 def not_built():
-    """Whether the extension is missing where it would run (not under Triton's
-    interpreter, which launches from Python anyway)."""
+    """Whether the extension is missing where it would run (not under Triton's interpreter)."""
     return _ext is None and not _INTERPRET
 
 
 def _switch(name, enabled):
-    """Set the extension's setting ``name`` (read by ``_ext.<name>()``, written by
-    ``_ext.set_<name>(enabled)``); the previous value, or False without the extension
-    (no effect)."""
+    """Set the extension's setting ``name`` (``_ext.set_<name>``); returns the previous
+    value (``_ext.<name>()``), or False without the extension (no effect)."""
     if not isinstance(enabled, bool):
         raise ValueError(f'enabled must be True or False, got {enabled!r}')
     if _ext is None:
@@ -92,17 +70,14 @@ def _switch(name, enabled):
 
 
 def set_graphs(enabled):
-    """Run recorded programs of several launches as one CUDA graph launch each
-    (``True``, the default) or kernel by kernel (``False``); returns the previous
-    setting. Without the extension: no effect, returns False."""
+    """Run recorded programs of several launches as one CUDA graph launch each (``True``,
+    the default) or kernel by kernel; returns the previous setting (see :func:`_switch`)."""
     return _switch('graphs', enabled)
 
 
 def set_direct_grads(enabled):
-    """Accumulate the plugins' parameter gradients into ``.grad`` in their backward
-    (``True``, the default) or through autograd edges (``False``), for training calls
-    from then on; returns the previous setting. Without the extension: no effect,
-    returns False."""
+    """Accumulate parameter gradients into ``.grad`` in the plugins' backward (``True``, the
+    default) or through autograd, for later training calls; returns the previous setting."""
     return _switch('direct_grads', enabled)
 
 
@@ -124,9 +99,8 @@ def pack_immediate(ty, value):
 
 
 def launch_spec(compiled, grid, args, slots):
-    """(function, grid, block, shared memory, slots, values) of one recorded launch of the
-    compiled kernel ``compiled`` with ``args`` (all of them, constexprs included);
-    ``slots`` lists the call's tensors, matched by identity."""
+    """(function, grid, block, shared memory, slots, values) of a launch of ``compiled`` with
+    ``args`` (constexprs included); ``slots``: the call's tensors, matched by identity."""
     md = compiled.metadata
     if (getattr(md, 'num_ctas', 1) != 1 or getattr(md, 'launch_cooperative_grid', False)
             or getattr(md, 'launch_pdl', False) or getattr(md, 'global_scratch_size', 0)
@@ -168,8 +142,7 @@ class Recorder:
         self.calls.append((cache.get(key), grid, args))
 
     def program(self, slots):
-        """A C++ ``Program`` of the recorded launches, or None where one cannot be
-        replayed (logged nowhere: the Python path simply goes on)."""
+        """A C++ ``Program`` of the recorded launches, or None where one cannot be replayed."""
         try:
             specs = [launch_spec(compiled, grid, args, slots)
                      for compiled, grid, args in self.calls]
@@ -182,8 +155,7 @@ class Recorder:
 
 
 def train_state(forward, backward, plan, params):
-    """The C++ training state of ``plan`` from its two programs; the gradients are laid
-    out as ``params``."""
+    """The C++ training state of ``plan``'s two programs, gradients laid out as ``params``."""
     offsets, offset = [], plan.split_sizes[0]
     for size in plan.grad_sizes:
         offsets.append(offset)
@@ -203,6 +175,5 @@ def train(state, x, params, stream, rest):
 
 
 def replayed_calls():
-    """The CBAM and SE calls replayed from C++ in this process so far (0 without the
-    extension)."""
+    """The CBAM and SE calls replayed from C++ in this process so far (0 without it)."""
     return 0 if _ext is None else _ext.replayed_calls()

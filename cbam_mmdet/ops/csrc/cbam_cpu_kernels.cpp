@@ -1,35 +1,20 @@
-// CBAM and SE inference on CPU (float32, contiguous NCHW or channels_last), for the CPU
-// backend of cbam_mmdet.ops:
+// CBAM and SE CPU inference (float32, contiguous NCHW or channels_last) for cbam_mmdet.ops:
 //   channel_pool:  (avg, max) over H x W of every channel               (one read)
 //   mlp_gate:      sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)            (each weight once)
 //   se_eval:       out = F * mlp_gate(avg(F)): SE in one call            (two reads, one write)
 //   spatial_pool:  [max_c a_c F_c ; mean_c a_c F_c] for every pixel      (one read)
 //   scale:         out = (F * a_c) * s_p                                 (one read, one write)
-//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))),
-//                  BatchNorm in running statistics: spatial_pool, the gate on the small
-//                  map, and scale in one call                            (two reads, one write;
-//                  channels_last: in rows, the second read from the core's cache)
-// (With BatchNorm in batch statistics the convolution and BatchNorm run as PyTorch ops
-// between spatial_pool and scale.) se_eval, scale and cbam_eval write into a given
-// output laid out as F, which may be F itself.
-//
-// Every pass over a contiguous NCHW map walks whole channel planes, one after another.
-// Passes that visit all channels of a band of rows before moving on (reading C streams
-// at the plane's stride at once) ran 3-4x slower in some processes than in others on the
-// same machine, depending on where the map's pages lay; whole planes did not. Over a
-// channels_last map every pass walks the pixels, each pixel's C values at once. Each
-// thread takes its planes (pixels) in descending order in one pass and in ascending order
-// in the next, so that the next pass starts on values still in the core's cache: SE's
-// average descending, its scale ascending; CBAM's pooling descending, its spatial pooling
-// (or, channels_last, its pass over rows) ascending, its scale (NCHW) descending.
-//
-// Maxima propagate NaN as torch.amax does: the vector loops take plain maxima, and where
-// the matching sum is NaN (a NaN among the values makes it NaN) the maximum is taken
-// again with NaN propagation. Sums over H x W run in float (vector lanes) over chunks of
-// 4096 values and add the chunks in double (SE's average: 16 lanes per chunk; without
-// the maximum it ran about 20% faster on a stage-1 map). The hot loops are compiled for
-// AVX-512, AVX2 and the baseline ISA (GCC function multiversioning, chosen at load time)
-// on x86-64.
+//   cbam_eval:     out = (F * a_c) * sigmoid(BN(conv_KxK([max_c ; mean_c](F * a)))) with
+//                  BatchNorm in running statistics, in one call          (two reads, one write)
+// (With batch statistics, PyTorch ops run the convolution and BatchNorm between spatial_pool
+// and scale.) Outputs are laid out as F and may be F itself.
+// An NCHW pass walks whole channel planes (passes reading all channels of a band of rows ran
+// 3-4x slower in some processes, depending on where the map's pages lay); a channels_last
+// pass walks the pixels, each pixel's C values at once. A thread takes its planes (pixels)
+// descending in one pass and ascending in the next, which starts on values still in cache.
+// Maxima propagate NaN as torch.amax does (taken again with NaN propagation where the
+// matching sum is NaN). Sums over H x W run in float lanes over chunks of 4096 values, added
+// in double. Hot loops are built for AVX-512, AVX2 and baseline x86-64 (target_clones).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -53,8 +38,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 
-// max_c a_c x_c with NaN propagation at one pixel (x points at channel 0, channel stride
-// hw: 1 for channels_last): taken again where the vector loops' sum is NaN.
+// NaN-propagating max_c a_c x_c at one pixel (channel stride hw; 1 for channels_last).
 float nan_aware_channel_max(const float* x, const float* a, int64_t c, int64_t hw) {
   float best = kNegInf;
   for (int64_t ci = 0; ci < c; ++ci) best = nan_max(best, x[ci * hw] * a[ci]);
@@ -106,8 +90,7 @@ double sum_row(const float* row, int64_t len) {
   return total;
 }
 
-// mx = max(mx, a_c x_c), sm += a_c x_c over channels [0, c) (channel stride hw) of
-// len consecutive values; eight channels per sweep over the accumulators.
+// mx = max(mx, a_c x_c), sm += a_c x_c over c channels (stride hw) of len values, 8 per sweep.
 CBAM_MULTIVERSION
 void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, int64_t len,
                   float* __restrict mx, float* __restrict sm) {
@@ -147,9 +130,8 @@ void spatial_rows(const float* x, const float* a, int64_t c, int64_t hw, int64_t
   }
 }
 
-// s = sigmoid(conv_KxK([dmax; dmean]) * scale + shift) for rows [r0, r1) of an h x wd map
-// (zero padding, weight (2, K, K)): the spatial gate with BatchNorm folded (running
-// statistics). s holds (r1 - r0) rows.
+// The spatial gate with BatchNorm folded, s = sigmoid(conv_KxK([dmax; dmean]) * scale +
+// shift) (zero padding, weight (2, K, K)), for rows [r0, r1) of an h x wd map into s.
 CBAM_MULTIVERSION
 void gate_rows(const float* dmax, const float* dmean, int64_t h, int64_t wd, int64_t r0,
                int64_t r1, const float* w, int64_t k, float scale, float shift, float* s) {
@@ -190,8 +172,7 @@ void scale_row(const float* row, float av, const float* srow, float* orow, int64
 }
 
 // channels_last: acc += x_p and (kMax) mx = max(mx, x_p) channel by channel over len
-// pixels, c channels of each (x at the first pixel's first channel; pixels `stride`
-// apart). Without the maximum (SE's average alone) the pass runs faster.
+// pixels of c channels, `stride` apart (kMax false: SE's average alone, faster).
 template <bool kMax>
 CBAM_MULTIVERSION
 void pool_pixels(const float* x, int64_t len, int64_t c, int64_t stride,
@@ -279,8 +260,7 @@ void check_gate(const at::Tensor& t, int64_t numel, const char* name) {
 
 int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(hw, 1)); }
 
-// channels_last passes over pixels: the threads split the N x HW pixels and each calls
-// fn(sample, first, stop) for its pixels [first, stop) of one sample at a time.
+// channels_last: the threads split the N x HW pixels, calling fn(sample, first, stop) per run.
 template <typename F>
 void parallel_pixels(int64_t n, int64_t hw, int64_t c, const F& fn) {
   at::parallel_for(0, n * hw, row_grain(c), [&](int64_t begin, int64_t end) {
@@ -292,15 +272,11 @@ void parallel_pixels(int64_t n, int64_t hw, int64_t c, const F& fn) {
   });
 }
 
-// channels_last: the threads split each sample's pixels into parts, and where there are
-// fewer parts than threads (small maps) the channels into blocks as well; every part sums
-// chunks of kChunk pixels per channel in float and adds the chunks in double, and the
-// parts are then combined. With mx null, the average alone.
-void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg,
-                       float* mx) {
+// channels_last: parts of each sample's pixels (with fewer parts than threads, also channel
+// blocks) sum chunks of kChunk pixels in float, added in double; mx null: the average only.
+void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float* avg, float* mx) {
   const int64_t threads = at::get_num_threads();
-  const int64_t parts =
-      std::max<int64_t>(1, std::min<int64_t>(threads, hw / kMinPartPixels));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, hw / kMinPartPixels));
   // channel blocks of at least kMinBlock channels (whole cache lines of a pixel)
   constexpr int64_t kMinBlock = 64;
   const int64_t blocks = std::max<int64_t>(
@@ -318,9 +294,7 @@ void channel_pool_nhwc(const float* px, int64_t n, int64_t c, int64_t hw, float*
       float* m = maxima.data() + sp * c + c0;
       std::fill(tot, tot + cn, 0.0);
       std::fill(m, m + cn, kNegInf);
-      // chunks, and blocks of kPoolBlock pixels in each, in descending order: the part's
-      // first pixels are read last, and are still in the core's cache when the next pass
-      // (the scale, CBAM's spatial pass) starts there
+      // chunks and their kPoolBlock blocks descending: the next pass starts on cached pixels
       const int64_t chunks = (p1 - p0 + kChunk - 1) / kChunk;
       for (int64_t k = chunks - 1; k >= 0; --k) {
         std::fill(acc.begin(), acc.begin() + cn, 0.0f);
@@ -370,8 +344,7 @@ at::Tensor channel_pool(const at::Tensor& x) {
     channel_pool_nhwc(px, n, c, hw, avg, mx);
     return out;
   }
-  // each thread's planes in descending order: its first planes are read last and are
-  // still in the core's cache when CBAM's spatial pooling starts there
+  // each thread's planes descending: CBAM's spatial pooling then starts on cached planes
   at::parallel_for(0, n * c, row_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t i = end - 1; i >= begin; --i) {
       double total;
@@ -407,8 +380,7 @@ void scale(const at::Tensor& x, const at::Tensor& a, const at::Tensor& s, at::Te
   });
 }
 
-// channels_last: the descriptor of the pixels [i, stop) of sample smp (i counts the N x HW
-// pixels) into desc (N, 2, HW).
+// channels_last: the descriptor of pixels [i, stop) (of the N x HW) of sample smp into desc.
 void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64_t stop,
                  int64_t c, int64_t hw, float* desc) {
   const int64_t p0 = i - smp * hw;
@@ -424,10 +396,9 @@ void desc_pixels(const float* px, const float* pa, int64_t smp, int64_t i, int64
   }
 }
 
-// (N, 2, H, W): [max over channels ; mean over channels] of (F_c * a_c), a of N x C.
-// NCHW: the threads split the channels; each walks whole rows (sequential reads) into its
-// own partial maps, which are then combined. channels_last: the threads split the
-// pixels, each pixel's channels reduced at once (desc_pixels).
+// (N, 2, H, W): [max_c ; mean_c] of (F_c * a_c), a of N x C. NCHW: the threads split the
+// channels, each walking whole planes into its own partial maps, then combined.
+// channels_last: the threads split the pixels (desc_pixels).
 at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   check_input(x, "x");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
@@ -481,14 +452,11 @@ at::Tensor spatial_pool(const at::Tensor& x, const at::Tensor& a) {
   return out;
 }
 
-// channels_last: one pass over the map in rows. The threads split the N x H rows into
-// parts. First every part forms the descriptor of its first and last K/2 rows (those
-// that another part's gate reads); then each part walks its rows in order: the
-// descriptor K/2 rows ahead, the gate of the row (the K x K convolution over the
-// descriptor rows around it), and the row's scale, which reads the row's pixels again
-// while they are still in the core's cache (K/2 + 1 rows after the descriptor read
-// them). out may be x: a part overwrites only its own rows, each after every descriptor
-// row that reads it has been formed.
+// channels_last: one pass in rows, the N x H rows split into parts. Every part first forms
+// the descriptor of its first and last K/2 rows (read by other parts' gates), then walks its
+// rows: the descriptor K/2 rows ahead, the row's gate and its scale, which reads the row's
+// pixels again while still in cache. out may be x: a part overwrites only its own rows,
+// each after every descriptor row that reads it has been formed.
 void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k,
                     float bn_scale, float bn_shift, int64_t n, int64_t c, int64_t h,
                     int64_t wd, float* desc, float* po) {
@@ -519,18 +487,15 @@ void cbam_eval_nhwc(const float* px, const float* pa, const float* pw, int64_t k
         }
         const int64_t smp = g / h;
         const float* dmax = desc + smp * 2 * hw;
-        gate_rows(dmax, dmax + hw, h, wd, g % h, g % h + 1, pw, k, bn_scale, bn_shift,
-                  gate.data());
+        gate_rows(dmax, dmax + hw, h, wd, g % h, g % h + 1, pw, k, bn_scale, bn_shift, gate.data());
         scale_pixels(px + g * wd * c, pa + smp * c, gate.data(), po + g * wd * c, wd, c);
       }
     }
   });
 }
 
-// CBAM's spatial attention and scale for BatchNorm in running statistics, in two passes
-// that each walk whole channel planes in order: the descriptor [max_c ; mean_c](a_c x_c)
-// (spatial_pool), the gate sigmoid(conv(desc) scale + shift) on the small map, then
-// out = (x a_c) s_p (scale); channels_last: cbam_eval_nhwc. out may be x.
+// CBAM's spatial attention and scale (BatchNorm in running statistics): the descriptor
+// (spatial_pool), the gate on the small map, then scale; channels_last: cbam_eval_nhwc.
 void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
                double bn_scale, double bn_shift, at::Tensor& out) {
   check_input(x, "x");
@@ -565,10 +530,8 @@ void cbam_eval(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weigh
   scale(x, a, gate, out);
 }
 
-// The channel gate of K descriptors p (K, N, C) through the shared MLP into g (N, C):
-// g = sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2), which is
-// sigmoid(sum_k (W2 relu(W1 p_k + b1) + b2)); h (N, HID) holds the hidden units. Each
-// weight is read once per call.
+// The channel gate of K descriptors p (K, N, C) through the shared MLP, each weight read
+// once: g (N, C) = sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2); h (N, HID): hidden units.
 void mlp_gate_into(const float* pp, int64_t k, int64_t n, int64_t c, int64_t hid,
                    const float* pw1, const float* pb1, const float* pw2, const float* pb2,
                    float* ph, float* pg) {
@@ -638,11 +601,8 @@ void gate_pixels(const float* x, const float* a, float* out, int64_t len, int64_
   }
 }
 
-// SE inference in one call: out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2); out may be
-// x itself. Two passes over the map (the average, the scale) and the MLP between them.
-// NCHW: each thread takes its planes in descending order for the average and in
-// ascending order for the scale, so that the scale starts on the planes the average
-// read last (still in the core's cache).
+// SE inference in one call: out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2); out may be x.
+// Two passes (average descending, scale ascending, starting on cached planes), MLP between.
 void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
              const at::Tensor& w2, const at::Tensor& b2, at::Tensor& out) {
   check_input(x, "x");
@@ -682,8 +642,7 @@ void se_eval(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W",
-        py::arg("x"));
+  m.def("channel_pool", &channel_pool, "(2, N, C) average and maximum over H x W", py::arg("x"));
   m.def("spatial_pool", &spatial_pool, "(N, 2, H, W) [max_c ; mean_c] of F * a",
         py::arg("x"), py::arg("a"));
   m.def("scale", &scale, "out = (F * a_c) * s_p", py::arg("x"), py::arg("a"), py::arg("s"),
@@ -691,8 +650,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlp_gate", &mlp_gate, "sigmoid(W2 sum_k relu(W1 p_k + b1) + K b2)",
         py::arg("pooled"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"));
   m.def("se_eval", &se_eval, "out = F * sigmoid(W2 relu(W1 avg(F) + b1) + b2)",
-        py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
-        py::arg("out"));
+        py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("out"));
   m.def("cbam_eval", &cbam_eval,
         "out = (F * a_c) * sigmoid(conv([max_c ; mean_c](F * a)) * scale + shift)",
         py::arg("x"), py::arg("a"), py::arg("conv_w"), py::arg("scale"), py::arg("shift"),

@@ -1,26 +1,17 @@
 // Replaying recorded sequences of Triton kernel launches ("programs") from C++.
 //
-// A detector step on a fast GPU is bound by host time. The Triton paths of the CBAM and SE
-// plugins spend most of their host time in Python: binding each launch's arguments, and,
-// in training, a Python autograd Function whose backward runs Python again. For one input
-// signature every launch's kernel, grid and integer arguments are fixed; only the tensors'
-// addresses change. The Python side (cbam_mmdet/ops/triton_programs.py) records the
-// launches of one call (kernel handle, grid, block, shared memory, and for every parameter
-// either a slot of the call's tensor list or an immediate value) and hands them to a
-// Program here. Later calls with that signature run:
-//
-//   infer(program, x, ...)  one call: the workspace and output allocated, every kernel
-//                           launched with cuLaunchKernel;
+// A detector step on a fast GPU is bound by host time, and the Triton paths of the CBAM and
+// SE plugins spend most of theirs in Python. For one input signature every launch's kernel,
+// grid and integer arguments are fixed; only tensor addresses change. The Python side
+// (cbam_mmdet/ops/triton_programs.py) records one call's launches (kernel handle, grid,
+// block, shared memory, per parameter a slot of the call's tensor list or an immediate value)
+// into a Program here. Later calls with that signature run:
+//   infer(program, x, ...)  one call: workspace and output allocated, every kernel launched;
 //   train(state, x, ...)    an autograd node in C++: the forward replays the forward
 //                           program, its backward the backward program, with no Python.
-//
-// A program of several launches runs as one CUDA graph launch (Program::run_graph), the
-// arguments of its kernel nodes set where they changed since the graph's last launch,
-// where the driver has the graph entry points and the stream is not capturing;
-// set_graphs(False) launches kernel by kernel.
-//
-// The CUDA driver is reached through dlopen("libcuda.so.1") (loaded by PyTorch already), so
-// the extension builds without CUDA headers; on a machine without CUDA nothing here runs.
+// A program of several launches runs as one CUDA graph launch (Program::run_graph) where the
+// driver has the graph entry points and the stream is not capturing. The driver is reached
+// through dlopen("libcuda.so.1") (loaded by PyTorch), so no CUDA headers are needed.
 #include <torch/extension.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/graph_task.h>
@@ -120,9 +111,8 @@ void check_cuda(CUresult r, const char* what) {
 
 constexpr size_t kMaxParams = 96;
 
-// One kernel launch: per parameter a slot of the call's tensors (>= 0) or -1 and an
-// immediate value (its bytes, little-endian, in 8 bytes); Triton's two scratch pointers
-// (global and profile) follow as null pointers.
+// One kernel launch: per parameter a slot of the call's tensors (>= 0) or -1 and an immediate
+// value (little-endian, 8 bytes); Triton's two scratch pointers follow as null pointers.
 struct Launch {
   void* function;
   unsigned grid[3];
@@ -149,13 +139,9 @@ struct Program {
                               std::move(slots), std::move(values)});
   }
 
-  // The launches as one executable CUDA graph (a chain of kernel nodes), built on the
-  // first full run: a later run sets the arguments of each node whose arguments changed
-  // (cuGraphExecKernelNodeSetParams, which leaves launches already queued as they were)
-  // and launches the graph once. On the host that is a quarter to a half of the time of
-  // one cuLaunchKernel per kernel. A node whose arguments are those of its last launch
-  // (the same tensors at the same addresses, which the caching allocator often hands
-  // back) is not touched.
+  // The launches as one executable CUDA graph (a chain of kernel nodes), built on the first
+  // full run; later runs set the arguments of nodes whose arguments changed (queued launches
+  // keep theirs): a quarter to a half of the host time of one cuLaunchKernel per kernel.
   struct Graph {
     void* graph = nullptr;
     void* exec = nullptr;
@@ -200,15 +186,13 @@ struct Program {
     return k;
   }
 
-  // Runs every launch as one graph launch on `stream`; false where that cannot be done
-  // (no graph entry points in the driver, a capturing stream, a graph that failed to
-  // build), and nothing has been launched then.
+  // Runs every launch as one graph launch on `stream`; false, launching nothing, where that
+  // cannot be done (no graph entry points, a capturing stream, a graph that failed to build).
   bool run_graph(const std::vector<at::Tensor>& slots, uint64_t stream) const {
     const Driver& d = driver();
     if (!d.graphs()) return false;
     int capturing = 0;
-    if (d.stream_is_capturing(reinterpret_cast<void*>(stream), &capturing) != 0 ||
-        capturing != 0) {
+    if (d.stream_is_capturing(reinterpret_cast<void*>(stream), &capturing) != 0 || capturing != 0) {
       return false;
     }
     Graph& g = *graph;
@@ -244,8 +228,7 @@ struct Program {
           continue;
         }
         const KernelNodeParams k = node_params(launches[i], params.data());
-        check_cuda(d.graph_set_params(g.exec, g.nodes[i], &k),
-                   "cuGraphExecKernelNodeSetParams");
+        check_cuda(d.graph_set_params(g.exec, g.nodes[i], &k), "cuGraphExecKernelNodeSetParams");
         std::copy(storage.begin(), storage.begin() + last.size(), last.begin());
       }
     }
@@ -254,8 +237,7 @@ struct Program {
     return true;
   }
 
-  // Launches the first `count` launches on `stream` with the tensors `slots`: all of
-  // them as one graph launch where possible (run_graph), else kernel by kernel.
+  // Runs launches[0:count] with the tensors `slots` on `stream`, as one graph where possible.
   void run(const std::vector<at::Tensor>& slots, uint64_t stream, size_t count) const {
     TORCH_CHECK(static_cast<int64_t>(slots.size()) >= num_slots, "program needs ", num_slots,
                 " tensors, got ", slots.size());
@@ -277,9 +259,8 @@ struct Program {
   }
 };
 
-// Inference: out = program(x) with a fresh float32 workspace and a fresh output laid out
-// as x; the slots are [x, workspace, out, *rest] (rest: the parameters, then the other
-// tensors the program names).
+// Inference: out = program(x) with a fresh float32 workspace and output laid out as x;
+// slots [x, workspace, out, *rest] (rest: the parameters, then other tensors it names).
 at::Tensor infer(const Program& program, const at::Tensor& x, int64_t ws_size,
                  uint64_t stream, const std::vector<at::Tensor>& rest) {
   c10::DeviceGuard guard(x.device());
@@ -294,13 +275,11 @@ at::Tensor infer(const Program& program, const at::Tensor& x, int64_t ws_size,
   return slots[2];
 }
 
-// What a training call needs besides its tensors: the forward program (slots
-// [x, workspace, out, *params, *rest]), the backward program (slots
-// [grad_out, x, workspace, dx, *params, *rest], its last launch writing dx, so that it
-// is skipped where dx is not needed), the workspace size, where the parameters'
-// gradients lie in it, and the regions that atomics accumulate into (zeroed by the
-// forward; zeroed again for a second backward). The state is owned by its plan on the
-// Python side (kept for the process's life), so the autograd graph may hold its address.
+// A training call's programs (forward slots [x, workspace, out, *params, *rest], backward
+// [grad_out, x, workspace, dx, *params, *rest], its last launch writing dx, skipped where dx
+// is not needed), workspace size, gradient layout and the regions atomics accumulate into
+// (zeroed by the forward; again for a second backward). Its plan on the Python side owns it
+// for the process's life, so the autograd graph may hold its address.
 struct TrainState {
   Program forward;
   Program backward;
@@ -311,9 +290,8 @@ struct TrainState {
   std::vector<std::pair<int64_t, int64_t>> atomic_regions;
 };
 
-// A tensor over `base`'s storage with the given sizes, strides and offset (in elements,
-// from base's), made without the dispatcher: unlike as_strided it is not an autograd
-// view (a gradient has no history), and it costs the host a fraction of a view op's time.
+// A tensor over `base`'s storage with the given sizes, strides and offset (elements, from
+// base's), made without the dispatcher: not an autograd view (unlike as_strided), cheaper.
 at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef strides,
                  int64_t offset) {
   auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(base.storage()),
@@ -322,8 +300,8 @@ at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef 
   return at::Tensor(std::move(impl));
 }
 
-// What AccumulateGrad does with a dense gradient: take it where .grad is undefined (it has
-// the parameter's layout), else add it (out of place where the backward records a graph).
+// AccumulateGrad on a dense gradient of the parameter's layout: take it where .grad is
+// undefined, else add it (out of place where the backward records a graph).
 void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
   at::Tensor& grad = p.mutable_grad();
   if (!grad.defined()) {
@@ -335,31 +313,22 @@ void accumulate_grad(const at::Tensor& p, const at::Tensor& g) {
   }
 }
 
-// The autograd node of a training call. Its next edges are x's and those of the
-// parameters whose gradients go through autograd; the gradients of the other parameters
-// ("direct") are accumulated into their .grad here, as their AccumulateGrad nodes would:
-// in a backward over the whole graph (`.backward()` without `inputs`), and for parameters
-// named in `.backward(inputs=...)`. torch.autograd.grad cannot capture a direct gradient:
-// asking for one raises. Without a node per parameter for the engine to schedule, a
-// training call (forward and backward) takes about 40 us less host time for CBAM (7
-// parameter tensors) and 20 us for SE (4) on an H200 host. set_direct_grads(False) routes
-// every gradient through autograd.
+// The autograd node of a training call. Its next edges are x's and those of parameters whose
+// gradients go through autograd; the other ("direct") gradients are accumulated into .grad
+// here, as AccumulateGrad would (asking torch.autograd.grad for one raises), saving about
+// 40 us of host time per CBAM training call, 20 us per SE call (H200 host).
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
 
-// The grad accumulator of a parameter whose gradient may be written into its .grad by
-// the backward directly, instead of through an autograd edge to that AccumulateGrad
-// node; null where it may not: a parameter that is not a leaf requiring grad, or has
-// hooks that AccumulateGrad would run (tensor hooks, post-accumulate hooks, hooks on its
-// grad accumulator such as DistributedDataParallel's).
+// The grad accumulator of a parameter whose gradient may go into .grad directly; null if it
+// is no leaf requiring grad or has hooks AccumulateGrad would run (tensor, post-acc., DDP's).
 NodePtr direct_grad_accumulator(const at::Tensor& p) {
   if (!p.requires_grad() || !p.is_leaf()) return NodePtr();
   if (!torch::autograd::impl::hooks(p).empty()) return NodePtr();
   if (torch::autograd::impl::post_acc_grad_hooks(p)) return NodePtr();
   NodePtr acc = torch::autograd::impl::grad_accumulator(p);
-  if (!acc->pre_hooks().empty() || !acc->post_hooks().empty() ||
-      !acc->tensor_pre_hooks().empty()) {
+  if (!acc->pre_hooks().empty() || !acc->post_hooks().empty() || !acc->tensor_pre_hooks().empty()) {
     return NodePtr();
   }
   return acc;
@@ -367,17 +336,12 @@ NodePtr direct_grad_accumulator(const at::Tensor& p) {
 
 // Autograd nodes are held by std::shared_ptr or c10::intrusive_ptr depending on the
 // PyTorch version: make one of whichever kind Edge uses.
-template <typename Ptr>
-struct NodeMaker;
-template <>
-struct NodeMaker<std::shared_ptr<torch::autograd::Node>> {
-  template <typename T>
-  static std::shared_ptr<T> make() { return std::make_shared<T>(); }
+template <typename Ptr> struct NodeMaker;
+template <> struct NodeMaker<std::shared_ptr<torch::autograd::Node>> {
+  template <typename T> static std::shared_ptr<T> make() { return std::make_shared<T>(); }
 };
-template <>
-struct NodeMaker<c10::intrusive_ptr<torch::autograd::Node>> {
-  template <typename T>
-  static c10::intrusive_ptr<T> make() { return c10::make_intrusive<T>(); }
+template <> struct NodeMaker<c10::intrusive_ptr<torch::autograd::Node>> {
+  template <typename T> static c10::intrusive_ptr<T> make() { return c10::make_intrusive<T>(); }
 };
 
 struct AttentionBackward : public torch::autograd::Node {
@@ -386,9 +350,7 @@ struct AttentionBackward : public torch::autograd::Node {
   SavedVariable x_;
   std::vector<SavedVariable> params_;
   std::vector<int64_t> edge_of_param_;  // next edge of each parameter, or -1 (direct, or none)
-  // per parameter, its grad accumulator where its gradient is direct (else null), kept
-  // alive with the graph: where the backward is asked for some gradients only, they are
-  // what the request names
+  // per parameter its grad accumulator if direct (else null), kept alive for exec_info lookups
   std::vector<NodePtr> accumulators_;
   at::Tensor ws_;
   std::vector<at::Tensor> rest_;
@@ -458,8 +420,7 @@ struct AttentionBackward : public torch::autograd::Node {
                     "forward to route parameter gradients through autograd");
         if (!it->second.needed_) continue;
       }
-      // an alias of the workspace per gradient: taken as the parameter's .grad where that
-      // is undefined (the layout is the parameter's)
+      // an alias of the workspace, laid out as the parameter (may become its .grad)
       at::Tensor grad = alias(ws, state->grad_shapes[i], state->grad_strides[i],
                               state->grad_offsets[i]);
       if (direct) {
@@ -472,9 +433,8 @@ struct AttentionBackward : public torch::autograd::Node {
   }
 };
 
-// out = forward program(x), recorded in autograd as an AttentionBackward where grad mode
-// is on and x or a parameter requires grad. The workspace, the parameters and rest are
-// kept for the backward (the workspace holds what the forward saved for it).
+// out = forward program(x), recorded as an AttentionBackward where grad mode is on and x or
+// a parameter requires grad; the workspace (what the forward saved), params and rest kept.
 at::Tensor train(const TrainState& state, const at::Tensor& x, std::vector<at::Tensor> params,
                  int64_t stream, std::vector<at::Tensor> rest) {
   TORCH_CHECK(params.size() == state.grad_offsets.size(),
@@ -574,13 +534,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              s->grad_strides = std::move(grad_strides);
              s->atomic_regions = std::move(atomic_regions);
              return s;
-           }),
-           py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
+           }), py::arg("forward"), py::arg("backward"), py::arg("ws_size"), py::arg("grad_offsets"),
            py::arg("grad_shapes"), py::arg("atomic_regions"),
            py::arg("grad_strides") = std::vector<std::vector<int64_t>>());
   m.def("infer", &infer, "Replay an inference program: returns a new output laid out as x",
-        py::arg("program"), py::arg("x"), py::arg("ws_size"), py::arg("stream"),
-        py::arg("rest"));
+        py::arg("program"), py::arg("x"), py::arg("ws_size"), py::arg("stream"), py::arg("rest"));
   m.def("train", &train,
         "A training call: the forward program, recorded in autograd with the backward program",
         py::arg("state"), py::arg("x"), py::arg("params"), py::arg("stream"), py::arg("rest"));
