@@ -1,10 +1,5 @@
-"""Train and test every variant of a preset and write the paper-style comparison.
-
-    python tools/reproduce.py --preset demo --work-dir work_dirs/demo
-    python tools/reproduce.py --preset mini --data-root data/bccd/ --device-name "1x H100"
-    python tools/reproduce.py --preset coco-r50 [--collect]   # commands, or the table
-
-Exits with 1 when a variant failed (its row in the table says why).
+"""Train and test every variant of a preset (with ``--seeds N``, N times each) and write the
+comparison; exits with 1 when a run failed (its row says why). Examples in the README.
 """
 import os.path as osp
 import sys

@@ -2,8 +2,7 @@
 import json
 import sys
 
-from . import main
-from .runner import run_variant
+from . import main, run_variant
 
 if len(sys.argv) == 3 and sys.argv[1] == '--worker':
     run_variant(json.loads(sys.argv[2]))

@@ -1,9 +1,5 @@
-"""The figures of ``tools/vis_attention.py``, per image: ``<name>_attention.png`` (the
-detections, then each stage's spatial map ``M_s`` over the image), and, with channel
-attention, ``<name>_channel_attention.png`` (each stage's ``M_c`` as a blocks x channels
-heat map and box plots) and ``.json`` (its statistics per module). Colours span the
-values' range (``scale='relative'``) or [0, 1] (``'absolute'``).
-"""
+"""The figures of ``tools/vis_attention.py``: per image the detections and each stage's
+spatial map, and, with channel attention, the channel maps as heat maps, box plots and json."""
 import json
 import os.path as osp
 
@@ -49,8 +45,7 @@ def plot_spatial_attention(img, result, stage_maps, data_sample, class_names, pa
 
 
 def plot_channel_statistics(stats, path, scale='relative', dpi=100):
-    """Per stage: blocks x channels heat map of M_c and box plots per block; colours and
-    y axis over the stage's range of values (``'relative'``) or [0, 1] (``'absolute'``)."""
+    """Per stage: blocks x channels heat map of M_c and box plots per block."""
     if scale not in SCALES:
         raise ValueError(f'scale must be one of {list(SCALES)}, got {scale!r}')
     stages = list(dict.fromkeys(s['stage'] for s in stats))
@@ -86,8 +81,7 @@ def plot_channel_statistics(stats, path, scale='relative', dpi=100):
 
 def visualize_attention(model, image, out_dir, name=None, score_thr=0.3,
                         reduce='last', scale='relative', alpha=0.5, dpi=100):
-    """Write the attention figures of one image (see the module doc); returns dict of the
-    paths (``attention``, ``channel``, ``stats``; None if absent), ``maps``, ``result``."""
+    """Write one image's attention figures; returns their paths, the maps and the result."""
     if name is None:
         name = osp.splitext(osp.basename(str(image)))[0] if isinstance(image, str) \
             else 'image'

@@ -1,12 +1,5 @@
-"""Capture the attention maps of every CBAM and SE module of a model during a forward.
-
-:class:`AttentionRecorder`'s forward pre-hook computes the maps from the module's input
-``F`` and weights before the module runs (a fast path never returns them): CBAM's
-``M_c = cbam.channel_attention(.)`` (N, C, 1, 1) and ``M_s = cbam.spatial_attention(.)``
-(N, 1, H, W), each on its input in the module's arrangement (channel first: ``M_s`` on
-``M_c * F``); SE's ``s = sigmoid(fc2(ReLU(fc1(AvgPool(F)))))``. The model must be in eval
-mode (BatchNorm statistics would update twice otherwise).
-"""
+"""Capture the attention maps (CBAM's M_c and M_s, SE's s) of every module during a forward,
+computed from each module's input by a forward pre-hook; the model must be in eval mode."""
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,8 +14,7 @@ STAGE_REDUCTIONS = ('last', 'mean')
 
 @dataclass
 class AttentionMaps:
-    """The maps of one module's last call (``kind`` 'CBAM' or 'SE'): ``channel`` (N, C, 1,
-    1) and ``spatial`` (N, 1, H, W), float32 on the CPU, or None."""
+    """One module's last maps: ``channel`` (N, C, 1, 1), ``spatial`` (N, 1, H, W) or None."""
     name: str
     kind: str
     channel: Optional[torch.Tensor]
@@ -59,8 +51,7 @@ def attention_modules(model):
 
 
 class AttentionRecorder:
-    """Context manager recording :class:`AttentionMaps` of every CBAM/SE module in
-    ``maps`` by module name, e.g. ``rec.maps['backbone.layer2.0.cbam'].spatial``."""
+    """Context manager recording :class:`AttentionMaps` of every CBAM/SE module by name."""
 
     def __init__(self, model):
         self.model = model
@@ -93,8 +84,7 @@ class AttentionRecorder:
 
 
 def stage_of(name: str) -> str:
-    """The stage a module belongs to: ``backbone.layer2.3.cbam`` -> ``backbone.layer2``;
-    names without a ``layerN.<block>`` part (e.g. ``neck.attentions.0``) are their own."""
+    """The stage of a module name: ``backbone.layer2.3.cbam`` -> ``backbone.layer2``."""
     m = re.match(r'^(.*?\blayer\d+)\.\d+\.', name)
     return m.group(1) if m else name
 
@@ -108,8 +98,7 @@ def group_by_stage(maps):
 
 
 def stage_spatial_maps(maps, reduce='last', index=0):
-    """``OrderedDict(stage -> (H, W) tensor)``: the spatial map of sample ``index`` of each
-    stage that has one, of its last block (``reduce='last'``) or the blocks' mean."""
+    """``OrderedDict(stage -> (H, W) map)`` of sample ``index``: last block's or the mean."""
     if reduce not in STAGE_REDUCTIONS:
         raise ValueError(f'reduce must be one of {list(STAGE_REDUCTIONS)}, got {reduce!r}')
     out = OrderedDict()
@@ -129,8 +118,7 @@ def stage_spatial_maps(maps, reduce='last', index=0):
 
 
 def channel_statistics(maps, index=0):
-    """Per module with channel attention: dict(name, stage, kind, channels, mean, std,
-    min, max, values) of ``M_c`` (or SE's ``s``) for sample ``index``."""
+    """Per module with channel attention: statistics and values of its ``M_c`` (or SE's s)."""
     stats = []
     for rec in (r for r in maps.values() if r.channel is not None):
         v = rec.channel[index].flatten()

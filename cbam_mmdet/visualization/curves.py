@@ -1,9 +1,5 @@
-"""Training curves of several runs on one PNG, from mmengine's ``scalars.json``.
-
-A run is a work dir (its ``<timestamp>/vis_data/scalars.json`` in order), a timestamp
-folder or a ``scalars.json``. A validation record (whose ``step`` may be the epoch) is
-placed at the iteration of the training record before it: all runs share one axis.
-"""
+"""Training curves of several runs (work dirs, timestamp folders or ``scalars.json``) on one
+PNG; validation records sit at the iteration of the training record before them."""
 import glob
 import json
 import os.path as osp
@@ -62,8 +58,7 @@ def read_scalars(path):
 
 
 def load_run(run):
-    """``{key: ([x, ...], [value, ...])}`` for every numeric key of a run, x on the
-    iteration axis (see the module doc)."""
+    """``{key: ([x, ...], [value, ...])}`` of a run's numeric keys, x on the iteration axis."""
     series = OrderedDict()
     for path in scalar_files(run):
         last_train_step = None
@@ -100,9 +95,7 @@ def unique_labels(runs, labels=None):
 
 
 def plot_curves(runs, out_path, keys=('loss', 'mAP'), labels=None, smooth=1):
-    """One panel per scalar of ``keys`` (``'mAP'``: the runs' metric), one line per run
-    (legend ``labels``, default the work dirs' names), losses smoothed over ``smooth``
-    records; writes ``out_path`` and returns ``(out_path, {label: {key: (xs, ys)}})``."""
+    """One panel per key, one line per run; writes ``out_path``, returns it and the curves."""
     if not runs:
         raise ValueError('runs: give at least one work dir or scalars.json')
     if not isinstance(smooth, int) or smooth < 1:

@@ -1,16 +1,6 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017) for one detection of an mmdet detector.
-
-.. math::
-    \\alpha_k = \\frac{1}{hw} \\sum_{i,j} \\frac{\\partial y}{\\partial A^k_{ij}}, \\qquad
-    L_{\\text{Grad-CAM}} = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big)
-
-``A``: a layer's output (e.g. ``backbone.layer4``, or a neck level); ``y``: a detection's
-score (the softmax probability, as the CBAM paper's Figure 4) or class logit
-(``target='logit'``), differentiable since the predict path runs with autograd on. A weak
-model can give an all-zero map (the ReLU keeps positive evidence; the figure says so). A
-forward hook makes the layer's output a leaf that requires grad: only the model after it
-is differentiated, frozen stages work, and no torchvision is needed.
-"""
+"""Grad-CAM (Selvaraju et al., ICCV 2017) of one detection: ReLU(sum_k alpha_k A^k), alpha_k
+the spatial mean of dy/dA^k, A a layer's output (a leaf made by a forward hook), y the
+detection's score or class logit. A weak model can give an all-zero map."""
 import contextlib
 from dataclasses import dataclass
 from typing import Optional
@@ -28,9 +18,7 @@ TARGETS = ('score', 'logit')
 
 @dataclass
 class GradCamResult:
-    """``cam``: (h, w) map at the layer; ``heatmap``: (H, W) in [0, 1] over the image; the
-    detection (``index``, ``bbox`` x1 y1 x2 y2, ``label``, ``score``); ``result``: the
-    DetDataSample; ``image``: BGR; ``level``: the output level used; ``gradient_norm``."""
+    """The map at the layer and over the image, the detection, the result and the image."""
     cam: np.ndarray
     heatmap: np.ndarray
     index: int
@@ -66,9 +54,7 @@ class _ForwardHook:
 
 
 class FeatureCapture(_ForwardHook):
-    """Forward hook: the layer's output becomes a detached leaf that requires grad. For a
-    multi-level output, ``level`` picks one, or ``'auto'`` makes every level a leaf
-    (:attr:`activations`); :attr:`activation` is the chosen leaf (None for ``'auto'``)."""
+    """Forward hook making the layer's output (one level, or every level for 'auto') a leaf."""
 
     def __init__(self, module, layer, level=None):
         self.module, self.layer, self.level = module, layer, level
@@ -100,8 +86,7 @@ class FeatureCapture(_ForwardHook):
 
 
 class ClassLogitCapture(_ForwardHook):
-    """Forward hook on a two-stage detector's ``roi_head.bbox_head``: keeps its class
-    logits ``(num_rois, num_classes + 1)`` (:attr:`logits`)."""
+    """Forward hook on a two-stage ``roi_head.bbox_head``: keeps its class logits."""
 
     def __init__(self, model):
         self.module = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
@@ -114,8 +99,7 @@ class ClassLogitCapture(_ForwardHook):
         self.logits = output[0]
 
     def logit_of(self, score, label):
-        """The class logit behind a detection score: the RoI whose row the score's
-        gradient reaches (the softmax couples one row only), column ``label``."""
+        """The class logit of the RoI behind a detection score, column ``label``."""
         (g,) = torch.autograd.grad(score, self.logits, retain_graph=True, allow_unused=True)
         if g is None or not g.abs().sum() > 0:
             raise RuntimeError('the detection score does not depend on the RoI head '
@@ -139,8 +123,7 @@ def no_parameter_grad(model):
 
 @contextlib.contextmanager
 def score_threshold(model, score_thr):
-    """The test ``score_thr`` of the box head (two-stage: ``roi_head.test_cfg``; single
-    stage: ``bbox_head.test_cfg``) set to ``score_thr`` inside (None: unchanged)."""
+    """The box head's test ``score_thr`` set to ``score_thr`` inside (None: unchanged)."""
     if score_thr is None:
         yield
         return
@@ -165,8 +148,7 @@ def box_iou(box, boxes):
 
 
 def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_label=None):
-    """Index of the chosen detection: the ``rank``-th highest score (0: the top one), or,
-    given ``target_box``, the one overlapping it most (same label first when given)."""
+    """The ``rank``-th detection, or the one overlapping ``target_box`` most."""
     scores = np.asarray(scores)
     if len(scores) == 0:
         raise ValueError('the model made no detection on this image; lower score_thr '
@@ -184,11 +166,7 @@ def choose_detection(scores, bboxes, labels, rank=0, target_box=None, target_lab
 
 def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_box=None,
              target_label=None, score_thr=None, target='score'):
-    """Grad-CAM of one detection of ``model`` (eval mode) on ``image`` (path or BGR) at
-    ``layer`` (a ``named_modules`` name; ``level``: one output of a multi-level layer, or
-    ``'auto'``): the ``rank``-th detection, or the one overlapping ``target_box`` most (of
-    ``target_label`` first). ``score_thr`` overrides the head's test threshold; ``target``:
-    ``'score'`` or ``'logit'``. Returns a :class:`GradCamResult`."""
+    """Grad-CAM of one detection on ``image`` at ``layer``: a :class:`GradCamResult`."""
     if target not in TARGETS:
         raise ValueError(f'target must be one of {list(TARGETS)}, got {target!r}')
     inputs, data_samples, img = prepare_image(model, image)
@@ -230,10 +208,7 @@ def grad_cam(model, image, layer='backbone.layer4', level=None, rank=0, target_b
 def compare_grad_cam(models, images, out_path, layer='backbone.layer4', level=None,
                      rank=0, match='iou', score_thr=None, alpha=0.5, target='score',
                      dpi=100):
-    """The CBAM paper's Figure 4 for detectors: per image, the image and each model's
-    Grad-CAM. ``models``: ``[(label, model)]``; the first model's detection is chosen by
-    ``rank``, the others explain (``match='iou'``) the detection overlapping it most, or
-    (``'rank'``) their own ``rank``-th one. Returns ``(out_path, [[GradCamResult]])``."""
+    """Per image, the image and each model's Grad-CAM of the same detection (the paper's Fig. 4)."""
     if match not in MATCHES:
         raise ValueError(f'match must be one of {list(MATCHES)}, got {match!r}')
     if not models:

@@ -1,8 +1,5 @@
-"""One image through a detector, keeping what the visualisations need: the detector
-(:func:`load_detector`), the test pipeline's input (:func:`prepare_image`), the predict
-path with autograd on or off (:func:`predict`), and feature maps brought back onto the
-original image (:func:`to_image_size`).
-"""
+"""One image through a detector: loading, the test pipeline's input, the predict path with
+autograd on or off, and feature maps brought back onto the original image."""
 import copy
 import os.path as osp
 
@@ -18,8 +15,7 @@ LOADERS = ('LoadImageFromFile', 'LoadImageFromNDArray', 'mmdet.LoadImageFromFile
 
 
 def load_detector(config, checkpoint=None, device='cpu', cfg_options=None):
-    """A detector in eval mode from a config (path or Config) and a checkpoint (None: the
-    initialisation). Class names: the checkpoint's, else the test dataset's ``METAINFO``."""
+    """A detector in eval mode from a config and a checkpoint (None: the initialisation)."""
     from mmdet.apis import init_detector
     from mmdet.registry import DATASETS
 
@@ -80,8 +76,7 @@ def predict(model, inputs, data_samples, grad=False):
 
 
 def to_image_size(feature_map, data_sample):
-    """A ``(h, w)`` map over the model's input, as an ``(H, W)`` float32 array over the
-    original image (upsampled to the padded batch shape, cropped, resized)."""
+    """A ``(h, w)`` map over the model's input as an ``(H, W)`` float32 map over the image."""
     m = torch.as_tensor(feature_map, dtype=torch.float32).detach().cpu()
     if m.dim() != 2:
         raise ValueError(f'feature_map must be 2-D (h, w), got shape {tuple(m.shape)}')
