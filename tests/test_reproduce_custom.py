@@ -145,3 +145,20 @@ def test_runs_of_a_seed_share_the_first_loss(tmp_path):
     a, b = _first_losses(tmp_path / 'a'), _first_losses(tmp_path / 'b')
     assert sorted(a) == [0, 1] and sorted(b) == [0]
     assert a[0] == b[0] and a[0] != a[1]
+
+
+def test_custom_options_schedule_scale_and_backbone_checkpoint(tmp_path):
+    from cbam_mmdet.reproduce.custom import custom_preset
+    root, checkpoint = make_voc(tmp_path / 'voc'), tmp_path / 'backbone.pth'
+    checkpoint.write_bytes(b'')
+    preset = custom_preset(reproduce.parse_args([
+        '--preset', 'custom', '--data-root', root, '--epochs', '8', '--scale', '300',
+        '--variants', 'cbam,baseline', '--backbone-checkpoint', str(checkpoint)]))
+    assert [v.name for v in preset.variants] == ['CBAM', 'baseline']
+    options = preset.options
+    assert options['model.backbone.init_cfg'] == dict(type='Pretrained',
+                                                      checkpoint=str(checkpoint))
+    assert options['train_cfg.max_epochs'] == 8
+    assert options['model.roi_head.bbox_head.num_classes'] == 2
+    assert options['train_dataloader.dataset.pipeline.2.scale'] == (500, 300)
+    assert 'backbone from' in preset.description and preset.input_shape == (3, 300, 500)
