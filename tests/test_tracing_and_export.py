@@ -26,22 +26,15 @@ def block(cls):
 
 
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-def test_jit_trace_under_no_grad_records_the_equations(cls):
-    """Traced under no_grad (where the CPU kernels would take the call), the model gives
-    eager's outputs on a new input of another size."""
+@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'autograd'])
+def test_jit_trace_records_the_equations(cls, grad):
+    """Traced under no_grad (where the CPU kernels would take the call) or with autograd
+    on, the model gives eager's outputs on a new input of another size."""
     model = block(cls)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         traced = torch.jit.trace(model, torch.randn(2, 8, 12, 10), check_trace=False)
         x = torch.randn(3, 8, 9, 14) * 3
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
-def test_jit_trace_with_autograd_records_the_equations(cls):
-    model = block(cls)
-    traced = torch.jit.trace(model, torch.randn(2, 8, 12, 10), check_trace=False)
-    x = torch.randn(3, 8, 12, 10) * 3
-    torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('cls', [CBAM, SE], ids=['CBAM', 'SE'])
