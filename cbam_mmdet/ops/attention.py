@@ -34,9 +34,8 @@ def set_reference(enabled):
     return previous
 
 
-def _is_exporting():
-    compiler = getattr(torch, 'compiler', None)
-    return compiler is not None and hasattr(compiler, 'is_exporting') and compiler.is_exporting()
+# torch.compiler.is_exporting, where this torch has it
+_is_exporting = getattr(getattr(torch, 'compiler', None), 'is_exporting', lambda: False)
 
 
 def use_reference():

@@ -41,8 +41,7 @@ def cbam_maps(cbam: CBAM, x: torch.Tensor):
 @torch.no_grad()
 def se_map(se: SE, x: torch.Tensor):
     """SE's channel attention ``s`` ``(N, C, 1, 1)`` for its input ``x``."""
-    squeezed = x.float().mean(dim=(2, 3)).to(se.fc1.weight.dtype)
-    return torch.sigmoid(se.fc2(torch.relu(se.fc1(squeezed))))[:, :, None, None]
+    return se.gate(x)
 
 
 def attention_modules(model):
