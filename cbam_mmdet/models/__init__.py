@@ -1,9 +1,10 @@
 from .cbam import CBAM
 from .channel_attention import ChannelAttention
 from .neck_attention import NeckAttention
+from .res_layer_plugins import PluginResLayer
 from .resnet_basic_plugins import BasicBlockWithPlugins, PluginResNet
 from .se import SE
 from .spatial_attention import SpatialAttention
 
 __all__ = ['CBAM', 'SE', 'ChannelAttention', 'SpatialAttention', 'NeckAttention',
-           'PluginResNet', 'BasicBlockWithPlugins']
+           'PluginResNet', 'BasicBlockWithPlugins', 'PluginResLayer']
