@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash tools/dist_train.sh CONFIG GPUS [train.py options]
 # On machines without CUDA, GPUS is the number of CPU processes; add
-# --cfg-options env_cfg.dist_cfg.backend=gloo (see cbam_mmdet/apis/cpu_distributed.py).
+# --cfg-options env_cfg.dist_cfg.backend=gloo (see cbam_mmdet/apis/distributed.py).
 # PYTHON (default: python) is the interpreter; PORT, MASTER_ADDR, NNODES, NODE_RANK as torchrun.
 # TOOL (default: train.py) is the tool it runs (tools/dist_test.sh sets test.py).
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \

@@ -1,4 +1,4 @@
-from .cpu_distributed import prepare_cpu_distributed
+from .distributed import prepare_distributed
 from .errors import (KNOWN_ERRORS, AnnotationFileError, DatasetFileError, DatasetWarning,
                      ImageFileError, InputError, MissingCheckpointError,
                      NumClassesMismatchError, exit_on_known_errors, parse_tool_args)
@@ -9,7 +9,7 @@ from .training import (build_runner, build_train_config, run_train, use_exact_re
 
 __all__ = ['check_dataset_paths', 'build_train_config', 'build_runner', 'run_train',
            'build_test_config', 'run_test', 'validate_train_config', 'use_exact_resume',
-           'validate_datasets', 'check_num_classes', 'prepare_cpu_distributed',
+           'validate_datasets', 'check_num_classes', 'prepare_distributed',
            'exit_on_known_errors', 'parse_tool_args', 'KNOWN_ERRORS', 'InputError',
            'DatasetFileError', 'MissingCheckpointError', 'AnnotationFileError', 'ImageFileError',
            'NumClassesMismatchError', 'DatasetWarning']

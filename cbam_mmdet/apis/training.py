@@ -10,7 +10,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint import latest_checkpoint
-from .cpu_distributed import finish_distributed, prepare_cpu_distributed
+from .distributed import finish_distributed, prepare_distributed
 from .input_validation import image_read_error, validate_config
 
 FROZEN_CHECK = dict(type='FrozenAttentionCheckHook')
@@ -106,7 +106,7 @@ def build_runner(cfg, splits=None):
         validate_config(cfg, splits)
     else:
         validate_train_config(cfg)
-    prepare_cpu_distributed(cfg)
+    prepare_distributed(cfg)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 

@@ -1,5 +1,6 @@
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from mmdet.registry import MODELS
 
 from .. import ops
@@ -54,6 +55,10 @@ class CBAM(nn.Module):
             ``arrangement``, ``channel_pool`` and ``spatial_descriptor`` with both
             attentions, any ``ratio`` and ``spatial_kernel``; the reference elsewhere) or
             ``'reference'`` (:meth:`reference_forward`, the equations as written).
+        norm_cfg (dict, optional): the spatial gate's normalisation, e.g.
+            ``dict(type='SyncBN')`` (:class:`SpatialAttention`). Default None: the
+            official ``BatchNorm2d``. A training SyncBN runs the reference path, whose
+            BatchNorm module synchronises the statistics.
     """
 
     _abbr_ = 'cbam'
@@ -67,7 +72,8 @@ class CBAM(nn.Module):
                  spatial_kernel: int = 7,
                  spatial_descriptor: str = 'max+mean',
                  arrangement: str = 'channel_first',
-                 implementation: str = 'auto'):
+                 implementation: str = 'auto',
+                 norm_cfg=None):
         super().__init__()
         check_choice('implementation', implementation, IMPLEMENTATIONS)
         check_positive_int('in_channels', in_channels)
@@ -88,7 +94,7 @@ class CBAM(nn.Module):
             in_channels, ratio=ratio, pool=channel_pool) if channel_attention else None
         self.spatial_attention = SpatialAttention(
             kernel_size=spatial_kernel, descriptor=spatial_descriptor,
-            in_channels=in_channels) if spatial_attention else None
+            in_channels=in_channels, norm_cfg=norm_cfg) if spatial_attention else None
         self.implementation = implementation
         # the kernel layer computes the paper's CBAM (any ratio and kernel size)
         self.has_fast_path = (arrangement == 'channel_first' and channel_attention
@@ -104,9 +110,9 @@ class CBAM(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out')
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, _BatchNorm):
                 nn.init.zeros_(m.weight)
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and m.bias is not None:
+            if isinstance(m, (nn.Conv2d, nn.Linear, _BatchNorm)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def gates(self):
@@ -117,11 +123,11 @@ class CBAM(nn.Module):
         return [g for g in gates if g is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.spatial_attention.bn if self.spatial_attention is not None else None
         if self.implementation == 'reference' or not self.has_fast_path \
-                or ops.use_reference():
+                or ops.use_reference() or (bn.training and type(bn) is not nn.BatchNorm2d):
             return self.reference_forward(x)
         ca, sa = self.channel_attention, self.spatial_attention
-        bn = sa.bn
         return ops.cbam(x, ca.fc1.weight, ca.fc1.bias, ca.fc2.weight, ca.fc2.bias,
                         sa.conv.weight, bn.weight, bn.bias, bn.running_mean,
                         bn.running_var, bn.num_batches_tracked,

@@ -1,5 +1,6 @@
 import torch
 import torch.nn as nn
+from mmcv.cnn import build_norm_layer
 
 from ._validate import check_choice, check_odd_kernel, check_positive_int
 
@@ -25,10 +26,14 @@ class SpatialAttention(nn.Module):
             Table 2 "avg & max pooling") or ``'conv1x1'`` (a learned 1x1 convolution
             C -> 1 without bias, Table 2 "1x1 conv"; needs ``in_channels``).
         in_channels (int, optional): C, only for ``descriptor='conv1x1'``.
+        norm_cfg (dict, optional): the normalisation layer, built by mmcv's
+            ``build_norm_layer`` with ``eps=1e-5, momentum=0.01`` unless given, e.g.
+            ``dict(type='SyncBN')`` for synchronised statistics across GPUs. Default
+            None: the official ``BatchNorm2d``.
     """
 
     def __init__(self, kernel_size: int = 7, descriptor: str = 'max+mean',
-                 in_channels=None):
+                 in_channels=None, norm_cfg=None):
         super().__init__()
         check_odd_kernel('kernel_size', kernel_size)
         check_choice('descriptor', descriptor, SPATIAL_DESCRIPTORS)
@@ -39,7 +44,13 @@ class SpatialAttention(nn.Module):
             self.reduce = nn.Conv2d(in_channels, 1, 1, bias=False)
         self.conv = nn.Conv2d(1 if descriptor == 'conv1x1' else 2, 1, kernel_size,
                               padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        if norm_cfg is None:
+            self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        else:
+            if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
+                raise ValueError(f"norm_cfg must be None or a dict with a 'type' key "
+                                 f"(e.g. dict(type='SyncBN')), got {norm_cfg!r}")
+            self.bn = build_norm_layer(dict(dict(eps=1e-5, momentum=0.01), **norm_cfg), 1)[1]
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(N, 2, H, W)`` (or ``(N, 1, H, W)`` for conv1x1) descriptor, float32."""
