@@ -5,6 +5,7 @@ from .res_layer_plugins import PluginResLayer
 from .resnet_basic_plugins import BasicBlockWithPlugins, PluginResNet
 from .se import SE
 from .spatial_attention import SpatialAttention
+from .stairnet_neck import StairNetNeck
 
 __all__ = ['CBAM', 'SE', 'ChannelAttention', 'SpatialAttention', 'NeckAttention',
-           'PluginResNet', 'BasicBlockWithPlugins', 'PluginResLayer']
+           'PluginResNet', 'BasicBlockWithPlugins', 'PluginResLayer', 'StairNetNeck']
