@@ -4,10 +4,13 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
+from ._validate import check_choice
+
 
 @MODELS.register_module()
 class NeckAttention(nn.Module):
-    """Any neck, followed by one attention module on each of its output levels.
+    """Any neck, followed (or preceded) by one attention module on each of its output
+    (input) levels.
 
     .. math::
         P_l = \\mathrm{Neck}(C)_l, \\qquad \\tilde P_l = A_l(P_l), \\quad l = 1 \\dots L
@@ -16,7 +19,9 @@ class NeckAttention(nn.Module):
     ``mmdet.registry.MODELS`` that takes ``in_channels`` and returns a map of the same
     shape, e.g. ``CBAM`` or ``SE``) with ``in_channels`` = the channels of level ``l``.
     This is the CBAM paper's detection placement "before every classifier" (SSD: every
-    detection feature level) and, around an FPN, attention after the neck.
+    detection feature level) and, around an FPN, attention after the neck. With
+    ``position='before'`` the modules are on the backbone's outputs instead, the neck's
+    inputs: :math:`P = \\mathrm{Neck}(A_1(C_1), \\dots, A_L(C_L))`.
 
     Config, e.g. CBAM on every level of SSD300's neck::
 
@@ -32,20 +37,26 @@ class NeckAttention(nn.Module):
     Args:
         neck (dict): config of the wrapped neck (any registered neck).
         attention (dict): config of the attention module, without ``in_channels``.
-        in_channels (int | Sequence[int], optional): channels of the neck's output
-            levels. By default they are read from the neck: its ``out_channels``
-            (a per-level sequence, or an int with ``num_outs`` levels), from the built
-            module or else from its config. Give them for a neck that exposes neither.
-        num_levels (int, optional): number of output levels when ``in_channels`` is one
-            int for all levels and the neck has no ``num_outs``.
+        in_channels (int | Sequence[int], optional): channels of the levels the modules
+            are on. By default they are read from the neck: its ``out_channels`` (a
+            per-level sequence, or an int with ``num_outs`` levels; ``position='before'``:
+            its ``in_channels``), from the built module or else from its config. Give
+            them for a neck that exposes neither.
+        num_levels (int, optional): number of levels when ``in_channels`` is one int for
+            all levels and the neck has no ``num_outs``.
+        position (str): ``'after'`` (default: on the neck's outputs) or ``'before'`` (on
+            its inputs, the backbone's outputs). The keys are the same.
     """
 
     def __init__(self,
                  neck: dict,
                  attention: dict,
                  in_channels: Union[int, Sequence[int], None] = None,
-                 num_levels: Optional[int] = None):
+                 num_levels: Optional[int] = None,
+                 position: str = 'after'):
         super().__init__()
+        check_choice('NeckAttention position', position, ('after', 'before'))
+        self.position = position
         for name, cfg in (('neck', neck), ('attention', attention)):
             if not isinstance(cfg, dict) or 'type' not in cfg:
                 raise ValueError(f'NeckAttention: {name} must be a config dict with a '
@@ -61,26 +72,28 @@ class NeckAttention(nn.Module):
             MODELS.build(dict(attention, in_channels=c)) for c in self.in_channels)
 
     def _level_channels(self, neck_cfg, in_channels, num_levels) -> List[int]:
-        """The channels of each output level, as a list of ints."""
+        """The channels of each level the modules are on, as a list of ints."""
         source = 'NeckAttention.in_channels'
+        side, which = (('out_channels', 'output') if self.position == 'after'
+                       else ('in_channels', 'input'))
         channels = in_channels
         if channels is None:
-            channels = getattr(self.neck, 'out_channels', None)
-            source = f"{neck_cfg['type']}.out_channels"
+            channels = getattr(self.neck, side, None)
+            source = f"{neck_cfg['type']}.{side}"
             if channels is None:
-                channels = neck_cfg.get('out_channels')
+                channels = neck_cfg.get(side)
         if channels is None:
             raise ValueError(
-                f"NeckAttention: cannot infer the output channels of {neck_cfg['type']}: "
-                f'it has no out_channels (attribute or config key); give '
-                f'in_channels=<int or one int per output level>')
-        if num_levels is None:
+                f"NeckAttention: cannot infer the {which} channels of "
+                f"{neck_cfg['type']}: it has no {side} (attribute or config key); give "
+                f'in_channels=<int or one int per level>')
+        if num_levels is None and self.position == 'after':
             num_levels = getattr(self.neck, 'num_outs', None) or neck_cfg.get('num_outs')
         if isinstance(channels, int) and not isinstance(channels, bool):
             if num_levels is None:
                 raise ValueError(
                     f'NeckAttention: {source}={channels} is one int, and the number of '
-                    f"output levels of {neck_cfg['type']} is unknown (no num_outs): give "
+                    f"levels of {neck_cfg['type']} is unknown (no num_outs): give "
                     f'num_levels=<int> or in_channels=<one int per output level>')
             if isinstance(num_levels, bool) or not isinstance(num_levels, int) \
                     or num_levels < 1:
@@ -103,10 +116,14 @@ class NeckAttention(nn.Module):
                 module.init_weights()
 
     def forward(self, inputs) -> Tuple[torch.Tensor, ...]:
-        outs = self.neck(inputs)
-        if len(outs) != len(self.attentions):
+        if self.position == 'before':
+            return self.neck(self._attend(inputs, 'received'))
+        return self._attend(self.neck(inputs), 'returned')
+
+    def _attend(self, levels, verb):
+        if len(levels) != len(self.attentions):
             raise ValueError(
-                f'NeckAttention: the neck returned {len(outs)} levels but '
+                f'NeckAttention: the neck {verb} {len(levels)} levels but '
                 f'{len(self.attentions)} attention modules were built for in_channels='
                 f'{self.in_channels}; set in_channels/num_levels to match the neck')
-        return tuple(att(out) for att, out in zip(self.attentions, outs))
+        return tuple(att(level) for att, level in zip(self.attentions, levels))
