@@ -1,9 +1,12 @@
 """tools/dist_train.sh runs 2 processes: a few iterations of training, then validation
 with a COCO metric, on the tiny generated dataset; ReplicaCheckHook measures that the two
-replicas stay one model. On CPU (gloo), and where CUDA is present on the GPUs (NCCL with
+replicas stay one model; --resume continues the run; tools/dist_test.sh gives
+tools/test.py's mAP. On CPU (gloo), and where CUDA is present on the GPUs (NCCL with
 two GPUs, gloo with two processes sharing one)."""
 import json
 import os.path as osp
+import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +23,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_tool(env, *args):
+    proc = subprocess.run([*args], env=dict(env, PYTHON=sys.executable, PORT=str(free_port())),
+                          capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+def last_map(log):
+    return re.findall(r'coco/bbox_mAP: (-?[\d.]+)', log)[-1]
+
+
 def run_two_processes(tmp_path, env, backend, *extra):
     write_tiny_coco(tmp_path / 'data')
     config = write_tiny_config(tmp_path / 'tiny.py', tmp_path / 'data', max_iters=2,
@@ -27,13 +42,9 @@ def run_two_processes(tmp_path, env, backend, *extra):
     with open(config, 'a') as f:
         f.write("custom_hooks = [dict(type='ReplicaCheckHook')]\n")
     work_dir = tmp_path / 'work'
-    env = dict(env, PYTHON=sys.executable, PORT=str(free_port()))
-    proc = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2', '--work-dir',
-         str(work_dir), '--cfg-options', f'env_cfg.dist_cfg.backend={backend}', *extra],
-        env=env, capture_output=True, text=True, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    dist = ['--cfg-options', f'env_cfg.dist_cfg.backend={backend}']
+    log = run_tool(env, 'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
+                   '--work-dir', str(work_dir), *dist, *extra)
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert "type='MMDistributedDataParallel'" in log
     assert 'Iter(train) [2/2]' in log
@@ -46,6 +57,31 @@ def run_two_processes(tmp_path, env, backend, *extra):
     grads = check['grad_checks'][-1]
     assert grads['iter'] == 2 and grads['plugin_params_with_grad'] > 0
     assert grads['max_abs_grad'] > 0 and grads['max_diff_to_rank0'] == 0.0
+
+    # --resume continues from iter_2.pth to iteration 3, replicas still identical
+    log = run_tool(env, 'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
+                   '--work-dir', str(work_dir), '--resume', *dist, 'train_cfg.max_iters=3',
+                   *extra)
+    assert 'resumed' in log.lower() and 'Iter(train) [3/3]' in log
+    assert 'Iter(train) [1/3]' not in log, 'the resumed run started over'
+    with open(work_dir / 'replica_check.json') as f:
+        assert json.load(f)['param_max_diff_to_rank0'] == 0.0
+
+    # tools/dist_test.sh on 2 processes gives tools/test.py's mAP
+    ckpt = str(work_dir / 'iter_3.pth')
+    one = run_tool(env, sys.executable, osp.join(ROOT, 'tools', 'test.py'), config, ckpt,
+                   '--work-dir', str(tmp_path / 'test1'), '--out', str(tmp_path / 'one.pkl'))
+    two = run_tool(env, 'bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, ckpt, '2',
+                   '--work-dir', str(tmp_path / 'test2'), '--out', str(tmp_path / 'two.pkl'),
+                   *dist)
+    assert last_map(one) == last_map(two)
+    with open(tmp_path / 'one.pkl', 'rb') as f1, open(tmp_path / 'two.pkl', 'rb') as f2:
+        one, two = pickle.load(f1), pickle.load(f2)
+    assert [r['img_id'] for r in one] == [r['img_id'] for r in two]
+    assert sum(len(r['pred_instances']['bboxes']) for r in one) > 0
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a['pred_instances']['bboxes'], b['pred_instances']['bboxes'],
+                                   rtol=1e-4, atol=1e-3)
     return check
 
 
