@@ -35,12 +35,13 @@ def last_map(log):
     return re.findall(r'coco/bbox_mAP: (-?[\d.]+)', log)[-1]
 
 
-def run_two_processes(tmp_path, env, backend, *extra):
+def run_two_processes(tmp_path, env, backend, *extra, config_lines=(), resume_and_test=True):
     write_tiny_coco(tmp_path / 'data')
     config = write_tiny_config(tmp_path / 'tiny.py', tmp_path / 'data', max_iters=2,
                                val_interval=2)
     with open(config, 'a') as f:
-        f.write("custom_hooks = [dict(type='ReplicaCheckHook')]\n")
+        f.write('\n'.join(["custom_hooks = [dict(type='ReplicaCheckHook')]", *config_lines,
+                           '']))
     work_dir = tmp_path / 'work'
     dist = ['--cfg-options', f'env_cfg.dist_cfg.backend={backend}']
     log = run_tool(env, 'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
@@ -57,6 +58,8 @@ def run_two_processes(tmp_path, env, backend, *extra):
     grads = check['grad_checks'][-1]
     assert grads['iter'] == 2 and grads['plugin_params_with_grad'] > 0
     assert grads['max_abs_grad'] > 0 and grads['max_diff_to_rank0'] == 0.0
+    if not resume_and_test:
+        return check
 
     # --resume continues from iter_2.pth to iteration 3, replicas still identical
     log = run_tool(env, 'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
@@ -99,3 +102,13 @@ def test_two_gpu_processes_replicas_identical_on_the_fast_path(tmp_path):
     assert all('(cuda:' in p for p in check['paths']), check['paths']
     assert all('replayed from C++ in the first iteration: 0' not in p
                for p in check['paths']), check['paths']
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_two_gpu_processes_syncbn_with_plugins(tmp_path):
+    """sync_bn='torch' turns every BatchNorm into SyncBatchNorm, CBAM's spatial one too."""
+    env = dict(tool_env())
+    env.pop('CUDA_VISIBLE_DEVICES')
+    backend = 'nccl' if torch.cuda.device_count() >= 2 else 'gloo'
+    run_two_processes(tmp_path, env, backend, config_lines=["sync_bn = 'torch'"],
+                      resume_and_test=False)
