@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine; each sets up .venv/ first when it is
 # missing or older than the files that define it.
-#   make demo   the main job: baseline vs SE vs CBAM on the embedded dataset, CPU
+#   make demo   the main job: baseline vs SE vs CBAM on the embedded dataset; on the GPU
+#               (fp16 AMP) where there is one and mmcv has its CUDA ops, else the CPU
 #   make test   the test suite
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -21,4 +22,4 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
 demo: $(STAMP)
-	$(PY) tools/reproduce.py --preset demo --work-dir work_dirs/demo
+	$(PY) tools/reproduce.py --preset demo --work-dir work_dirs/demo --device auto --amp

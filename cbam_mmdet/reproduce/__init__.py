@@ -10,6 +10,7 @@ from mmengine.config import DictAction
 
 from ..apis.errors import InputError
 from .custom import custom_preset
+from .device import DEVICES, choose_device
 from .presets import (COCO_METRICS, COLUMNS, PRESETS, VOC_METRICS, Preset,  # noqa: F401
                       Variant, iteration_budget, select_variants, variant_dir)
 from .runner import (RESULT_FILE, collect, progress_line, run_one,  # noqa: F401
@@ -48,9 +49,10 @@ def parse_args(argv=None):
     add('--parallel', type=int, help="runs at the same time (default: the preset's)")
     add('--gpus', type=int, help='GPUs per run in the printed commands')
     add('--data-root', help='dataset root for every dataloader (custom: the dataset folder)')
-    add('--amp', action='store_true', help='mixed precision training')
-    add('--device', choices=['cpu', 'cuda'], help='default: cuda when there is one')
-    add('--device-name', help='named in comparison.md, e.g. "1x H100"')
+    add('--amp', action='store_true', help='fp16 mixed precision training (on CUDA only)')
+    add('--device', choices=DEVICES, default='auto',
+        help='auto (default): cuda where there is a GPU and mmcv has its CUDA ops, else cpu')
+    add('--device-name', help='named in comparison.md (default: cpu, or the GPU and precision)')
     add('--cfg-options', nargs='+', action=DictAction, default={}, help='key=value overrides')
     add('--verbose', action='store_true', help='stream whole logs')
     add('--format', choices=['voc', 'coco'], default='voc', help='custom: the data layout')
@@ -83,10 +85,9 @@ def main(argv=None, log=print):
     try:
         preset = custom_preset(args) if args.preset == 'custom' else PRESETS[args.preset]
         variants = select_variants(preset, args.variants)
-        if args.device == 'cuda':
-            import torch
-            if not torch.cuda.is_available():
-                raise ValueError('--device cuda: no CUDA device is available')
+        runs_here = not args.collect and (preset.runs_here or args.run)
+        device, amp, device_name, note = (choose_device(args.device, args.amp) if runs_here
+                                          else (None, False, args.device_name, ''))
         if args.preset == 'custom' and not args.collect:  # tools/train.py's data checks
             from ..apis.input_validation import validate_config
             from ..offline_model import load_config
@@ -103,11 +104,13 @@ def main(argv=None, log=print):
         results, wall = collect(preset, work_dir, names, seeds), None
     else:
         log(f'reproduce: {preset.name}: {", ".join(names)} x {len(seeds)} seed(s) in {work_dir}')
+        log(f'reproduce: device: {device_name}' + (f' ({note})' if note else ''))
         results = run_preset(preset, work_dir, names, seeds, cfg_options=cfg_options,
                              data_root=None if args.preset == 'custom' else args.data_root,
-                             parallel=args.parallel, amp=args.amp, device=args.device,
+                             parallel=args.parallel, amp=amp, device=device,
                              verbose=args.verbose, log=log)
         wall = time.time() - start
-    md, paths = write_outputs(preset, work_dir, results, wall_s=wall, device=args.device_name)
+    md, paths = write_outputs(preset, work_dir, results, wall_s=wall,
+                              device=args.device_name or device_name)
     log('\n' + md + 'wrote ' + ', '.join(paths))
     return results

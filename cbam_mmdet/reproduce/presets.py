@@ -53,7 +53,7 @@ _SHAPES_NOTE = ('COCO mAP@[.5:.95] (CocoMetric) on 128 held-out scenes (seed 1) 
 PRESETS = {p.name: p for p in [
     Preset(name='demo',
         description='baseline vs SE vs CBAM, Faster R-CNN R-50-FPN (narrow, from scratch) '
-                    'on the embedded shapes dataset, CPU',
+                    'on the embedded shapes dataset',
         variants=trio(_demo('{}')),
         metrics=COCO_METRICS, input_shape=(3, 128, 128), metric_note=_SHAPES_NOTE,
         iteration_based=True),
