@@ -61,7 +61,7 @@ pipi() { x "$VPY" -m pip install --disable-pip-version-check "$@"; }
 
 probe_gpu() {  # compute capabilities of the GPUs ("9.0", "8.0;9.0"), none, or unknown
   [ -z "${SETUP_GPU:-}" ] || { echo "$SETUP_GPU"; return 0; }
-  nvidia-smi -L 2>/dev/null | grep -q '^GPU' || { echo none; return 0; }
+  nvidia-smi -L 2>/dev/null | grep '^GPU' >/dev/null || { echo none; return 0; }  # not -q: no SIGPIPE
   nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
     | grep -E '^[0-9]+\.[0-9]+$' | sort -u | paste -sd';' | grep . || echo unknown
 }
