@@ -1,3 +1,4 @@
+from . import ssd_head_patch  # noqa: F401  (SSDHead.loss_cls for prediction)
 from .cbam import CBAM
 from .channel_attention import ChannelAttention
 from .neck_attention import NeckAttention
