@@ -69,7 +69,9 @@ def test_config_loads_and_builds_offline(name):
     if not loads_checkpoint(cfg.model.backbone.get('init_cfg')):
         # At random initialisation no plugin may sit in a frozen stage.
         assert all(p.requires_grad for m in found for p in m.parameters())
-    in_backbone = [m for m in model.backbone.modules() if isinstance(m, (CBAM, SE))]
+    # block plugins, not AttentionResNet's stem_attention and layer<i>_input_attention
+    in_backbone = [m for name, m in model.backbone.named_modules()
+                   if isinstance(m, (CBAM, SE)) and not name.endswith('_attention')]
     plugins = cfg.model.backbone.get('plugins') or []
     every_stage = [p for p in plugins if p.get('stages') is None or all(p['stages'])]
     if plugins and len(every_stage) == len(plugins) and \
@@ -83,6 +85,8 @@ def test_config_loads_and_builds_offline(name):
         if name.startswith('ssd300'):
             assert len(in_neck) == SSD_LEVELS
             assert [m.in_channels for m in in_neck] == [512, 1024, 512, 256, 256, 256]
+        elif model.neck.position == 'before':  # on the backbone's outputs
+            assert [m.in_channels for m in in_neck] == cfg.model.neck.neck.in_channels
         else:
             assert [m.in_channels for m in in_neck] == \
                 [cfg.model.neck.neck.out_channels] * cfg.model.neck.neck.num_outs
@@ -111,6 +115,6 @@ def test_attention_configs_are_mmdets_resnet_with_plugins(name):
     with open(os.path.join(CONFIG_DIR, name)) as f:
         assert '../shared' not in f.read()
     backbone = Config.fromfile(os.path.join(CONFIG_DIR, name)).model.backbone
-    if backbone.get('plugins'):
+    if backbone.get('plugins') and backbone.type != 'AttentionResNet':  # placement studies
         assert backbone.type == ('ResNet' if backbone.depth >= 50 else 'PluginResNet')
         assert all(set(p.cfg) <= {'type', 'ratio'} for p in backbone.plugins)

@@ -42,6 +42,9 @@ HOW_TO_GET = {
         '(README, section "Data").'),
     'bccd': ('BCCD comes from https://github.com/Shenggan/BCCD_Dataset: git clone '
              'https://github.com/Shenggan/BCCD_Dataset data/bccd (README, section "Data").'),
+    'neu-det': ('NEU-DET is the NEU surface defect database (Northeastern University): put it '
+                'as data/neu-det/NEU-DET/{Annotations,JPEGImages} and write its split files '
+                'ImageSets/Main/{trainval,test}.txt as docs/placement.md shows.'),
 }
 
 
@@ -90,7 +93,8 @@ def check_dataset_paths(cfg, splits=('train', 'val', 'test')):
     for split, where, ds in split_datasets(cfg, splits):
         for field, path, is_file in dataset_paths(ds):
             if not (osp.isfile(path) if is_file else osp.isdir(path)):
-                hint = HOW_TO_GET.get('bccd' if 'bccd' in path.lower() else ds.get('type', ''), '')
+                hint = next((h for k, h in HOW_TO_GET.items() if k in path.lower()),
+                            HOW_TO_GET.get(ds.get('type', ''), ''))
                 raise DatasetFileError(
                     f'{split} dataset: {"file" if is_file else "folder"} {path} '
                     f'({where}.{field}) does not exist. {hint} To use data elsewhere, set '

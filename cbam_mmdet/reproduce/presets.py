@@ -45,8 +45,24 @@ def trio(config, baseline=None, se=None, cbam=None):
         ('baseline', '', baseline), ('SE', '_se', se), ('CBAM', '_cbam', cbam)))
 
 
+#: where CBAM goes in the placement studies: (variant, config suffix); docs/placement.md
+PLACEMENTS = (('baseline', ''), ('stem', '_cbam_stem'), ('stage inputs', '_cbam_stage_inputs'),
+              ('after_conv1', '_cbam_after_conv1'), ('after_conv2', '_cbam_after_conv2'),
+              ('block end (paper)', '_cbam'), ('backbone outputs', '_cbam_backbone_outputs'),
+              ('after neck', '_cbam_neck'), ('stem + block end', '_cbam_stem_block_end'),
+              ('stem + neck', '_cbam_stem_neck'),
+              ('stage inputs + block end', '_cbam_stage_inputs_block_end'))
+
+
+def placements(config):
+    """The :data:`PLACEMENTS` variants of ``config`` ('{}': the suffix)."""
+    return tuple(Variant(name, config.format(suffix)) for name, suffix in PLACEMENTS)
+
+
 _COCO_NOTE = 'COCO mAP@[.5:.95], mAP@.5, mAP@.75 on val2017.'
 _VOC_NOTE = "VOC2007 test 11-point mAP at IoU .5 (mmdet's VOCMetric)."
+_NEU_NOTE = ('VOCMetric area AP on the NEU-DET test split (ids 241-300 of each class, 360 '
+             'images): mAP is the mean over IoU .50:.05:.95, mAP50/mAP75 at IoU .5/.75.')
 _SHAPES_NOTE = ('COCO mAP@[.5:.95] (CocoMetric) on 128 held-out scenes (seed 1) of the embedded '
                 'SyntheticShapesDataset, 128x128; trained from scratch on 512 scenes (seed 0).')
 
@@ -58,14 +74,10 @@ PRESETS = {p.name: p for p in [
         metrics=COCO_METRICS, input_shape=(3, 128, 128), metric_note=_SHAPES_NOTE,
         iteration_based=True),
     Preset(name='placement',
-        description='where CBAM goes: inside the block (after conv2), at the block end '
-                    '(after conv3, the paper), after the neck (every FPN level), or both '
-                    '(after conv3 and after the neck); embedded shapes dataset, CPU',
-        variants=(Variant('baseline', _demo('')),
-                  Variant('CBAM after_conv2', _demo('_cbam_after_conv2')),
-                  Variant('CBAM after_conv3 (paper)', _demo('_cbam')),
-                  Variant('CBAM after neck', _demo('_cbam_neck')),
-                  Variant('CBAM after_conv3 + neck', _demo('_cbam_after_conv3_neck'))),
+        description='where CBAM goes: before the blocks (stem, stage inputs), inside them '
+                    '(after conv1, conv2), after them (block end: the paper; backbone '
+                    'outputs; after the neck) or both; embedded shapes dataset, CPU',
+        variants=placements(_demo('{}')),
         metrics=COCO_METRICS, input_shape=(3, 128, 128), metric_note=_SHAPES_NOTE,
         iteration_based=True),
     Preset(name='mini',
@@ -75,6 +87,16 @@ PRESETS = {p.name: p for p in [
         metrics=VOC_METRICS, input_shape=(3, 480, 640), parallel=3,
         metric_note='VOCMetric area AP on the BCCD test split (72 images): mAP is the '
                     'mean over IoU .50:.05:.95, mAP50/mAP75 at IoU .5/.75.'),
+    Preset(name='neu',
+        description='baseline vs SE vs CBAM, Faster R-CNN R-50-FPN from scratch on NEU-DET '
+                    '(320x320, fp16 AMP, 6 epochs), one GPU, three runs sharing it',
+        variants=trio('configs/neu/faster_rcnn_r50_neu{}.py'),
+        metrics=VOC_METRICS, input_shape=(3, 320, 320), parallel=3, metric_note=_NEU_NOTE),
+    Preset(name='placement-neu',
+        description='the placement study on NEU-DET: Faster R-CNN R-50-FPN from scratch '
+                    '(320x320, fp16 AMP, 6 epochs), one GPU, five runs sharing it',
+        variants=placements('configs/neu/faster_rcnn_r50_neu{}.py'),
+        metrics=VOC_METRICS, input_shape=(3, 320, 320), parallel=5, metric_note=_NEU_NOTE),
     Preset(name='coco-r50',
         description='Faster R-CNN R-50-FPN 1x on COCO 2017 (train2017 -> val2017), '
                     'baseline vs SE vs CBAM, ImageNet-pretrained backbones',

@@ -1,0 +1,4 @@
+# Placement: CBAM inside every block, after conv2 (the 3x3 conv), on planes channels.
+_base_ = './faster_rcnn_r50_neu.py'
+model = dict(backbone=dict(
+    plugins=[dict(cfg=dict(type='CBAM', ratio=16), position='after_conv2')]))
