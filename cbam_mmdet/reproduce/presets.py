@@ -130,6 +130,16 @@ PRESETS = {p.name: p for p in [
         paper_note='Paper: Woo et al. 2018, Table 7 (VOC2007 test, VGG16): SSD 77.8; its '
                    'SE and CBAM rows are on StairNet (78.9): StairNet+SE 79.1, '
                    'StairNet+CBAM 79.3, so the paper deltas are against StairNet.'),
+    Preset(name='voc-stairnet',
+        description='StairNet300 VGG16 on PASCAL VOC (07+12 trainval -> 07 test), attention '
+                    'right before every classifier: baseline vs SE vs CBAM',
+        variants=trio('configs/stairnet300_vgg16{}_voc0712.py', baseline=dict(mAP=78.9),
+                       se=dict(mAP=79.1), cbam=dict(mAP=79.3)),
+        metrics={'mAP': 'pascal_voc/mAP'}, input_shape=(3, 300, 300), runs_here=False,
+        metric_note=_VOC_NOTE,
+        paper_note='Paper: Woo et al. 2018, Table 7 (VOC2007 test, VGG16, 300x300): StairNet '
+                   '78.9 (32.0M params), StairNet+SE 79.1 (32.1M), StairNet+CBAM 79.3 '
+                   '(32.1M). The detector: docs/paper_detectors.md.'),
 ]}
 
 
