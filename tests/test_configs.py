@@ -72,14 +72,18 @@ def test_config_loads_and_builds_offline(name):
     # block plugins, not AttentionResNet's stem_attention and layer<i>_input_attention
     in_backbone = [m for name, m in model.backbone.named_modules()
                    if isinstance(m, (CBAM, SE)) and not name.endswith('_attention')]
+    # C4 detectors: conv5 is the RoI head's shared head, its blocks count too
+    shared_head = getattr(getattr(model, 'roi_head', None), 'shared_head', None)
+    in_resnet = in_backbone + [m for m in (shared_head.modules() if shared_head else [])
+                               if isinstance(m, (CBAM, SE))]
     plugins = cfg.model.backbone.get('plugins') or []
     every_stage = [p for p in plugins if p.get('stages') is None or all(p['stages'])]
     if plugins and len(every_stage) == len(plugins) and \
             cfg.model.backbone.get('depth') in RESNET_BLOCKS:
-        assert len(in_backbone) == RESNET_BLOCKS[cfg.model.backbone.depth] * len(plugins)
+        assert len(in_resnet) == RESNET_BLOCKS[cfg.model.backbone.depth] * len(plugins)
     if not plugins:
         assert in_backbone == []
-    if isinstance(model.neck, NeckAttention):
+    if isinstance(getattr(model, 'neck', None), NeckAttention):  # C4: no neck
         in_neck = [m for m in model.neck.modules() if isinstance(m, (CBAM, SE))]
         assert len(in_neck) == len(model.neck.attentions)
         if name.startswith('ssd300'):
