@@ -115,6 +115,28 @@ PRESETS = {p.name: p for p in [
         metrics=COCO_METRICS, input_shape=(3, 800, 1333), runs_here=False, metric_note=_COCO_NOTE,
         paper_note='Paper: Woo et al. 2018, Table 6 (COCO, Faster R-CNN, ResNet-101). '
                    'The paper\'s detector is not mmdet\'s FPN: compare deltas.'),
+    Preset(name='coco-c4-r50',
+        description="Faster R-CNN R-50-C4 on COCO 2017 (train2017 -> val2017), the paper's "
+                    'detector and schedule (tf-faster-rcnn), baseline vs SE vs CBAM, '
+                    'ImageNet attention backbones',
+        variants=trio('configs/faster_rcnn_r50_c4{}_coco.py',
+                       baseline=dict(mAP=27.0, mAP50=46.2, mAP75=28.1),
+                       cbam=dict(mAP=28.1, mAP50=48.2, mAP75=29.2)),
+        metrics=COCO_METRICS, input_shape=(3, 600, 1000), runs_here=False, metric_note=_COCO_NOTE,
+        paper_note='Paper: Woo et al. 2018, Table 6 (COCO minival, Faster R-CNN ResNet-50, '
+                   'tf-faster-rcnn: C4, 600/1000 px, 490k images). train2017/val2017 are '
+                   '2014 trainval35k/minival. No SE row in the paper.'),
+    Preset(name='coco-c4-r101',
+        description="Faster R-CNN R-101-C4 on COCO 2017 (train2017 -> val2017), the paper's "
+                    'detector and schedule (tf-faster-rcnn), baseline vs SE vs CBAM, '
+                    'ImageNet attention backbones',
+        variants=trio('configs/faster_rcnn_r101_c4{}_coco.py',
+                       baseline=dict(mAP=29.1, mAP50=48.4, mAP75=30.7),
+                       cbam=dict(mAP=30.8, mAP50=50.5, mAP75=32.6)),
+        metrics=COCO_METRICS, input_shape=(3, 600, 1000), runs_here=False, metric_note=_COCO_NOTE,
+        paper_note='Paper: Woo et al. 2018, Table 6 (COCO minival, Faster R-CNN ResNet-101, '
+                   'tf-faster-rcnn: C4, 600/1000 px, 490k images). train2017/val2017 are '
+                   '2014 trainval35k/minival. No SE row in the paper.'),
     Preset(name='voc-frcnn',
         description='Faster R-CNN R-50-FPN on PASCAL VOC (07+12 trainval -> 07 test)',
         variants=trio('configs/faster_rcnn_r50{}_voc0712.py'),
