@@ -202,3 +202,16 @@ def test_r50_c4_trains_two_iterations_and_tests(converted, kind, tmp_path):
     metrics = runner.test()
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
         assert 0.0 <= metrics[key] <= 1.0 or metrics[key] == -1.0
+
+
+@pytest.mark.parametrize('depth', [50, 101])
+def test_c4_presets_are_table_6_with_these_configs(depth):
+    from cbam_mmdet.reproduce import PRESETS
+    preset = PRESETS[f'coco-c4-r{depth}']
+    assert [v.config for v in preset.variants] == [
+        f'configs/{n}' for n in NAMES if n.startswith(f'faster_rcnn_r{depth}_')]
+    assert all(osp.isfile(osp.join(ROOT, v.config)) for v in preset.variants)
+    baseline, se, cbam = (v.paper for v in preset.variants)
+    assert se is None and 'Table 6' in preset.paper_note
+    assert (baseline['mAP'], cbam['mAP']) == {50: (27.0, 28.1), 101: (29.1, 30.8)}[depth]
+    assert preset.input_shape == (3, 600, 1000) and not preset.runs_here
