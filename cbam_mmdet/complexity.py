@@ -4,7 +4,8 @@ paper's tables) and of its whole detector, with mmengine's FlopAnalyzer.
 GFLOPs are multiply-adds (mmengine's convention; CBAM/SE on their reference forward).
 ResNet-50 counts 4.1 where the paper prints 3.858: the paper counts conv and fc only, on
 the ResNet v1 layout (``style='caffe'``), as :func:`backbone_paper_convention` does
-(3.858 / 3.860 / 3.864). The paper's values are printed beside ours, never instead.
+(3.858 / 3.860 / 3.864). The paper's values (Table 4; Table 7's detector params) are
+printed beside ours, never instead.
 """
 import copy
 from functools import partial
@@ -23,6 +24,10 @@ PAPER_IMAGENET = {
     (50, None): (25.56, 3.858), (50, 'SE'): (28.09, 3.860), (50, 'CBAM'): (28.09, 3.864),
     (101, None): (44.55, 7.570), (101, 'SE'): (49.33, 7.575), (101, 'CBAM'): (49.33, 7.581),
 }
+
+#: The paper's Table 7 (VOC, VGG16, 300x300): (neck, attention) -> detector params M.
+PAPER_VOC_DETECTORS = {('SSDNeck', None): 26.5, ('StairNetNeck', None): 32.0,
+                       ('StairNetNeck', 'SE'): 32.1, ('StairNetNeck', 'CBAM'): 32.1}
 
 
 class ImageNetClassifier(nn.Module):
@@ -86,6 +91,18 @@ def paper_imagenet(backbone_cfg):
     if kind is False:
         return None
     return PAPER_IMAGENET.get((backbone_cfg.get('depth'), kind))
+
+
+def paper_detector_params(model_cfg):
+    """Detector params (M) of the paper's Table 7 row for this model (SSDVGG with SSD's or
+    StairNet's neck on six levels, no attention or SE/CBAM with r=16), or None."""
+    neck = model_cfg.get('neck') or {}
+    attention = dict(neck.get('attention') or {})
+    kind = attention.pop('type', None)
+    if model_cfg.get('backbone', {}).get('type') != 'SSDVGG' or \
+            neck.get('num_outs', 6) != 6 or attention not in ({}, {'ratio': 16}):
+        return None
+    return PAPER_VOC_DETECTORS.get((neck.get('type'), kind))
 
 
 def use_reference_attention(model: nn.Module) -> nn.Module:
@@ -198,8 +215,9 @@ def complexity_row(config, detector_shape=DETECTOR_SHAPE, backbone=True, detecto
         cells += [f'{paper[0]:.2f}M' if paper else '-', f'{paper[1]:.3f}' if paper else '-']
     if detector:
         d = detector_complexity(cfg, detector_shape)
+        paper = paper_detector_params(cfg.model)
         cells += ['x'.join(map(str, d['shape'])), f'{d["params"] / 1e6:.2f}M',
-                  f'{d["flops"] / 1e9:.3f}']
+                  f'{paper:.1f}M' if paper else '-', f'{d["flops"] / 1e9:.3f}']
     return cells
 
 
@@ -210,7 +228,8 @@ def complexity_table(configs, detector_shape=DETECTOR_SHAPE, backbone=True, dete
         header += ['backbone+IN head params', 'GFLOPs (1x3x224x224)',
                    'conv+fc GFLOPs, v1 strides', 'paper params', 'paper GFLOPs']
     if detector:
-        header += ['detector input', 'detector params', 'detector GFLOPs']
+        header += ['detector input', 'detector params', 'paper detector params',
+                   'detector GFLOPs']
     rows = [header, ['---'] * len(header)]
     rows += [complexity_row(c, detector_shape, backbone, detector) for c in configs]
     return '\n'.join('| ' + ' | '.join(r) + ' |' for r in rows)

@@ -104,4 +104,4 @@ def test_complexity_table_without_backbone_columns():
     table = complexity_table([config('ssd300_vgg16_voc0712.py')], detector_shape=(3, 300, 300),
                              backbone=False)
     assert table.splitlines()[0] == '| config | detector input | detector params | ' \
-                                    'detector GFLOPs |'
+                                    'paper detector params | detector GFLOPs |'
