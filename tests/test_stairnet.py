@@ -147,3 +147,14 @@ def test_voc_stairnet_preset_has_table_7s_numbers():
         ('CBAM', 'stairnet300_vgg16_cbam_voc0712.py', dict(mAP=79.3))]
     assert preset.metrics == {'mAP': 'pascal_voc/mAP'} and not preset.runs_here
     assert preset.input_shape == (3, 300, 300) and 'Table 7' in preset.paper_note
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_configs_train_on_voc0712_and_test_on_voc2007_with_11_point_map(name):
+    cfg = Config.fromfile(config(name))
+    concat = cfg.train_dataloader.dataset.dataset
+    assert [d.ann_file for d in concat.datasets] == [
+        'VOC2007/ImageSets/Main/trainval.txt', 'VOC2012/ImageSets/Main/trainval.txt']
+    assert cfg.test_dataloader.dataset.ann_file == 'VOC2007/ImageSets/Main/test.txt'
+    assert cfg.test_evaluator.type == 'VOCMetric' and cfg.test_evaluator.eval_mode == '11points'
+    assert 'cbam_mmdet' in cfg.custom_imports['imports']
