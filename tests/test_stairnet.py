@@ -96,8 +96,10 @@ def test_registered_in_mmdet_models():
     assert isinstance(MODELS.build(dict(type='StairNetNeck')), StairNetNeck)
 
 
-STAIRNET_TINY = TINY_CONFIG.replace('(128, 128), keep_ratio=True', '(300, 300), keep_ratio=False')
-STAIRNET_TINY = STAIRNET_TINY.replace('model = dict(roi_head=dict(bbox_head=dict(num_classes=3)))', '''
+#: test_voc_end_to_end's tiny VOC config made SSD300's: 300x300, 2 iterations, no validation
+STAIRNET_TINY = TINY_CONFIG.replace(
+    '(128, 128), keep_ratio=True', '(300, 300), keep_ratio=False').replace(
+    'model = dict(roi_head=dict(bbox_head=dict(num_classes=3)))', '''
 model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=3))
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_interval=100)
 param_scheduler = []
