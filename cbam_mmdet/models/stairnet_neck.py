@@ -52,13 +52,15 @@ class StairNetNeck(BaseModule):
       pre-head conv and a head for each of the six levels but feeds only the five finest
       (38 ... 3) to the heads; the paper's parameter counts (32.0M; 32.1M with SE or CBAM)
       hold only when all six are used (six attention modules add 0.05M), so this follows
-      the paper. ``num_outs=5`` is the code's forward (31.2M detector on VOC).
+      the paper. ``num_outs=5`` is the code's forward (31.18M on VOC, with the SSDHead
+      and its anchors cut to those five levels).
     - ``attention`` (e.g. ``dict(type='CBAM', ratio=16)``): one module per predicted
       level on the pre-head conv's output, i.e. directly before the SSDHead's classifier
       and box convs ("right before every classifier"); the paper says no more.
     - Initialisation: laterals and pre-head convs kaiming normal (fan_out), BN weight 1
       and bias 0, deconvolutions PyTorch's default (as the code); the SSDNeck keeps
-      mmdet's Xavier; attention modules their own.
+      mmdet's Xavier and sets its L2Norm scale in :meth:`init_weights` (call it, as
+      mmdet's detectors do); attention modules their own.
 
     Args:
         in_channels (Sequence[int]): channels of the backbone's outputs (conv4_3, fc7).
