@@ -5,16 +5,17 @@ import os.path as osp
 
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from cbam_mmdet import CBAM, SE
 from cbam_mmdet.apis import build_train_config, run_train
 from cbam_mmdet.checkpoint import latest_checkpoint
+from cbam_mmdet.engine.plugin_check import UnknownPluginError, check_model_plugins
 from cbam_mmdet.models import AttentionResNet, NeckAttention
 from cbam_mmdet.offline_model import build_model_offline, load_config
 from cbam_mmdet.reproduce import PRESETS, iteration_budget
-from mmdet.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = {v.name: osp.join(ROOT, v.config) for v in PRESETS['placement'].variants}
@@ -39,7 +40,8 @@ EXPECTED = {
     'block end (paper)': BLOCK_END,
     'backbone outputs': {f'neck.attentions.{i}': c for i, c in enumerate((64, 128, 256, 512))},
     'after neck': AFTER_NECK, 'stem + block end': {**STEM, **BLOCK_END},
-    'stem + neck': {**STEM, **AFTER_NECK}, 'stage inputs + block end': {**STAGE_INPUTS, **BLOCK_END}}
+    'stem + neck': {**STEM, **AFTER_NECK},
+    'stage inputs + block end': {**STAGE_INPUTS, **BLOCK_END}}
 
 # parameters each placement adds to the full-width ResNet-50 / FPN of configs/neu/
 NEU_ADDED = {'baseline': 0, 'stem': 680, 'stage inputs': 174_916, 'after_conv1': 162_796,
@@ -159,6 +161,13 @@ def test_position_before_reads_the_necks_input_channels_and_is_checked():
 def test_attention_resnet_refuses_bad_attention_configs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AttentionResNet(depth=18, **kwargs)
+
+
+def test_a_typo_in_attention_resnets_types_is_named_before_building():
+    cfg = load_config(Config.fromfile(DEMO['stem']))
+    cfg.model.backbone.stem_attention.type = 'CBMA'
+    with pytest.raises(UnknownPluginError, match=r"model\.backbone\.stem_attention\.type"):
+        check_model_plugins(cfg)
 
 
 @pytest.mark.parametrize('name', ['stem + neck', 'stage inputs + block end',

@@ -55,8 +55,9 @@ def check_plugin_type(type_name, where='a plugins[].cfg.type', scope=None):
 
 
 def model_plugin_types(model_cfg, where='model'):
-    """``[(config field, type)]`` of every ResNet plugin (``plugins[i].cfg.type``) and
-    every NeckAttention ``attention.type`` in a model config, at any depth."""
+    """``[(config field, type)]`` of every ResNet plugin (``plugins[i].cfg.type``),
+    AttentionResNet module and NeckAttention ``attention.type`` in a model config, at any
+    depth."""
     found = []
     if isinstance(model_cfg, dict):
         for i, plugin in enumerate(model_cfg.get('plugins') or []):
@@ -65,6 +66,9 @@ def model_plugin_types(model_cfg, where='model'):
         attention = model_cfg.get('attention')
         if model_cfg.get('type') == 'NeckAttention' and isinstance(attention, dict):
             found.append((f'{where}.attention.type', attention.get('type')))
+        for key in ('stem_attention', 'stage_input_attention'):  # AttentionResNet
+            if isinstance(model_cfg.get(key), dict):
+                found.append((f'{where}.{key}.type', model_cfg[key].get('type')))
         for key, value in model_cfg.items():
             if key not in ('plugins', 'attention'):
                 found += model_plugin_types(value, f'{where}.{key}')
