@@ -162,13 +162,13 @@ def test_shared_head_plugins_receive_gradients(kind):
 
 def tiny_coco(cfg, root, work_dir):
     """``cfg`` on 4 generated 64x96 COCO images (3 classes; 2 for the test) at their size,
-    a few proposals and RoIs, 2 iterations of batch 2, no validation, no loader workers."""
+    a few proposals and RoIs, 2 iterations of batch 1, no validation, no loader workers."""
     ann_file = export_coco(root, num_images=4, seed=0, scene_cfg=dict(height=64, width=96,
                                                                    max_size=40))
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None  # the test loop alone
     for split in ('train', 'test'):
         loader = cfg[f'{split}_dataloader']
-        loader.update(batch_size=2, num_workers=0, persistent_workers=False)
+        loader.update(batch_size=1, num_workers=0, persistent_workers=False)
         loader.dataset.update(data_root=root, ann_file='annotations.json',
                               data_prefix=dict(img='images/'),
                               metainfo=dict(classes=SHAPE_CLASSES))
@@ -183,6 +183,7 @@ def tiny_coco(cfg, root, work_dir):
     cfg.model.test_cfg.rpn.max_per_img = 4
     cfg.train_cfg.max_iters = 2
     cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint = None  # no 120 MB file to write
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=0)
     return cfg
