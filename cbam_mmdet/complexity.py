@@ -8,13 +8,15 @@ the ResNet v1 layout (``style='caffe'``), as :func:`backbone_paper_convention` d
 printed beside ours, never instead.
 """
 import copy
+import logging
 from functools import partial
 
 import torch
 import torch.nn as nn
 
 from .convert.resnet_layout import plugin_architecture
-from .offline_model import build_model_offline, load_config, without_pretrained
+from .offline_model import (build_model_offline, load_config, quiet_logs,
+                            without_pretrained)
 
 IMAGENET_SHAPE = (3, 224, 224)
 DETECTOR_SHAPE = (3, 800, 1333)
@@ -59,8 +61,12 @@ def imagenet_classifier(backbone_cfg) -> ImageNetClassifier:
     if not isinstance(backbone, ResNet):
         raise NotComparable(f'{type(backbone).__name__} is not a ResNet (no ImageNet '
                             f'head of the paper\'s table)')
+    if backbone.num_stages != 4:
+        raise NotComparable(f'the backbone has {backbone.num_stages} of ResNet\'s 4 stages '
+                            f'(C4: conv5 is the RoI head)')
     backbone.out_indices = (backbone.num_stages - 1, )
-    backbone.init_weights()
+    with quiet_logs():
+        backbone.init_weights()
     return ImageNetClassifier(backbone, backbone.feat_dim)
 
 
@@ -68,7 +74,7 @@ def attention_of(backbone_cfg):
     """``None``, ``'SE'`` or ``'CBAM'`` when the backbone matches a row of the paper's
     table (mmdet ResNet, no plugin or one SE/CBAM plugin with r=16 after conv3 in every
     block); ``False`` otherwise."""
-    if backbone_cfg.get('type') != 'ResNet':
+    if backbone_cfg.get('type') != 'ResNet' or backbone_cfg.get('num_stages', 4) != 4:
         return False
     plugins = backbone_cfg.get('plugins') or []
     if not plugins:
@@ -141,7 +147,7 @@ def count(model: nn.Module, inputs) -> dict:
     from mmengine.analysis import get_model_complexity_info
 
     use_reference_attention(model)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_logs(logging.ERROR):  # its unsupported-operator warnings
         info = get_model_complexity_info(model, inputs=inputs, show_table=False,
                                          show_arch=False)
     return dict(params=info['params'], flops=info['flops'])

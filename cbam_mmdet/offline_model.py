@@ -1,8 +1,11 @@
 """Build a config's model with no network and no files: every ``Pretrained`` init_cfg
 (e.g. ``torchvision://resnet50``) removed, so the weights stay at their initialisation."""
+import contextlib
 import copy
+import logging
 
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 
 def without_pretrained(cfg):
@@ -49,5 +52,19 @@ def build_model_offline(config):
 
     cfg = load_config(config)
     model = MODELS.build(without_pretrained(cfg.model))
-    model.init_weights()
+    with quiet_logs():
+        model.init_weights()
     return model
+
+
+@contextlib.contextmanager
+def quiet_logs(level=logging.WARNING):
+    """mmengine's current logger at ``level``: ``init_weights`` logs every parameter's
+    initialisation at INFO, thousands of lines on stdout outside a Runner."""
+    logger = MMLogger.get_current_instance()
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -105,3 +105,9 @@ def test_complexity_table_without_backbone_columns():
                              backbone=False)
     assert table.splitlines()[0] == '| config | detector input | detector params | ' \
                                     'paper detector params | detector GFLOPs |'
+
+
+def test_c4_backbone_is_not_compared_with_the_imagenet_row():
+    table = complexity_table([config('faster_rcnn_r50_c4_cbam_coco.py')], detector=False)
+    assert "n/a: the backbone has 3 of ResNet's 4 stages" in table, table
+    assert '28.09M' not in table
