@@ -59,6 +59,15 @@ for n, _, v in (s.partition("==") for s in sys.argv[1:]):
 
 pipi() { x "$VPY" -m pip install --disable-pip-version-check "$@"; }
 
+system_venv() {  # .venv seeing $PY's packages, also where $PY is itself a venv or conda env
+  x "$PY" -m venv --system-site-packages .venv  # (whose packages this flag does not show)
+  x add_site_of_python
+}
+add_site_of_python() {  # a .pth file in .venv listing $PY's site-packages, after .venv's own
+  "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' > "$(.venv/bin/python -c \
+    'import sysconfig; print(sysconfig.get_paths()["purelib"])')/system_python_site.pth"
+}
+
 probe_gpu() {  # compute capabilities of the GPUs ("9.0", "8.0;9.0"), none, or unknown
   [ -z "${SETUP_GPU:-}" ] || { echo "$SETUP_GPU"; return 0; }
   nvidia-smi -L 2>/dev/null | grep '^GPU' >/dev/null || { echo none; return 0; }  # not -q: no SIGPIPE
@@ -95,21 +104,20 @@ MMCV_CHECK='import mmcv.ops'
 import torch
 x = torch.rand(2, 32, 8, 8, device="cuda")
 mmcv.ops.roi_align(x, torch.tensor([[0., 0., 0., 4., 4.]], device="cuda"), (2, 2))
-boxes, scores = torch.tensor([[0., 0., 4., 4.], [0., 0., 4., 5.]]).cuda(), torch.ones(2).cuda()
+boxes, scores = torch.tensor([[0., 0., 4., 4.], [0., 0., 4., 5.]]).cuda(), torch.tensor([1., .9]).cuda()
 assert mmcv.ops.nms(boxes, scores, 0.5)[1].tolist() == [0]'
 
 if [ -z "$DRY" ] && [ -x "$VPY" ]; then skip "virtual environment"
 elif [ -n "$TORCH_REQ" ]; then
   run_step "create virtual environment ($PY -m venv .venv)" x "$PY" -m venv .venv
 else
-  run_step "create virtual environment seeing $PY's torch (TORCH=system)" \
-    x "$PY" -m venv --system-site-packages .venv
+  run_step "create virtual environment seeing $PY's torch (TORCH=system)" system_venv
 fi
 
 if [ -z "$TORCH_REQ" ]; then
   if have torch ninja setuptools; then skip "build tools"
   else run_step "install build tools (torch: $PY's, TORCH=system)" \
-    pipi 'setuptools>=77.0.3,<82' wheel ninja 'numpy>=1.26'; fi
+    pipi 'setuptools>=77.0.3,<82' wheel ninja; fi
 elif have torch==2.13.0 ninja setuptools; then skip "torch 2.13.0"
 else run_step "install torch 2.13.0 ($([ "$GPU" = none ] && echo CPU || echo CUDA)), build tools" \
   pipi torch==2.13.0 'setuptools>=77.0.3,<82' wheel ninja 'numpy>=1.26'; fi
@@ -140,7 +148,13 @@ if [ "$GPU" != none ] && [ -z "$MMCV_OK" ]; then  # mmcv's CUDA ops need a toolk
     "again (SETUP_GPU=none: a CPU-only setup, no training on the GPU)."
 fi
 
+mmengine_keeping_opencv() {  # mmengine asks for opencv-python: never a second OpenCV
+  pipi --no-deps mmengine==0.10.7 && pipi addict matplotlib numpy pyyaml rich termcolor yapf
+}
+
 if have mmengine==0.10.7; then skip "mmengine 0.10.7"
+elif [ -z "$DRY" ] && "$VPY" -c 'import cv2' >/dev/null 2>&1; then
+  run_step "install mmengine 0.10.7 (OpenCV: the installed one)" mmengine_keeping_opencv
 else run_step "install mmengine 0.10.7" pipi mmengine==0.10.7 $TORCH_REQ; fi
 
 install_mmcv_cuda() {  # install_mmcv_cuda WHEEL_DIR TOOLKIT ARCH: the kept wheel, built if missing
@@ -167,7 +181,14 @@ else
     install_mmcv_cuda "$WHEELS" "$TOOLKIT" "$ARCH"
 fi
 
+mmdet_keeping_opencv() {  # its deps without re-resolving mmengine's opencv-python
+  pipi --no-deps mmdet==3.3.0 && pipi matplotlib numpy pycocotools scipy shapely six \
+    terminaltables tqdm pytest 'setuptools<82'
+}
+
 if have mmdet==3.3.0; then skip "mmdet 3.3.0"
+elif [ -z "$DRY" ] && "$VPY" -c 'import cv2' >/dev/null 2>&1; then
+  run_step "install mmdet 3.3.0, pycocotools, pytest" mmdet_keeping_opencv
 else run_step "install mmdet 3.3.0, pycocotools, pytest" \
   pipi mmdet==3.3.0 pycocotools pytest $TORCH_REQ mmcv==2.1.0 'setuptools<82'; fi
 

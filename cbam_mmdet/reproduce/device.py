@@ -6,12 +6,16 @@ REBUILD_HINT = 'rebuild it with bash tools/setup_env.sh on this machine'
 
 
 def mmcv_has_cuda_ops():
-    """Whether the installed mmcv was compiled with its CUDA ops."""
+    """Whether the installed mmcv runs RoIAlign on a CUDA tensor (a CPU-only build raises;
+    mmcv's ``get_compiling_cuda_version`` can crash the process on a CUDA build)."""
+    import torch
     try:
-        from mmcv.ops import get_compiling_cuda_version
-    except ImportError:
+        from mmcv.ops import roi_align
+        x = torch.zeros(1, 1, 4, 4, device='cuda')
+        roi_align(x, torch.tensor([[0., 0., 0., 2., 2.]], device='cuda'), (1, 1))
+    except (ImportError, RuntimeError):
         return False
-    return get_compiling_cuda_version() != 'not available'
+    return True
 
 
 def choose_device(requested='auto', amp=False):
