@@ -4,9 +4,9 @@ Add it to a config (or ``--cfg-options``) of a distributed run::
 
     custom_hooks = [dict(type='ReplicaCheckHook')]
 
-- Before training, every rank reports the attention path it runs (Triton kernels replayed
-  from C++, CPU kernels or PyTorch; ``cbam_mmdet.ops.extensions.describe``) and, after
-  its first iteration, how many CBAM/SE calls were replayed from C++.
+- Every rank reports the attention path it runs (Triton kernels replayed from C++, CPU
+  kernels or PyTorch; ``cbam_mmdet.ops.extensions.describe``) and how many CBAM/SE calls
+  of the training were replayed from C++ (a signature's first call runs in Python).
 - At the optimizer step of every ``interval``-th and of the last iteration, the largest
   difference between each rank's CBAM/SE gradients and rank 0's: 0 when the all-reduce
   reached them.
@@ -80,10 +80,6 @@ class ReplicaCheckHook(Hook):
             max_abs_grad=max((float(p.grad.abs().max()) for p in params), default=0.0),
             max_diff_to_rank0=_max_diff_to_rank0([p.grad for p in params])))
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if 'paths' in self.results and 'replayed_first_iter' not in self.results:
-            self.results['replayed_first_iter'] = triton_programs.replayed_calls() - self._replayed
-
     def after_train(self, runner):
         if 'paths' not in self.results:
             return
@@ -92,9 +88,10 @@ class ReplicaCheckHook(Hook):
             [p for p in model.parameters()])
         gathered = [None] * torch_dist.get_world_size()
         torch_dist.all_gather_object(gathered, dict(
-            path=self.results['paths'][0], replayed_first_iter=self.results['replayed_first_iter']))
-        self.results['paths'] = [f"{g['path']}; CBAM/SE calls replayed from C++ in the first "
-                                 f"iteration: {g['replayed_first_iter']}" for g in gathered]
+            path=self.results['paths'][0],
+            replayed=triton_programs.replayed_calls() - self._replayed))
+        self.results['paths'] = [f"{g['path']}; CBAM/SE calls replayed from C++ in training: "
+                                 f"{g['replayed']}" for g in gathered]
         self.results['world_size'] = len(gathered)
         for line in self.results['paths']:
             runner.logger.info(f'ReplicaCheckHook: {line}')
