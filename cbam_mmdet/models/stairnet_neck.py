@@ -7,6 +7,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from ._validate import check_choice, check_positive_int
+from .attention_config import build_attention
 
 UPSAMPLE_STRIDES = (1, 2)
 
@@ -98,10 +99,6 @@ class StairNetNeck(BaseModule):
             raise ValueError(f'upsample_strides must have len(source_channels) - 1 = '
                              f'{levels - 1} entries (one per top-down step), each 1 or 2, '
                              f'got {tuple(upsample_strides)!r}')
-        if attention is not None and (not isinstance(attention, dict)
-                                      or 'type' not in attention or 'in_channels' in attention):
-            raise ValueError(f"attention must be None or a config dict with a 'type' key and "
-                             f'no in_channels (set to out_channels), got {attention!r}')
         self.out_channels = out_channels
         self.num_outs = num_outs
         self.sources = MODELS.build(dict(
@@ -117,7 +114,8 @@ class StairNetNeck(BaseModule):
             ConvModule(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg)
             for _ in range(num_outs))
         self.attentions = None if attention is None else nn.ModuleList(
-            MODELS.build(dict(attention, in_channels=out_channels)) for _ in range(num_outs))
+            build_attention('StairNetNeck', 'attention', attention, out_channels)
+            for _ in range(num_outs))
 
     def top_down(self, sources: Sequence[torch.Tensor]) -> list:
         """``T_1 ... T_L``: each level's lateral plus the upsampled level above it."""
